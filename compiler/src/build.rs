@@ -1,0 +1,102 @@
+//! Support for build scripts, the proc-macro and tools: find a pipeline's files, compile them,
+//! and write the generated code only when it changed (like prost-build), so `git diff` stays
+//! empty after a build that changed nothing.
+
+use std::path::{Path, PathBuf};
+
+use crate::emit::{EmitOptions, RustModule};
+use crate::{Source, compile};
+
+/// A pipeline's files inside the workspace.
+#[derive(Clone, Debug)]
+pub struct PipelineFiles {
+    /// The workspace root.
+    pub root: PathBuf,
+    /// The pipeline's name.
+    pub name: String,
+}
+
+impl PipelineFiles {
+    /// The files of pipeline `name` under workspace `root`.
+    pub fn new(root: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        PipelineFiles { root: root.into(), name: name.into() }
+    }
+
+    /// `pipelines/NAME.toml`, relative to the root; how messages name it.
+    pub fn toml_display(&self) -> String {
+        format!("pipelines/{}.toml", self.name)
+    }
+
+    /// `pipelines/NAME.rs`, relative to the root.
+    pub fn rust_display(&self) -> String {
+        format!("pipelines/{}.rs", self.name)
+    }
+
+    /// The generated crate's `src/main.rs`.
+    pub fn generated_main(&self) -> PathBuf {
+        self.root.join("generated").join(&self.name).join("src").join("main.rs")
+    }
+
+    /// Compiles the pipeline and renders the generated crate's `main.rs`. On errors, returns
+    /// the rendered diagnostics. Warnings are returned alongside the code.
+    pub fn render(&self) -> Result<(String, Option<String>), String> {
+        let toml_path = self.root.join(self.toml_display());
+        let text = std::fs::read_to_string(&toml_path).map_err(|e| format!("error: cannot read {}: {e}", toml_path.display()))?;
+        let rust_path = self.root.join(self.rust_display());
+        let rust_text = std::fs::read_to_string(&rust_path).ok();
+        let toml_display = self.toml_display();
+        let rust_display = self.rust_display();
+        let source = Source { path: &toml_display, text: &text, rust_module: rust_text.as_deref().map(|t| (rust_display.as_str(), t)) };
+        let compilation = compile(&source);
+        let rendered = compilation.render(&source);
+        let Some(pipeline) = compilation.pipeline else { return Err(rendered) };
+        let options = EmitOptions {
+            with_main: true,
+            rust_module: pipeline.rust_module.as_ref().map(|module| RustModule::Path(format!("../../../{module}"))),
+            comments: true,
+        };
+        let warnings = (!rendered.is_empty()).then_some(rendered);
+        Ok((crate::emit::file(&pipeline, &options), warnings))
+    }
+}
+
+/// Writes `contents` to `path` unless the file already holds exactly that. Returns whether it wrote.
+pub fn write_if_changed(path: &Path, contents: &str) -> std::io::Result<bool> {
+    if std::fs::read_to_string(path).is_ok_and(|existing| existing == contents) {
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, contents)?;
+    Ok(true)
+}
+
+/// The body of a generated pipeline crate's `build.rs`: regenerates `src/main.rs` from
+/// `pipelines/NAME.toml`, or prints the diagnostics and fails the build.
+pub fn generate_crate(name: &str) {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for build scripts"));
+    let root = manifest_dir.join("../..").canonicalize().expect("the generated crate lives in generated/NAME of the workspace");
+    let files = PipelineFiles::new(root, name);
+    println!("cargo::rerun-if-changed={}", files.root.join(files.toml_display()).display());
+    println!("cargo::rerun-if-changed={}", files.root.join(files.rust_display()).display());
+    match files.render() {
+        Ok((code, warnings)) => {
+            if let Some(warnings) = warnings {
+                for line in warnings.lines().filter(|l| !l.is_empty()) {
+                    println!("cargo::warning={line}");
+                }
+            }
+            if let Err(error) = write_if_changed(&files.generated_main(), &code) {
+                eprintln!("error: cannot write {}: {error}", files.generated_main().display());
+                std::process::exit(1);
+            }
+        }
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            // One short line that cargo shows on its own, pointing at the full report above.
+            println!("cargo::error=pipeline {} does not compile; the diagnostics are printed above", files.toml_display());
+            std::process::exit(1);
+        }
+    }
+}

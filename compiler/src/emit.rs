@@ -1,0 +1,736 @@
+//! Emit: the checked pipeline as Rust source, formatted with prettyplease.
+//!
+//! The generated code is the executor itself: one function per block, the schema of every edge
+//! as a constant, and a dispatcher the runtime calls in dependency order. Code is built with
+//! `quote`, then comments (which token streams cannot carry) are spliced in after formatting.
+
+use proc_macro2::{Ident, Span as TokenSpan, TokenStream};
+use quote::{format_ident, quote};
+
+use crate::expr::BinaryOp;
+use crate::ir::{Block, BlockOp, Function, PartitionField, Pipeline, StepOp, TemplatePart, TypedExpr};
+use crate::syntax::{CheckSeverity, Compression, FileFormat, SecretRef, WriteMode};
+use crate::types::{BaseType, ColumnType, Granularity, Literal};
+
+/// How the generated code reaches the pipeline's hand-written Rust module.
+#[derive(Clone, Debug)]
+pub enum RustModule {
+    /// `#[path = "..."] mod blocks;` with a path relative to the generated file (committed code).
+    Path(String),
+    /// `mod blocks { include!("...") }` with an absolute path (proc-macro expansion).
+    Include(String),
+}
+
+/// Options of one emission.
+#[derive(Clone, Debug)]
+pub struct EmitOptions {
+    /// Emit `fn main` that runs the pipeline's CLI.
+    pub with_main: bool,
+    /// How to reach the hand-written module, if the pipeline has one.
+    pub rust_module: Option<RustModule>,
+    /// Emit `// pipelines/x.toml:LINE` comments above each step (files only: a proc-macro
+    /// expansion has no comments).
+    pub comments: bool,
+}
+
+const COMMENT_MARKER: &str = "__baton_comment__";
+
+/// The generated items as a token stream (used by the proc-macro).
+pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
+    let schemas = pipeline.blocks.iter().filter_map(|block| {
+        let schema = block.output.as_ref()?;
+        let name = schema_const(block);
+        let columns = schema.iter().map(|(column, ty)| column_tokens(column, *ty));
+        let doc = format!(" Columns leaving `{}` ({}:{}).", block.name, pipeline.source_path, block.line);
+        Some(quote! {
+            #[doc = #doc]
+            pub const #name: &[Column] = &[#(#columns),*];
+        })
+    });
+    let targets = pipeline.blocks.iter().filter_map(|block| sink_target(pipeline, block));
+    let functions = pipeline.blocks.iter().map(|block| block_function(pipeline, block, options));
+    let definitions = pipeline.blocks.iter().map(|block| block_definition(pipeline, block));
+    let arms = pipeline.blocks.iter().enumerate().map(|(index, block)| dispatch_arm(index, block));
+    let block_count = proc_macro2::Literal::usize_unsuffixed(pipeline.blocks.len());
+    let inputs_binding = if pipeline.blocks.iter().any(|b| !b.inputs.is_empty()) { quote!(mut inputs) } else { quote!(_inputs) };
+    let name = &pipeline.name;
+    let description = pipeline.description.clone().unwrap_or_default();
+    let owner = pipeline.owner.clone().unwrap_or_default();
+    let tags = &pipeline.tags;
+    let source_path = &pipeline.source_path;
+    let source_hash = &pipeline.source_hash;
+    let partitions = match &pipeline.partitions {
+        Some((granularity, start)) => {
+            let granularity = granularity_tokens(*granularity);
+            quote!(Some(PartitionSpec { granularity: #granularity, start: #start }))
+        }
+        None => quote!(None),
+    };
+    let params = pipeline.params.iter().map(|(name, default)| {
+        let value = match default {
+            Literal::Int(i) => quote!(ParamValue::Int(#i)),
+            Literal::Float(x) => quote!(ParamValue::Float(#x)),
+            Literal::String(s) => quote!(ParamValue::String(#s)),
+            Literal::Bool(b) => quote!(ParamValue::Bool(#b)),
+        };
+        quote!(ParamDef { name: #name, default: #value })
+    });
+    let connections = pipeline.connections.iter().map(|connection| {
+        let name = &connection.name;
+        let url = &connection.url;
+        let password = match &connection.password {
+            Some(SecretRef::Env(var)) => quote!(Some(Secret::Env(#var))),
+            Some(SecretRef::File(path)) => quote!(Some(Secret::File(#path))),
+            None => quote!(None),
+        };
+        quote!(ConnectionDef { name: #name, url: #url, password: #password })
+    });
+    let module = match &options.rust_module {
+        Some(RustModule::Path(path)) => quote! {
+            #[path = #path]
+            mod blocks;
+        },
+        Some(RustModule::Include(path)) => quote! {
+            mod blocks {
+                include!(#path);
+            }
+        },
+        None => quote!(),
+    };
+    let main = if options.with_main {
+        quote! {
+            fn main() -> std::process::ExitCode {
+                baton_runtime::cli::main(&PIPELINE)
+            }
+        }
+    } else {
+        quote!()
+    };
+    quote! {
+        use baton_runtime::prelude::*;
+        #module
+
+        /// The pipeline as the runtime sees it: metadata, connections and the block graph.
+        pub static PIPELINE: Pipeline = Pipeline {
+            name: #name,
+            description: #description,
+            owner: #owner,
+            tags: &[#(#tags),*],
+            source_path: #source_path,
+            source_hash: #source_hash,
+            partitions: #partitions,
+            params: &[#(#params),*],
+            connections: &[#(#connections),*],
+            blocks: &BLOCKS,
+            run_block,
+        };
+
+        /// The blocks in dependency order; `inputs` are indices into this array.
+        static BLOCKS: [BlockDef; #block_count] = [#(#definitions),*];
+
+        #(#schemas)*
+
+        #(#targets)*
+
+        #(#functions)*
+
+        /// Runs block `index` on its inputs; called by the runtime in dependency order.
+        fn run_block(index: usize, ctx: RunContext, #inputs_binding: Vec<DataFrame>) -> BlockFuture {
+            match index {
+                #(#arms)*
+                _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),
+            }
+        }
+
+        #main
+    }
+}
+
+/// The generated items as a formatted Rust file with its `@generated` header.
+pub fn file(pipeline: &Pipeline, options: &EmitOptions) -> String {
+    let tokens = tokens(pipeline, options);
+    let syntax_tree: syn::File = syn::parse2(tokens).expect("the emitter produces valid Rust");
+    let formatted = prettyplease::unparse(&syntax_tree);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "// @generated by baton-compiler from {} — do not edit by hand.\n\
+         // Edit the TOML and run `cargo build`; the build script rewrites this file when it changes.\n\
+         // `cargo test -p baton-tests --test generated_is_fresh` fails when this file is stale.\n",
+        pipeline.source_path
+    ));
+    if let Some(description) = &pipeline.description {
+        out.push_str(&format!("//\n// {}: {}\n", pipeline.name, description));
+    }
+    out.push('\n');
+    out.push_str(&splice_comments(&formatted));
+    out
+}
+
+/// Turns `__baton_comment__("text");` statements (which prettyplease may have wrapped over
+/// several lines) into `// text` lines, and separates top-level items with a blank line.
+fn splice_comments(formatted: &str) -> String {
+    let mut out = String::with_capacity(formatted.len());
+    let mut lines = formatted.lines();
+    let mut previous_top_level = "";
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with(COMMENT_MARKER) {
+            let mut statement = trimmed.to_string();
+            while !statement.ends_with(");") {
+                match lines.next() {
+                    Some(next) => statement.push_str(next.trim()),
+                    None => break,
+                }
+            }
+            let literal = statement[COMMENT_MARKER.len()..].trim_start_matches('(').trim_end_matches(");").trim().trim_end_matches(',');
+            let text = syn::parse_str::<syn::LitStr>(literal).map(|l| l.value()).unwrap_or_default();
+            let indent = &line[..line.len() - trimmed.len()];
+            for comment_line in text.lines() {
+                out.push_str(indent);
+                out.push_str("// ");
+                out.push_str(comment_line);
+                out.push('\n');
+            }
+            continue;
+        }
+        let top_level = !line.starts_with(' ') && !line.is_empty();
+        let starts_item = top_level && !line.starts_with('}') && !line.starts_with(')') && !line.starts_with(']');
+        let follows_attribute = previous_top_level.starts_with("///") || previous_top_level.starts_with("#[");
+        if starts_item && !follows_attribute && !out.is_empty() && !(line.starts_with("use ") && previous_top_level.starts_with("use ")) {
+            out.push('\n');
+        }
+        if top_level {
+            previous_top_level = line;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn comment(text: String) -> TokenStream {
+    let marker = Ident::new(COMMENT_MARKER, TokenSpan::call_site());
+    quote!(#marker(#text);)
+}
+
+fn schema_const(block: &Block) -> Ident {
+    format_ident!("{}_OUTPUT", block.name.to_uppercase())
+}
+
+fn function_name(block: &Block) -> Ident {
+    format_ident!("{}", block.name)
+}
+
+fn base_tokens(base: BaseType) -> TokenStream {
+    match base {
+        BaseType::Int64 => quote!(BaseType::Int64),
+        BaseType::Float64 => quote!(BaseType::Float64),
+        BaseType::String => quote!(BaseType::String),
+        BaseType::Bool => quote!(BaseType::Bool),
+        BaseType::Date => quote!(BaseType::Date),
+        BaseType::Timestamp => quote!(BaseType::Timestamp),
+    }
+}
+
+fn column_tokens(name: &str, ty: ColumnType) -> TokenStream {
+    let base = base_tokens(ty.base);
+    if ty.nullable { quote!(Column::nullable(#name, #base)) } else { quote!(Column::required(#name, #base)) }
+}
+
+fn granularity_tokens(granularity: Granularity) -> TokenStream {
+    match granularity {
+        Granularity::Monthly => quote!(Granularity::Monthly),
+        Granularity::Daily => quote!(Granularity::Daily),
+        Granularity::Hourly => quote!(Granularity::Hourly),
+    }
+}
+
+fn kind_tokens(op: &BlockOp) -> TokenStream {
+    match op {
+        BlockOp::Source { connection: Some(_), .. } => quote!(BlockKind::HttpSource),
+        BlockOp::Source { connection: None, .. } => quote!(BlockKind::FileSource),
+        BlockOp::Transform { .. } => quote!(BlockKind::Transform),
+        BlockOp::Rust { .. } => quote!(BlockKind::Rust),
+        BlockOp::TableSink { .. } => quote!(BlockKind::TableSink),
+        BlockOp::LakeSink { .. } => quote!(BlockKind::LakeSink),
+    }
+}
+
+fn block_definition(pipeline: &Pipeline, block: &Block) -> TokenStream {
+    let name = &block.name;
+    let kind = kind_tokens(&block.op);
+    let line = proc_macro2::Literal::usize_unsuffixed(block.line);
+    let description = block.description.clone().unwrap_or_default();
+    let inputs = block.inputs.iter().map(|&i| proc_macro2::Literal::usize_unsuffixed(i));
+    let output = match &block.output {
+        Some(_) => {
+            let constant = schema_const(block);
+            quote!(Some(#constant))
+        }
+        None => quote!(None),
+    };
+    let input_schema = match block.inputs.first() {
+        Some(&input) => {
+            let constant = schema_const(&pipeline.blocks[input]);
+            quote!(Some(#constant))
+        }
+        None => quote!(None),
+    };
+    let retries = proc_macro2::Literal::u32_unsuffixed(block.policy.retries);
+    let retry_delay_ms = proc_macro2::Literal::u64_unsuffixed(block.policy.retry_delay_ms);
+    let timeout_ms = proc_macro2::Literal::u64_unsuffixed(block.policy.timeout_ms);
+    let summary = summary(block);
+    let sink = match &block.op {
+        BlockOp::TableSink { .. } => {
+            let target = target_const(block);
+            quote!(Some(SinkDef::Table(#target)))
+        }
+        BlockOp::LakeSink { .. } => {
+            let target = target_const(block);
+            quote!(Some(SinkDef::Lake(#target)))
+        }
+        _ => quote!(None),
+    };
+    quote! {
+        BlockDef {
+            name: #name,
+            kind: #kind,
+            line: #line,
+            description: #description,
+            summary: #summary,
+            inputs: &[#(#inputs),*],
+            input: #input_schema,
+            output: #output,
+            policy: Policy { retries: #retries, retry_delay_ms: #retry_delay_ms, timeout_ms: #timeout_ms },
+            sink: #sink,
+        }
+    }
+}
+
+fn target_const(block: &Block) -> Ident {
+    format_ident!("{}_TARGET", block.name.to_uppercase())
+}
+
+/// The constant describing where a sink writes; shared by its function and its `BlockDef`.
+fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
+    let name = target_const(block);
+    let input_schema = block.inputs.first().map(|&input| schema_const(&pipeline.blocks[input]))?;
+    let doc = format!(" Where `{}` writes ({}:{}).", block.name, pipeline.source_path, block.line);
+    match &block.op {
+        BlockOp::TableSink { connection, table, db_schema, mode, partition_column } => {
+            let db_schema = match db_schema {
+                Some(schema) => quote!(Some(#schema)),
+                None => quote!(None),
+            };
+            let mode = match (mode, partition_column) {
+                (WriteMode::Replace, _) => quote!(WriteMode::Replace),
+                (WriteMode::Append, _) => quote!(WriteMode::Append),
+                (WriteMode::ReplacePartition, Some(column)) => quote!(WriteMode::ReplacePartition { column: #column }),
+                (WriteMode::ReplacePartition, None) => unreachable!("the checker requires partition_column"),
+            };
+            Some(quote! {
+                #[doc = #doc]
+                const #name: TableTarget = TableTarget {
+                    connection: #connection,
+                    schema: #db_schema,
+                    table: #table,
+                    mode: #mode,
+                    columns: #input_schema,
+                };
+            })
+        }
+        BlockOp::LakeSink { connection, path, partition_by } => {
+            let partition_by = match partition_by {
+                Some(column) => quote!(Some(#column)),
+                None => quote!(None),
+            };
+            Some(quote! {
+                #[doc = #doc]
+                const #name: LakeTarget = LakeTarget {
+                    connection: #connection,
+                    path: #path,
+                    partition_by: #partition_by,
+                    columns: #input_schema,
+                };
+            })
+        }
+        _ => None,
+    }
+}
+
+/// One line saying what the block does, for `explain` and `graph`.
+fn summary(block: &Block) -> String {
+    match &block.op {
+        BlockOp::Source { connection, path, format, compression } => {
+            let format = match format {
+                FileFormat::Csv => "csv",
+                FileFormat::Parquet => "parquet",
+            };
+            let gzip = if *compression == Compression::Gzip { " (gzip)" } else { "" };
+            let location = match connection {
+                Some(connection) => format!("{{{connection}}}/{}", template_text(path)),
+                None => template_text(path),
+            };
+            format!("read {format}{gzip} from {location}")
+        }
+        BlockOp::Transform { steps } => format!("{} step{}", steps.len(), if steps.len() == 1 { "" } else { "s" }),
+        BlockOp::Rust { function } => format!("blocks::{function}"),
+        BlockOp::TableSink { connection, table, db_schema, mode, partition_column } => {
+            let table = match db_schema {
+                Some(schema) => format!("{schema}.{table}"),
+                None => table.clone(),
+            };
+            let mode = match (mode, partition_column) {
+                (WriteMode::Replace, _) => "replace".to_string(),
+                (WriteMode::Append, _) => "append".to_string(),
+                (WriteMode::ReplacePartition, column) => format!("replace_partition by {}", column.as_deref().unwrap_or("?")),
+            };
+            format!("write table {table} on {{{connection}}} ({mode})")
+        }
+        BlockOp::LakeSink { connection, path, partition_by } => match partition_by {
+            Some(column) => format!("write parquet to {{{connection}}}/{path}/{column}=*/"),
+            None => format!("write parquet to {{{connection}}}/{path}/"),
+        },
+    }
+}
+
+fn template_text(parts: &[TemplatePart]) -> String {
+    parts
+        .iter()
+        .map(|part| match part {
+            TemplatePart::Text(text) => text.clone(),
+            TemplatePart::Field { field, .. } => format!("{{partition.{}}}", field_method(*field)),
+        })
+        .collect()
+}
+
+fn field_method(field: PartitionField) -> &'static str {
+    match field {
+        PartitionField::Year => "year",
+        PartitionField::Month => "month",
+        PartitionField::Day => "day",
+        PartitionField::Hour => "hour",
+        PartitionField::Key => "key",
+        PartitionField::Start => "start",
+        PartitionField::End => "end",
+    }
+}
+
+fn dispatch_arm(index: usize, block: &Block) -> TokenStream {
+    let function = function_name(block);
+    let body = match &block.op {
+        BlockOp::Source { .. } => quote!(Box::pin(async move { #function(&ctx).await.map(Some) })),
+        BlockOp::Transform { .. } | BlockOp::Rust { .. } => {
+            quote!(ctx.compute(move |ctx| #function(ctx, inputs.remove(0)).map(Some)))
+        }
+        BlockOp::TableSink { .. } | BlockOp::LakeSink { .. } => {
+            quote!(Box::pin(async move { #function(&ctx, inputs.remove(0)).await.map(|()| None) }))
+        }
+    };
+    let index = proc_macro2::Literal::usize_unsuffixed(index);
+    quote!(#index => #body,)
+}
+
+fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> TokenStream {
+    let function = function_name(block);
+    let kind = match &block.op {
+        BlockOp::Source { connection: Some(_), .. } => "HTTP source",
+        BlockOp::Source { connection: None, .. } => "file source",
+        BlockOp::Transform { .. } => "transform",
+        BlockOp::Rust { .. } => "hand-written Rust block",
+        BlockOp::TableSink { .. } => "table sink",
+        BlockOp::LakeSink { .. } => "lake sink",
+    };
+    let mut doc = vec![format!(" `{}`: {kind}, declared at {}:{}.", block.name, pipeline.source_path, block.line)];
+    if let Some(description) = &block.description {
+        doc.push(String::new());
+        doc.extend(description.lines().map(|line| format!(" {line}")));
+    }
+    let doc = doc.iter().map(|line| quote!(#[doc = #line]));
+    let checks = check_calls(pipeline, block);
+    match &block.op {
+        BlockOp::Source { connection, path, format, compression } => {
+            let output = schema_const(block);
+            let (literal, args) = template_format(path);
+            let path_value = if args.is_empty() { quote!(#literal.to_string()) } else { quote!(format!(#literal, #(#args),*)) };
+            let partition = if path.iter().any(|p| matches!(p, TemplatePart::Field { .. })) {
+                quote!(let partition = ctx.partition()?;)
+            } else {
+                quote!()
+            };
+            let location = match connection {
+                Some(connection) => quote!(Location::Http { connection: #connection, path }),
+                None => quote!(Location::File { path }),
+            };
+            let format = match format {
+                FileFormat::Csv => quote!(FileFormat::Csv),
+                FileFormat::Parquet => quote!(FileFormat::Parquet),
+            };
+            let compression = match compression {
+                Compression::None => quote!(Compression::None),
+                Compression::Gzip => quote!(Compression::Gzip),
+            };
+            quote! {
+                #(#doc)*
+                async fn #function(ctx: &RunContext) -> BlockResult<DataFrame> {
+                    #partition
+                    let path = #path_value;
+                    let frame = read_source(ctx, #location, #format, #compression, #output).await?;
+                    #checks
+                    Ok(frame)
+                }
+            }
+        }
+        BlockOp::Transform { steps } => {
+            let mut statements = vec![quote!(let frame = input.lazy();)];
+            for step in steps {
+                if options.comments {
+                    statements.push(comment(format!("{}:{}: {}", pipeline.source_path, step.line, step.summary)));
+                }
+                let applied = step_tokens(&step.op);
+                statements.push(quote!(let frame = frame #applied;));
+            }
+            let output = schema_const(block);
+            quote! {
+                #(#doc)*
+                fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
+                    #(#statements)*
+                    let frame = conform(frame.collect()?, #output)?;
+                    #checks
+                    Ok(frame)
+                }
+            }
+        }
+        BlockOp::Rust { function: user_function } => {
+            let user = format_ident!("{}", user_function);
+            let output = schema_const(block);
+            let ctx = if checks.is_empty() { quote!(_ctx) } else { quote!(ctx) };
+            quote! {
+                #(#doc)*
+                fn #function(#ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
+                    // The hand-written function's output is checked against the declared schema, so
+                    // a mistake there is reported at this block, not in a sink downstream.
+                    let frame = conform(blocks::#user(input)?, #output)?;
+                    #checks
+                    Ok(frame)
+                }
+            }
+        }
+        BlockOp::TableSink { .. } => {
+            let target = target_const(block);
+            quote! {
+                #(#doc)*
+                async fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+                    write_table(ctx, &#target, input).await
+                }
+            }
+        }
+        BlockOp::LakeSink { .. } => {
+            let target = target_const(block);
+            quote! {
+                #(#doc)*
+                async fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+                    write_lake(ctx, &#target, input).await
+                }
+            }
+        }
+    }
+}
+
+/// The `format!` string and arguments of a path template.
+fn template_format(parts: &[TemplatePart]) -> (String, Vec<TokenStream>) {
+    let mut literal = String::new();
+    let mut args = Vec::new();
+    for part in parts {
+        match part {
+            TemplatePart::Text(text) => literal.push_str(&text.replace('{', "{{").replace('}', "}}")),
+            TemplatePart::Field { field, width } => {
+                if *width > 0 {
+                    literal.push_str(&format!("{{:0{width}}}"));
+                } else {
+                    literal.push_str("{}");
+                }
+                let method = format_ident!("{}", field_method(*field));
+                args.push(quote!(partition.#method()));
+            }
+        }
+    }
+    (literal, args)
+}
+
+fn check_calls(pipeline: &Pipeline, block: &Block) -> TokenStream {
+    let calls = block.checks.iter().map(|check| {
+        let name = &check.name;
+        let location = format!("{}:{}", pipeline.source_path, check.line);
+        let severity = match check.severity {
+            CheckSeverity::Fail => quote!(CheckSeverity::Fail),
+            CheckSeverity::Warn => quote!(CheckSeverity::Warn),
+        };
+        let predicate = expr_tokens(&check.predicate);
+        quote! {
+            run_check(ctx, &frame, &CheckDef { name: #name, location: #location, severity: #severity }, #predicate)?;
+        }
+    });
+    quote!(#(#calls)*)
+}
+
+fn step_tokens(op: &StepOp) -> TokenStream {
+    match op {
+        StepOp::Filter(predicate) => {
+            let predicate = expr_tokens(predicate);
+            quote!(.filter(#predicate))
+        }
+        StepOp::Derive(columns) => {
+            let exprs = columns.iter().map(|(name, expr)| {
+                let expr = expr_tokens(expr);
+                quote!(#expr.alias(#name))
+            });
+            quote!(.with_columns([#(#exprs),*]))
+        }
+        StepOp::Rename(pairs) => {
+            let from = pairs.iter().map(|(from, _)| from);
+            let to = pairs.iter().map(|(_, to)| to);
+            quote!(.rename([#(#from),*], [#(#to),*], true))
+        }
+        StepOp::Select(columns) => quote!(.select([#(col(#columns)),*])),
+        StepOp::Drop(columns) => quote!(.drop(by_name([#(#columns),*], true, false))),
+        StepOp::Cast(casts) => {
+            let exprs = casts.iter().map(|(name, ty)| {
+                let dtype = dtype_tokens(ty.base);
+                quote!(col(#name).strict_cast(#dtype))
+            });
+            quote!(.with_columns([#(#exprs),*]))
+        }
+    }
+}
+
+fn dtype_tokens(base: BaseType) -> TokenStream {
+    let base = base_tokens(base);
+    quote!(#base.dtype())
+}
+
+fn literal_tokens(literal: &Literal) -> TokenStream {
+    match literal {
+        Literal::Int(i) => quote!(lit(#i)),
+        Literal::Float(x) => quote!(lit(#x)),
+        Literal::String(s) => quote!(lit(#s)),
+        Literal::Bool(b) => quote!(lit(#b)),
+    }
+}
+
+/// A typed expression as a polars expression.
+fn expr_tokens(expr: &TypedExpr) -> TokenStream {
+    match expr {
+        TypedExpr::Column(name) => quote!(col(#name)),
+        TypedExpr::Literal(literal) => literal_tokens(literal),
+        TypedExpr::DateLiteral(year, month, day) => quote!(date_lit(#year, #month, #day)),
+        TypedExpr::Null(Some(base)) => {
+            let dtype = dtype_tokens(*base);
+            quote!(lit(NULL).cast(#dtype))
+        }
+        TypedExpr::Null(None) => quote!(lit(NULL)),
+        TypedExpr::Param(name, base) => {
+            let getter = match base {
+                BaseType::Int64 => quote!(int),
+                BaseType::Float64 => quote!(float),
+                BaseType::Bool => quote!(bool),
+                _ => quote!(string),
+            };
+            quote!(lit(ctx.param(#name)?.#getter()?))
+        }
+        TypedExpr::Partition(field) => {
+            let method = format_ident!("{}", field_method(*field));
+            match field {
+                PartitionField::Start | PartitionField::End => quote!(ctx.partition()?.#method()),
+                _ => quote!(lit(ctx.partition()?.#method())),
+            }
+        }
+        TypedExpr::Not(inner) => {
+            let inner = expr_tokens(inner);
+            quote!(#inner.not())
+        }
+        TypedExpr::Neg(inner) => {
+            let inner = expr_tokens(inner);
+            quote!(-(#inner))
+        }
+        TypedExpr::Binary(op, left, right) => {
+            let l = expr_tokens(left);
+            let r = expr_tokens(right);
+            match op {
+                BinaryOp::Or => quote!(#l.or(#r)),
+                BinaryOp::And => quote!(#l.and(#r)),
+                BinaryOp::Eq => quote!(#l.eq(#r)),
+                BinaryOp::NotEq => quote!(#l.neq(#r)),
+                BinaryOp::Lt => quote!(#l.lt(#r)),
+                BinaryOp::LtEq => quote!(#l.lt_eq(#r)),
+                BinaryOp::Gt => quote!(#l.gt(#r)),
+                BinaryOp::GtEq => quote!(#l.gt_eq(#r)),
+                BinaryOp::Add => quote!((#l + #r)),
+                BinaryOp::Sub => quote!((#l - #r)),
+                BinaryOp::Mul => quote!((#l * #r)),
+                // Division is always true division, as in SQL engines with float semantics.
+                BinaryOp::Div => quote!((#l.cast(DataType::Float64) / #r.cast(DataType::Float64))),
+                BinaryOp::Rem => quote!((#l % #r)),
+            }
+        }
+        TypedExpr::IsNull(inner, negated) => {
+            let inner = expr_tokens(inner);
+            if *negated { quote!(#inner.is_not_null()) } else { quote!(#inner.is_null()) }
+        }
+        TypedExpr::InList(inner, values, negated) => {
+            let inner = expr_tokens(inner);
+            let list = list_tokens(values);
+            let test = quote!(#inner.is_in(#list, false));
+            if *negated { quote!(#test.not()) } else { test }
+        }
+        TypedExpr::Call(function, typed_args) => {
+            let args: Vec<TokenStream> = typed_args.iter().map(expr_tokens).collect();
+            let first = &args[0];
+            match function {
+                Function::Date => quote!(#first.dt().date()),
+                Function::Year => quote!(#first.dt().year().cast(DataType::Int64)),
+                Function::Month => quote!(#first.dt().month().cast(DataType::Int64)),
+                Function::Day => quote!(#first.dt().day().cast(DataType::Int64)),
+                Function::Hour => quote!(#first.dt().hour().cast(DataType::Int64)),
+                Function::Abs => quote!(#first.abs()),
+                Function::Lower => quote!(#first.str().to_lowercase()),
+                Function::Upper => quote!(#first.str().to_uppercase()),
+                Function::Length => quote!(#first.str().len_chars().cast(DataType::Int64)),
+                Function::Coalesce => quote!(coalesce(&[#(#args),*])),
+                Function::Round => {
+                    let decimals = match typed_args[1] {
+                        TypedExpr::Literal(Literal::Int(n)) => n as u32,
+                        _ => unreachable!("the checker only accepts a constant number of decimals"),
+                    };
+                    quote!(#first.round(#decimals, RoundMode::HalfAwayFromZero))
+                }
+            }
+        }
+    }
+}
+
+/// An `in` list as a typed series literal.
+fn list_tokens(values: &[Literal]) -> TokenStream {
+    let all_int = values.iter().all(|v| matches!(v, Literal::Int(_)));
+    let all_numeric = values.iter().all(|v| matches!(v, Literal::Int(_) | Literal::Float(_)));
+    if all_int {
+        let items = values.iter().map(|v| if let Literal::Int(i) = v { *i } else { 0 });
+        quote!(int_list(&[#(#items),*]))
+    } else if all_numeric {
+        let items = values.iter().map(|v| match v {
+            Literal::Int(i) => *i as f64,
+            Literal::Float(x) => *x,
+            _ => 0.0,
+        });
+        quote!(float_list(&[#(#items),*]))
+    } else if values.iter().all(|v| matches!(v, Literal::Bool(_))) {
+        let items = values.iter().map(|v| matches!(v, Literal::Bool(true)));
+        quote!(bool_list(&[#(#items),*]))
+    } else {
+        let items = values.iter().map(|v| match v {
+            Literal::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        quote!(string_list(&[#(#items),*]))
+    }
+}

@@ -1,0 +1,269 @@
+//! The checked pipeline: what `check` proves and `emit` turns into Rust.
+//!
+//! Everything here is resolved: blocks are in dependency order and refer to each other by index,
+//! every edge carries its exact schema, expressions are typed, templates are split into parts.
+
+use crate::expr::BinaryOp;
+use crate::syntax::{CheckSeverity, Compression, FileFormat, SecretRef, WriteMode};
+use crate::types::{BaseType, ColumnType, Granularity, Literal};
+
+/// An ordered list of columns with their types.
+pub type Schema = Vec<(String, ColumnType)>;
+
+/// A checked pipeline, ready to emit.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    /// The pipeline's name.
+    pub name: String,
+    /// What it does.
+    pub description: Option<String>,
+    /// Who owns it.
+    pub owner: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// How the file is named in messages and doc comments (`pipelines/x.toml`).
+    pub source_path: String,
+    /// A hash of the pipeline file, recorded with each run.
+    pub source_hash: String,
+    /// Partitioning, if any: granularity and first partition key.
+    pub partitions: Option<(Granularity, String)>,
+    /// Parameters and their defaults.
+    pub params: Vec<(String, Literal)>,
+    /// Connections by role.
+    pub connections: Vec<Connection>,
+    /// Blocks in dependency order.
+    pub blocks: Vec<Block>,
+    /// The Rust module with hand-written blocks, relative to the workspace root, if any block
+    /// uses one.
+    pub rust_module: Option<String>,
+}
+
+/// A connection: a role and a URL template.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The role name.
+    pub name: String,
+    /// The URL template with `${VAR:-default}` references.
+    pub url: String,
+    /// The password reference, if any.
+    pub password: Option<SecretRef>,
+}
+
+/// Retry and timeout policy of a block, with the pipeline defaults applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Retries after the first attempt, on retryable errors.
+    pub retries: u32,
+    /// The first retry delay in milliseconds.
+    pub retry_delay_ms: u64,
+    /// The timeout of one attempt in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// A checked block.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// The block's name (a Rust identifier).
+    pub name: String,
+    /// The line of its table header in the pipeline file.
+    pub line: usize,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Indices of the blocks it reads, in `Pipeline::blocks`.
+    pub inputs: Vec<usize>,
+    /// What it does.
+    pub op: BlockOp,
+    /// Its output schema; `None` for sinks.
+    pub output: Option<Schema>,
+    /// Data tests on its output.
+    pub checks: Vec<Check>,
+    /// Retry and timeout policy.
+    pub policy: Policy,
+}
+
+/// One piece of a path template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Text copied as it is.
+    Text(String),
+    /// A partition field, zero-padded to `width` digits.
+    Field {
+        /// The field.
+        field: PartitionField,
+        /// The minimum width.
+        width: usize,
+    },
+}
+
+/// Fields of a partition available to templates and expressions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionField {
+    /// The year, e.g. 2021.
+    Year,
+    /// The month, 1 to 12.
+    Month,
+    /// The day of month.
+    Day,
+    /// The hour.
+    Hour,
+    /// The partition key, e.g. `2021-01`.
+    Key,
+    /// The first instant of the partition.
+    Start,
+    /// The first instant after the partition.
+    End,
+}
+
+/// What a block does.
+#[derive(Clone, Debug)]
+pub enum BlockOp {
+    /// Reads a file (over HTTP when `connection` is set, else from the local file system).
+    Source {
+        /// The connection holding the base URL, for HTTP sources.
+        connection: Option<String>,
+        /// The path, relative to the base URL for HTTP sources.
+        path: Vec<TemplatePart>,
+        /// CSV or Parquet.
+        format: FileFormat,
+        /// Compression.
+        compression: Compression,
+    },
+    /// Column operations.
+    Transform {
+        /// The steps in order.
+        steps: Vec<Step>,
+    },
+    /// A hand-written function.
+    Rust {
+        /// The function's name in the pipeline's Rust module.
+        function: String,
+    },
+    /// A SQL table sink.
+    TableSink {
+        /// The database connection.
+        connection: String,
+        /// The table.
+        table: String,
+        /// The Postgres schema.
+        db_schema: Option<String>,
+        /// The write mode.
+        mode: WriteMode,
+        /// The column holding the partition key, for `replace_partition`.
+        partition_column: Option<String>,
+    },
+    /// A Parquet lake sink.
+    LakeSink {
+        /// The lake connection.
+        connection: String,
+        /// The dataset folder.
+        path: String,
+        /// The hive partition column.
+        partition_by: Option<String>,
+    },
+}
+
+/// A checked transform step.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Its line in the pipeline file.
+    pub line: usize,
+    /// The step as a reader would summarise it, for the generated comment.
+    pub summary: String,
+    /// The operation.
+    pub op: StepOp,
+}
+
+/// Checked transform operations.
+#[derive(Clone, Debug)]
+pub enum StepOp {
+    /// Keep rows where the predicate is true.
+    Filter(TypedExpr),
+    /// Add or replace columns.
+    Derive(Vec<(String, TypedExpr)>),
+    /// Rename columns (snake_case rules are already expanded to pairs).
+    Rename(Vec<(String, String)>),
+    /// Keep these columns in this order.
+    Select(Vec<String>),
+    /// Remove these columns.
+    Drop(Vec<String>),
+    /// Change types.
+    Cast(Vec<(String, ColumnType)>),
+}
+
+/// A checked data test.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// The name shown in logs and errors.
+    pub name: String,
+    /// Its line in the pipeline file.
+    pub line: usize,
+    /// The predicate every row must satisfy.
+    pub predicate: TypedExpr,
+    /// Fail or warn.
+    pub severity: CheckSeverity,
+}
+
+/// The type of an expression: `None` as base for a bare `null`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExprType {
+    /// The value type, unknown for `null`.
+    pub base: Option<BaseType>,
+    /// Whether the value may be null.
+    pub nullable: bool,
+}
+
+/// Functions of the expression language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Function {
+    /// The date of a timestamp.
+    Date,
+    /// The year of a date or timestamp.
+    Year,
+    /// The month of a date or timestamp.
+    Month,
+    /// The day of month of a date or timestamp.
+    Day,
+    /// The hour of a timestamp.
+    Hour,
+    /// Absolute value.
+    Abs,
+    /// Lowercase text.
+    Lower,
+    /// Uppercase text.
+    Upper,
+    /// Length of text in characters.
+    Length,
+    /// The first non-null argument.
+    Coalesce,
+    /// Round a float to N decimals.
+    Round,
+}
+
+/// A typed expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TypedExpr {
+    /// A column.
+    Column(String),
+    /// A constant.
+    Literal(Literal),
+    /// A date constant: year, month, day.
+    DateLiteral(i32, u32, u32),
+    /// A null of a type.
+    Null(Option<BaseType>),
+    /// A parameter with its type.
+    Param(String, BaseType),
+    /// A field of the run's partition.
+    Partition(PartitionField),
+    /// Boolean negation.
+    Not(Box<TypedExpr>),
+    /// Arithmetic negation.
+    Neg(Box<TypedExpr>),
+    /// A binary operation.
+    Binary(BinaryOp, Box<TypedExpr>, Box<TypedExpr>),
+    /// A null test.
+    IsNull(Box<TypedExpr>, bool),
+    /// A membership test against constants.
+    InList(Box<TypedExpr>, Vec<Literal>, bool),
+    /// A function call.
+    Call(Function, Vec<TypedExpr>),
+}

@@ -1,0 +1,76 @@
+//! The Baton pipeline compiler: TOML in, checked Rust out.
+//!
+//! Layers, each in its own module: [`syntax`] reads the TOML into a spanned tree, [`resolve`]
+//! links block names into a graph and finds cycles, [`check`] propagates schemas and types every
+//! expression, and [`emit`] writes the Rust executor. Problems are collected as
+//! [`Diagnostic`]s across all layers and rendered like rustc's.
+//!
+//! The same library serves the build script of each generated pipeline crate ([`build`]), the
+//! `pipeline!` proc-macro and the `xtask` command line.
+
+pub mod build;
+pub mod check;
+pub mod diagnostic;
+pub mod emit;
+pub mod expr;
+pub mod ir;
+pub mod resolve;
+pub mod syntax;
+pub mod types;
+
+pub use diagnostic::{Diagnostic, Severity};
+
+use sha2::{Digest, Sha256};
+
+/// The input of one compilation.
+#[derive(Clone, Debug)]
+pub struct Source<'a> {
+    /// How the pipeline file is named in messages, e.g. `pipelines/green_taxi_etl.toml`.
+    pub path: &'a str,
+    /// The pipeline file's text.
+    pub text: &'a str,
+    /// The pipeline's hand-written Rust module, if it exists: its display path and text.
+    pub rust_module: Option<(&'a str, &'a str)>,
+}
+
+/// The result of a compilation: the checked pipeline when there was no error, and every
+/// diagnostic (errors and warnings), sorted by position.
+#[derive(Debug)]
+pub struct Compilation {
+    /// The checked pipeline, present when no error was found.
+    pub pipeline: Option<ir::Pipeline>,
+    /// Every diagnostic.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Compilation {
+    /// Whether any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    /// The diagnostics rendered like rustc's.
+    pub fn render(&self, source: &Source<'_>) -> String {
+        diagnostic::render(source.path, source.text, &self.diagnostics)
+    }
+}
+
+/// Runs every layer on a pipeline file, collecting all diagnostics.
+pub fn compile(source: &Source<'_>) -> Compilation {
+    let mut diagnostics = Vec::new();
+    let pipeline = syntax::parse(source.text, &mut diagnostics).map(|file| {
+        let graph = resolve::resolve(&file, &mut diagnostics);
+        let context = check::Context { source: source.text, source_path: source.path, rust_module: source.rust_module };
+        check::check(&file, &graph, &context, &mut diagnostics)
+    });
+    diagnostic::sort(&mut diagnostics);
+    let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
+    Compilation { pipeline: if failed { None } else { pipeline }, diagnostics }
+}
+
+/// A short, stable hash of the pipeline file, recorded with every run so a run can be tied to
+/// the exact pipeline version that produced it.
+pub fn source_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,204 @@
+//! Resolve: block names to indices, the dependency graph, cycles and the run order.
+
+use std::collections::HashMap;
+
+use crate::diagnostic::{Diagnostic, did_you_mean};
+use crate::syntax::{Block, BlockKind, PipelineFile};
+
+/// The resolved graph: for each block (in file order) the indices of its inputs, and a run order.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    /// `inputs[b]` are the file-order indices of block `b`'s inputs.
+    pub inputs: Vec<Vec<usize>>,
+    /// Blocks in dependency order; blocks on or after a cycle, or with unresolved inputs, are left out.
+    pub order: Vec<usize>,
+}
+
+/// Resolves inputs, reports unknown inputs, wrong input counts and every dependency cycle.
+pub fn resolve(file: &PipelineFile, diagnostics: &mut Vec<Diagnostic>) -> Graph {
+    let index: HashMap<&str, usize> = file.blocks.iter().enumerate().map(|(i, b)| (b.name.value.as_str(), i)).collect();
+    let mut inputs = Vec::with_capacity(file.blocks.len());
+    let mut broken = vec![false; file.blocks.len()];
+    for (b, block) in file.blocks.iter().enumerate() {
+        check_arity(block, diagnostics);
+        let mut resolved = Vec::new();
+        for input in &block.inputs {
+            match index.get(input.value.as_str()) {
+                Some(&i) if is_sink(&file.blocks[i]) => {
+                    broken[b] = true;
+                    diagnostics.push(
+                        Diagnostic::error("E0018", format!("block `{}` reads from sink `{}`", block.name.value, input.value), input.span.clone(), "a sink has no output")
+                            .with_label(file.blocks[i].name.span.clone(), "this block is a sink")
+                            .with_help("read from the block that feeds the sink instead"),
+                    );
+                }
+                Some(&i) => resolved.push(i),
+                None => {
+                    broken[b] = true;
+                    let others = file.blocks.iter().filter(|o| !is_sink(o)).map(|o| o.name.value.as_str());
+                    diagnostics.push(
+                        Diagnostic::error("E0006", format!("unknown input `{}` of block `{}`", input.value, block.name.value), input.span.clone(), "no block has this name")
+                            .with_optional_help(did_you_mean(&input.value, others)),
+                    );
+                }
+            }
+        }
+        inputs.push(resolved);
+    }
+    report_cycles(file, &inputs, diagnostics);
+    let order = run_order(&inputs, &broken);
+    Graph { inputs, order }
+}
+
+fn is_sink(block: &Block) -> bool {
+    matches!(block.kind, BlockKind::TableSink(_) | BlockKind::LakeSink(_))
+}
+
+fn check_arity(block: &Block, diagnostics: &mut Vec<Diagnostic>) {
+    let is_source = matches!(block.kind, BlockKind::HttpSource(_) | BlockKind::FileSource(_));
+    let count = block.inputs.len();
+    let (ok, expected) = if is_source { (count == 0, "no inputs") } else { (count == 1, "exactly one input") };
+    if !ok {
+        let span = block.inputs.first().map_or(block.name.span.clone(), |i| i.span.clone());
+        let help = if is_source {
+            "a source reads from outside the pipeline; remove `inputs`"
+        } else {
+            "name the block it reads from: `inputs = [\"extract\"]`"
+        };
+        diagnostics.push(
+            Diagnostic::error("E0018", format!("block `{}` must have {expected}", block.name.value), span, format!("found {count}"))
+                .with_help(help),
+        );
+    }
+}
+
+/// Kahn's algorithm, stable in file order. A block whose inputs are broken or cyclic is left
+/// out, and so is everything downstream of it.
+fn run_order(inputs: &[Vec<usize>], broken: &[bool]) -> Vec<usize> {
+    let n = inputs.len();
+    let mut done = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    loop {
+        let ready = (0..n).find(|&b| !done[b] && !broken[b] && inputs[b].iter().all(|&i| done[i]));
+        match ready {
+            Some(b) => {
+                done[b] = true;
+                order.push(b);
+            }
+            None => break,
+        }
+    }
+    order
+}
+
+/// Finds each strongly connected component with a cycle (Tarjan) and reports one cycle path per
+/// component, with every edge located, so a user sees the whole loop at once.
+fn report_cycles(file: &PipelineFile, inputs: &[Vec<usize>], diagnostics: &mut Vec<Diagnostic>) {
+    for component in strongly_connected(inputs) {
+        let start = *component.iter().min().expect("components are not empty");
+        let self_loop = inputs[start].contains(&start);
+        if component.len() == 1 && !self_loop {
+            continue;
+        }
+        let path = cycle_path(start, inputs, &component);
+        let names: Vec<&str> = path.iter().map(|&b| file.blocks[b].name.value.as_str()).collect();
+        let mut chain = names.join(" → ");
+        chain.push_str(" → ");
+        chain.push_str(names[0]);
+        // Edge k goes from path[k] into path[k+1]; it is written in path[k+1]'s `inputs`.
+        let edge_span = |from: usize, to: usize| {
+            let block = &file.blocks[to];
+            block.inputs.iter().find(|i| i.value == file.blocks[from].name.value).map(|i| i.span.clone()).unwrap_or(block.name.span.clone())
+        };
+        let first_to = path.get(1).copied().unwrap_or(start);
+        let mut diagnostic = Diagnostic::error(
+            "E0007",
+            format!("dependency cycle: {chain}"),
+            edge_span(path[0], first_to),
+            format!("`{}` reads `{}`", file.blocks[first_to].name.value, names[0]),
+        );
+        for k in 1..path.len() {
+            let from = path[k];
+            let to = path[(k + 1) % path.len()];
+            diagnostic = diagnostic.with_label(edge_span(from, to), format!("`{}` reads `{}`", file.blocks[to].name.value, file.blocks[from].name.value));
+        }
+        diagnostics.push(diagnostic.with_help("blocks must form a DAG: remove one of these inputs to break the cycle"));
+    }
+}
+
+/// A cycle through `start` inside `component`, following data flow (input → consumer).
+fn cycle_path(start: usize, inputs: &[Vec<usize>], component: &[usize]) -> Vec<usize> {
+    let consumers = |b: usize| (0..inputs.len()).filter(move |&c| inputs[c].contains(&b) && component.contains(&c));
+    // Breadth-first search for the shortest way back to `start`.
+    let mut previous: HashMap<usize, usize> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(b) = queue.pop_front() {
+        for c in consumers(b) {
+            if c == start {
+                let mut path = vec![b];
+                let mut at = b;
+                while at != start {
+                    at = previous[&at];
+                    path.push(at);
+                }
+                path.reverse();
+                return path;
+            }
+            if let std::collections::hash_map::Entry::Vacant(entry) = previous.entry(c) {
+                entry.insert(b);
+                queue.push_back(c);
+            }
+        }
+    }
+    vec![start]
+}
+
+fn strongly_connected(inputs: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    struct Tarjan<'a> {
+        inputs: &'a [Vec<usize>],
+        index: Vec<Option<usize>>,
+        low: Vec<usize>,
+        on_stack: Vec<bool>,
+        stack: Vec<usize>,
+        next: usize,
+        components: Vec<Vec<usize>>,
+    }
+    impl Tarjan<'_> {
+        fn visit(&mut self, v: usize) {
+            self.index[v] = Some(self.next);
+            self.low[v] = self.next;
+            self.next += 1;
+            self.stack.push(v);
+            self.on_stack[v] = true;
+            for &w in &self.inputs[v] {
+                match self.index[w] {
+                    None => {
+                        self.visit(w);
+                        self.low[v] = self.low[v].min(self.low[w]);
+                    }
+                    Some(index) if self.on_stack[w] => self.low[v] = self.low[v].min(index),
+                    Some(_) => {}
+                }
+            }
+            if Some(self.low[v]) == self.index[v] {
+                let mut component = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    self.on_stack[w] = false;
+                    component.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                self.components.push(component);
+            }
+        }
+    }
+    let n = inputs.len();
+    let mut tarjan = Tarjan { inputs, index: vec![None; n], low: vec![0; n], on_stack: vec![false; n], stack: Vec::new(), next: 0, components: Vec::new() };
+    for v in 0..n {
+        if tarjan.index[v].is_none() {
+            tarjan.visit(v);
+        }
+    }
+    tarjan.components
+}

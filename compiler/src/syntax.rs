@@ -1,0 +1,1033 @@
+//! Syntax: the pipeline TOML read into a typed tree that remembers where everything came from.
+//!
+//! The TOML parser gives a tree of spanned values. This module walks it the way a strict serde
+//! deserializer would, but it does not stop at the first problem: unknown keys (with a
+//! suggestion), wrong value types and missing keys are all collected, each with its span.
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diagnostic::{Diagnostic, Span, did_you_mean};
+use crate::types::{ColumnType, Granularity, Literal};
+
+/// A value with the byte range it was written at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Where it stands in the file.
+    pub span: Span,
+}
+
+impl<T> Located<T> {
+    fn new(value: T, span: Span) -> Self {
+        Located { value, span }
+    }
+}
+
+/// The whole pipeline file.
+#[derive(Clone, Debug)]
+pub struct PipelineFile {
+    /// The `[pipeline]` table.
+    pub pipeline: PipelineMeta,
+    /// The `[params]` table, in file order.
+    pub params: Vec<Param>,
+    /// The `[connections]` table, in file order.
+    pub connections: Vec<Connection>,
+    /// The `[blocks.*]` tables, in file order.
+    pub blocks: Vec<Block>,
+}
+
+/// `[pipeline]`: metadata, partitions and defaults.
+#[derive(Clone, Debug)]
+pub struct PipelineMeta {
+    /// The pipeline's name; also the binary's name.
+    pub name: Located<String>,
+    /// What the pipeline does, for people.
+    pub description: Option<String>,
+    /// Who to ask about it.
+    pub owner: Option<String>,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+    /// How runs are partitioned, if they are.
+    pub partitions: Option<Partitions>,
+    /// Retry and timeout defaults for every block.
+    pub defaults: Defaults,
+}
+
+/// `[pipeline.partitions]`.
+#[derive(Clone, Debug)]
+pub struct Partitions {
+    /// Monthly, daily or hourly.
+    pub granularity: Located<Granularity>,
+    /// The first partition, as its key (`2019-01`, `2019-01-01`, `2019-01-01T00`).
+    pub start: Located<String>,
+}
+
+/// `[pipeline.defaults]`, also the per-block overrides.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Defaults {
+    /// How many times a failed block is retried (on retryable errors only).
+    pub retries: Option<u32>,
+    /// The first retry delay in milliseconds; it doubles on each attempt.
+    pub retry_delay_ms: Option<u64>,
+    /// How long one attempt of a block may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// One `[params]` entry: a typed value the caller may set with `--param name=value`.
+#[derive(Clone, Debug)]
+pub struct Param {
+    /// The parameter's name, used as `param.NAME` in expressions.
+    pub name: Located<String>,
+    /// Its type and its default value.
+    pub default: Located<Literal>,
+}
+
+/// One `[connections]` entry.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The role name blocks refer to (`warehouse`, `lake`, ...).
+    pub name: Located<String>,
+    /// The URL, with `${VAR:-default}` references.
+    pub url: Located<String>,
+    /// A password injected into the URL at run time, by reference only.
+    pub password: Option<Located<SecretRef>>,
+}
+
+/// Where a secret comes from. Secrets are never written in the pipeline file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretRef {
+    /// Read from an environment variable.
+    Env(String),
+    /// Read from a file (for example a mounted Kubernetes secret); trailing newlines are trimmed.
+    File(String),
+}
+
+/// One `[blocks.NAME]` table.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// The block's name, unique in the pipeline.
+    pub name: Located<String>,
+    /// The span of the whole table, used for the block's line in generated doc comments.
+    pub span: Span,
+    /// What it is for.
+    pub description: Option<String>,
+    /// The blocks it reads from.
+    pub inputs: Vec<Located<String>>,
+    /// What the block does.
+    pub kind: BlockKind,
+    /// Data tests on the block's output.
+    pub checks: Vec<Check>,
+    /// Retry and timeout overrides.
+    pub policy: Defaults,
+}
+
+/// File formats a source can read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// Compression of a source file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Not compressed.
+    None,
+    /// gzip (`.gz`).
+    Gzip,
+}
+
+/// Write modes of a table sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Drop and recreate the table with the new rows, in one transaction.
+    Replace,
+    /// Insert the rows.
+    Append,
+    /// Delete the rows of this run's partition, then insert, in one transaction.
+    ReplacePartition,
+}
+
+/// The kinds of block.
+#[derive(Clone, Debug)]
+pub enum BlockKind {
+    /// Downloads a file over HTTP(S).
+    HttpSource(FileSource),
+    /// Reads a local file.
+    FileSource(FileSource),
+    /// A sequence of column operations.
+    Transform {
+        /// The steps, applied in order.
+        steps: Vec<Step>,
+    },
+    /// A hand-written Rust function.
+    Rust {
+        /// The function's path inside the pipeline's Rust module, e.g. `fix_flags`.
+        function: Located<String>,
+        /// The declared output schema; when absent the output schema equals the input schema.
+        output: Option<Vec<ColumnDecl>>,
+    },
+    /// Writes into a SQL table.
+    TableSink(TableSink),
+    /// Writes partitioned Parquet files into the lake.
+    LakeSink(LakeSink),
+}
+
+/// A file source (HTTP or local).
+#[derive(Clone, Debug)]
+pub struct FileSource {
+    /// The connection whose URL is the base (HTTP sources only).
+    pub connection: Option<Located<String>>,
+    /// The path template, with `{partition.year}`-style variables.
+    pub path: Located<String>,
+    /// CSV or Parquet.
+    pub format: FileFormat,
+    /// Compression of the file.
+    pub compression: Compression,
+    /// The declared columns, in file order.
+    pub schema: Vec<ColumnDecl>,
+    /// The span of the `schema` table.
+    pub schema_span: Span,
+}
+
+/// A table sink.
+#[derive(Clone, Debug)]
+pub struct TableSink {
+    /// The connection of the database.
+    pub connection: Located<String>,
+    /// The table's name.
+    pub table: Located<String>,
+    /// The database schema (namespace) on Postgres; ignored by SQLite.
+    pub db_schema: Option<Located<String>>,
+    /// How rows are written.
+    pub mode: Located<WriteMode>,
+    /// The column identifying a run's partition (required by `replace_partition`).
+    pub partition_column: Option<Located<String>>,
+    /// The table's declared columns; when present they must match what flows in.
+    pub columns: Option<Vec<ColumnDecl>>,
+}
+
+/// A lake sink.
+#[derive(Clone, Debug)]
+pub struct LakeSink {
+    /// The connection of the lake.
+    pub connection: Located<String>,
+    /// The dataset's folder inside the lake.
+    pub path: Located<String>,
+    /// The column the files are partitioned by, hive-style.
+    pub partition_by: Option<Located<String>>,
+}
+
+/// A declared column: a name and a type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnDecl {
+    /// The column name.
+    pub name: Located<String>,
+    /// Its type and nullability.
+    pub ty: Located<ColumnType>,
+}
+
+/// An expression as written, with where its text starts in the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExprSource {
+    /// The expression text.
+    pub text: String,
+    /// The span of the whole TOML string.
+    pub span: Span,
+    /// The byte offset of the expression text's first character, when the TOML string has no
+    /// escapes (so offsets inside the text map one-to-one onto the file).
+    pub text_offset: Option<usize>,
+}
+
+impl ExprSource {
+    /// Maps a span inside the expression text to a span in the file.
+    pub fn file_span(&self, inner: Span) -> Span {
+        match self.text_offset {
+            Some(offset) => offset + inner.start..offset + inner.end,
+            None => self.span.clone(),
+        }
+    }
+}
+
+/// One transform step.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// What the step does.
+    pub op: StepOp,
+    /// Where the step's operation is written: from its key (`filter`) to the end of its value.
+    pub span: Span,
+}
+
+/// The operations of a transform step.
+#[derive(Clone, Debug)]
+pub enum StepOp {
+    /// Keep the rows where the expression is true.
+    Filter(ExprSource),
+    /// Add or replace columns computed by expressions.
+    Derive(Vec<(Located<String>, ExprSource)>),
+    /// Rename columns by an explicit map.
+    Rename(Vec<(Located<String>, Located<String>)>),
+    /// Rename every column to snake_case.
+    RenameSnakeCase,
+    /// Keep only these columns, in this order.
+    Select(Vec<Located<String>>),
+    /// Remove these columns.
+    Drop(Vec<Located<String>>),
+    /// Change column types.
+    Cast(Vec<ColumnDecl>),
+}
+
+/// Whether a failed check fails the run or only warns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckSeverity {
+    /// The run fails before anything downstream (such as a sink) runs.
+    Fail,
+    /// A warning is logged and the run goes on.
+    Warn,
+}
+
+/// A data test on a block's output.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// A name for logs; defaults to a description of the check.
+    pub name: Option<String>,
+    /// What is tested.
+    pub kind: CheckKind,
+    /// Fail or warn.
+    pub severity: CheckSeverity,
+    /// Where the check is written.
+    pub span: Span,
+}
+
+/// The kinds of check.
+#[derive(Clone, Debug)]
+pub enum CheckKind {
+    /// Every row satisfies the expression (a null result counts as a failure).
+    Assert(ExprSource),
+    /// Every value of the column is one of these.
+    InSet {
+        /// The column tested.
+        column: Located<String>,
+        /// The allowed values.
+        values: Vec<Located<Literal>>,
+        /// Whether null passes.
+        allow_null: bool,
+    },
+}
+
+/// Parses a pipeline file. Returns the tree when it could be built (possibly with errors
+/// recorded in `diagnostics` for parts that were skipped).
+pub fn parse(source: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<PipelineFile> {
+    let (root, errors) = DeTable::parse_recoverable(source);
+    let mut syntax_failed = false;
+    for error in errors {
+        let span = error.span().unwrap_or(0..0);
+        let message = error.message().trim().to_string();
+        if let Some(diagnostic) = duplicate_block(source, &span, &message, root.get_ref()) {
+            diagnostics.push(diagnostic);
+        } else {
+            syntax_failed = true;
+            diagnostics.push(Diagnostic::error("E0001", "invalid TOML", span, message));
+        }
+    }
+    if syntax_failed {
+        return None;
+    }
+    let mut reader = Reader { source, diagnostics };
+    reader.file(root.get_ref(), root.span())
+}
+
+/// The TOML parser reports a second `[blocks.x]` table as a duplicate key; say it in our terms,
+/// pointing at both definitions.
+fn duplicate_block(source: &str, span: &Span, message: &str, root: &DeTable<'_>) -> Option<Diagnostic> {
+    if !message.contains("duplicate") {
+        return None;
+    }
+    let text = source.get(span.clone())?.trim();
+    let name = text.strip_prefix("blocks.").or_else(|| {
+        let line_start = source[..span.start].rfind('\n').map_or(0, |i| i + 1);
+        source[line_start..].trim_start().strip_prefix("[blocks.")?;
+        Some(text)
+    })?;
+    let name = name.trim_matches(|c| c == '[' || c == ']' || c == '"').to_string();
+    let first = root
+        .get("blocks")
+        .and_then(|blocks| blocks.get_ref().as_table())
+        .and_then(|blocks| blocks.get_key_value(name.as_str()))
+        .map(|(key, _)| key.span());
+    let mut diagnostic = Diagnostic::error(
+        "E0005",
+        format!("block `{name}` is defined more than once"),
+        span.clone(),
+        "defined again here",
+    )
+    .with_help("rename one of the blocks; block names must be unique in a pipeline");
+    if let Some(first) = first {
+        diagnostic = diagnostic.with_label(first, "first defined here");
+    }
+    Some(diagnostic)
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+struct Reader<'s, 'd> {
+    source: &'s str,
+    diagnostics: &'d mut Vec<Diagnostic>,
+}
+
+/// A table being read: remembers which keys were used so the rest can be reported as unknown.
+struct TableCursor<'t, 'i> {
+    table: &'t DeTable<'i>,
+    span: Span,
+    what: String,
+    used: Vec<&'static str>,
+}
+
+impl<'t, 'i> TableCursor<'t, 'i> {
+    fn new(table: &'t DeTable<'i>, span: Span, what: impl Into<String>) -> Self {
+        TableCursor { table, span, what: what.into(), used: Vec::new() }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'t Value<'i>> {
+        self.used.push(key);
+        self.table.get(key)
+    }
+}
+
+fn type_name(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+impl Reader<'_, '_> {
+    fn error(&mut self, diagnostic: Diagnostic) {
+        self.diagnostics.push(diagnostic);
+    }
+
+    fn wrong_type(&mut self, key: &str, value: &Value<'_>, expected: &str) {
+        self.error(Diagnostic::error(
+            "E0003",
+            format!("`{key}` must be {expected}"),
+            value.span(),
+            format!("found {}", type_name(value.get_ref())),
+        ));
+    }
+
+    fn invalid_value(&mut self, key: &str, span: Span, found: &str, allowed: &[&str]) {
+        let list = allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
+        self.error(
+            Diagnostic::error("E0003", format!("invalid value for `{key}`"), span, format!("`{found}` is not one of {list}"))
+                .with_optional_help(did_you_mean(found, allowed.iter().copied())),
+        );
+    }
+
+    /// Reports keys of `cursor` that were never asked for.
+    fn finish(&mut self, cursor: TableCursor<'_, '_>) {
+        for (key, _) in cursor.table.iter() {
+            let name = key.get_ref().as_ref();
+            if !cursor.used.contains(&name) {
+                self.error(
+                    Diagnostic::error("E0002", format!("unknown key `{name}` in {}", cursor.what), key.span(), "unknown key")
+                        .with_optional_help(did_you_mean(name, cursor.used.iter().copied()))
+                        .with_note(format!("{} accepts: {}", cursor.what, cursor.used.join(", "))),
+                );
+            }
+        }
+    }
+
+    fn missing(&mut self, cursor: &TableCursor<'_, '_>, key: &str, hint: &str) {
+        let header = self.header_span(&cursor.span);
+        self.error(
+            Diagnostic::error("E0004", format!("missing key `{key}` in {}", cursor.what), header, format!("`{key}` is required here"))
+                .with_help(hint.to_string()),
+        );
+    }
+
+    /// A table's span covers its whole body; point diagnostics at its first line only.
+    fn header_span(&self, span: &Span) -> Span {
+        let start = span.start.min(self.source.len());
+        let end = self.source[start..].find('\n').map_or(self.source.len(), |i| start + i);
+        start..end.max(start)
+    }
+
+    fn string(&mut self, key: &str, value: &Value<'_>) -> Option<Located<String>> {
+        match value.get_ref() {
+            DeValue::String(text) => Some(Located::new(text.to_string(), value.span())),
+            _ => {
+                self.wrong_type(key, value, "a string");
+                None
+            }
+        }
+    }
+
+    fn opt_string(&mut self, cursor: &mut TableCursor<'_, '_>, key: &'static str) -> Option<Located<String>> {
+        let value = cursor.get(key)?;
+        self.string(key, value)
+    }
+
+    fn req_string(&mut self, cursor: &mut TableCursor<'_, '_>, key: &'static str, hint: &str) -> Option<Located<String>> {
+        match cursor.get(key) {
+            Some(value) => self.string(key, value),
+            None => {
+                self.missing(cursor, key, hint);
+                None
+            }
+        }
+    }
+
+    fn table<'t, 'i>(&mut self, key: &str, value: &'t Value<'i>) -> Option<&'t DeTable<'i>> {
+        match value.get_ref() {
+            DeValue::Table(table) => Some(table),
+            _ => {
+                self.wrong_type(key, value, "a table");
+                None
+            }
+        }
+    }
+
+    fn array<'t, 'i>(&mut self, key: &str, value: &'t Value<'i>) -> Option<&'t [Value<'i>]> {
+        match value.get_ref() {
+            DeValue::Array(array) => Some(&array[..]),
+            _ => {
+                self.wrong_type(key, value, "an array");
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, key: &str, value: &Value<'_>) -> Vec<Located<String>> {
+        let items = self.array(key, value).unwrap_or_default();
+        items.iter().filter_map(|item| self.string(key, item)).collect()
+    }
+
+    fn duration(&mut self, key: &str, value: &Value<'_>) -> Option<u64> {
+        let text = self.string(key, value)?;
+        match parse_duration_ms(&text.value) {
+            Some(ms) => Some(ms),
+            None => {
+                self.error(
+                    Diagnostic::error("E0003", format!("invalid duration for `{key}`"), text.span, "not a duration")
+                        .with_help("write a number followed by a unit: `500ms`, `30s`, `10m`, `2h`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn file(&mut self, root: &DeTable<'_>, span: Span) -> Option<PipelineFile> {
+        let mut cursor = TableCursor::new(root, span.clone(), "the pipeline file");
+        let pipeline = match cursor.get("pipeline") {
+            Some(value) => self.table("pipeline", value).and_then(|table| self.pipeline(table, value.span())),
+            None => {
+                self.error(
+                    Diagnostic::error("E0004", "missing `[pipeline]` table", 0..0, "expected `[pipeline]` with a `name`")
+                        .with_help("start the file with:\n[pipeline]\nname = \"my_pipeline\""),
+                );
+                None
+            }
+        };
+        let params = match cursor.get("params") {
+            Some(value) => self.table("params", value).map(|table| self.params(table)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let connections = match cursor.get("connections") {
+            Some(value) => self.table("connections", value).map(|table| self.connections(table)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let blocks = match cursor.get("blocks") {
+            Some(value) => self.table("blocks", value).map(|table| self.blocks(table)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        self.finish(cursor);
+        Some(PipelineFile { pipeline: pipeline?, params, connections, blocks })
+    }
+
+    fn pipeline(&mut self, table: &DeTable<'_>, span: Span) -> Option<PipelineMeta> {
+        let mut cursor = TableCursor::new(table, span, "`[pipeline]`");
+        let name = self.req_string(&mut cursor, "name", "name the pipeline: `name = \"green_taxi_etl\"`");
+        if let Some(name) = &name {
+            if !is_identifier(&name.value) {
+                self.error(
+                    Diagnostic::error("E0003", "invalid pipeline name", name.span.clone(), "not a lowercase identifier")
+                        .with_help("the name becomes the binary's and a Rust module's name: use lowercase letters, digits and `_`"),
+                );
+            }
+        }
+        let description = self.opt_string(&mut cursor, "description").map(|d| d.value);
+        let owner = self.opt_string(&mut cursor, "owner").map(|d| d.value);
+        let tags = cursor.get("tags").map(|v| self.string_list("tags", v)).unwrap_or_default();
+        let partitions = match cursor.get("partitions") {
+            Some(value) => self.table("partitions", value).and_then(|t| self.partitions(t, value.span())),
+            None => None,
+        };
+        let defaults = match cursor.get("defaults") {
+            Some(value) => self.table("defaults", value).map(|t| self.defaults(t, value.span(), "`[pipeline.defaults]`")).unwrap_or_default(),
+            None => Defaults::default(),
+        };
+        self.finish(cursor);
+        Some(PipelineMeta {
+            name: name?,
+            description: description.map(|d| d.to_string()),
+            owner,
+            tags: tags.into_iter().map(|t| t.value).collect(),
+            partitions,
+            defaults,
+        })
+    }
+
+    fn partitions(&mut self, table: &DeTable<'_>, span: Span) -> Option<Partitions> {
+        let mut cursor = TableCursor::new(table, span, "`[pipeline.partitions]`");
+        let granularity = self.req_string(&mut cursor, "granularity", "one of `monthly`, `daily`, `hourly`").and_then(|g| {
+            match Granularity::from_name(&g.value) {
+                Some(granularity) => Some(Located::new(granularity, g.span)),
+                None => {
+                    self.invalid_value("granularity", g.span, &g.value, &["monthly", "daily", "hourly"]);
+                    None
+                }
+            }
+        });
+        let start = self.req_string(&mut cursor, "start", "the first partition, such as `start = \"2019-01\"`");
+        self.finish(cursor);
+        Some(Partitions { granularity: granularity?, start: start? })
+    }
+
+    fn defaults(&mut self, table: &DeTable<'_>, span: Span, what: &str) -> Defaults {
+        let mut cursor = TableCursor::new(table, span, what);
+        let policy = self.policy(&mut cursor);
+        self.finish(cursor);
+        policy
+    }
+
+    fn policy(&mut self, cursor: &mut TableCursor<'_, '_>) -> Defaults {
+        let retries = cursor.get("retries").and_then(|value| match value.get_ref() {
+            DeValue::Integer(i) => i.as_str().parse::<u32>().ok().filter(|r| *r <= 100).or_else(|| {
+                self.wrong_type("retries", value, "an integer from 0 to 100");
+                None
+            }),
+            _ => {
+                self.wrong_type("retries", value, "an integer from 0 to 100");
+                None
+            }
+        });
+        let retry_delay_ms = cursor.get("retry_delay").and_then(|v| self.duration("retry_delay", v));
+        let timeout_ms = cursor.get("timeout").and_then(|v| self.duration("timeout", v));
+        Defaults { retries, retry_delay_ms, timeout_ms }
+    }
+
+    fn params(&mut self, table: &DeTable<'_>) -> Vec<Param> {
+        let mut params = Vec::new();
+        for (key, value) in table.iter() {
+            let name = Located::new(key.get_ref().to_string(), key.span());
+            match literal(value) {
+                Some(default) => params.push(Param { name, default: Located::new(default, value.span()) }),
+                None => self.wrong_type(&name.value, value, "a string, integer, float or boolean default value"),
+            }
+        }
+        params
+    }
+
+    fn connections(&mut self, table: &DeTable<'_>) -> Vec<Connection> {
+        let mut connections = Vec::new();
+        for (key, value) in table.iter() {
+            let name = Located::new(key.get_ref().to_string(), key.span());
+            match value.get_ref() {
+                DeValue::String(url) => {
+                    connections.push(Connection { name, url: Located::new(url.to_string(), value.span()), password: None })
+                }
+                DeValue::Table(inner) => {
+                    let what = format!("connection `{}`", name.value);
+                    let mut cursor = TableCursor::new(inner, value.span(), what);
+                    let url = self.req_string(&mut cursor, "url", "give the connection a `url`");
+                    let password = cursor.get("password").and_then(|v| self.secret("password", v));
+                    self.finish(cursor);
+                    if let Some(url) = url {
+                        connections.push(Connection { name, url, password });
+                    }
+                }
+                _ => self.wrong_type(&name.value, value, "a URL string or a table with `url`"),
+            }
+        }
+        connections
+    }
+
+    fn secret(&mut self, key: &str, value: &Value<'_>) -> Option<Located<SecretRef>> {
+        match value.get_ref() {
+            DeValue::Table(table) => {
+                let mut cursor = TableCursor::new(table, value.span(), format!("secret `{key}`"));
+                let env = self.opt_string(&mut cursor, "env");
+                let file = self.opt_string(&mut cursor, "file");
+                self.finish(cursor);
+                match (env, file) {
+                    (Some(env), None) => Some(Located::new(SecretRef::Env(env.value), value.span())),
+                    (None, Some(file)) => Some(Located::new(SecretRef::File(file.value), value.span())),
+                    _ => {
+                        self.error(
+                            Diagnostic::error("E0013", format!("`{key}` must name exactly one secret source"), value.span(), "expected `env` or `file`")
+                                .with_help(format!("write `{key} = {{ env = \"PGPASSWORD\" }}` or `{key} = {{ file = \"/run/secrets/pg\" }}`")),
+                        );
+                        None
+                    }
+                }
+            }
+            DeValue::String(_) => {
+                self.error(
+                    Diagnostic::error("E0013", format!("`{key}` is a secret and cannot be written in the pipeline file"), value.span(), "a literal secret")
+                        .with_help(format!("reference it instead: `{key} = {{ env = \"PGPASSWORD\" }}` or `{key} = {{ file = \"/run/secrets/pg\" }}`")),
+                );
+                None
+            }
+            _ => {
+                self.wrong_type(key, value, "a table `{ env = \"VAR\" }` or `{ file = \"PATH\" }`");
+                None
+            }
+        }
+    }
+
+    fn blocks(&mut self, table: &DeTable<'_>) -> Vec<Block> {
+        let mut blocks = Vec::new();
+        for (key, value) in table.iter() {
+            let name = Located::new(key.get_ref().to_string(), key.span());
+            if !is_identifier(&name.value) {
+                self.error(
+                    Diagnostic::error("E0003", format!("invalid block name `{}`", name.value), name.span.clone(), "not a lowercase identifier")
+                        .with_help("block names become Rust function names: use lowercase letters, digits and `_`, starting with a letter"),
+                );
+                continue;
+            }
+            let Some(body) = self.table(&name.value, value) else { continue };
+            if let Some(block) = self.block(name, body, value.span()) {
+                blocks.push(block);
+            }
+        }
+        blocks
+    }
+
+    fn block(&mut self, name: Located<String>, table: &DeTable<'_>, span: Span) -> Option<Block> {
+        // A table written as `[blocks.x]` has the span of its body; start it at its header line
+        // so that the block's location is the line a reader looks for.
+        let span = self.block_header(&name, span);
+        let mut cursor = TableCursor::new(table, span.clone(), format!("block `{}`", name.value));
+        let kind_value = self.req_string(&mut cursor, "kind", "one of `http`, `file`, `transform`, `rust`, `table`, `lake`");
+        let description = self.opt_string(&mut cursor, "description").map(|d| d.value);
+        let inputs = cursor.get("inputs").map(|v| self.string_list("inputs", v)).unwrap_or_default();
+        let policy = self.policy(&mut cursor);
+        let checks = match cursor.get("checks") {
+            Some(value) => self.array("checks", value).unwrap_or_default().iter().filter_map(|c| self.check(c)).collect(),
+            None => Vec::new(),
+        };
+        let kind = match kind_value {
+            Some(kind) => self.block_kind(&kind, &mut cursor),
+            None => None,
+        };
+        self.finish(cursor);
+        Some(Block { name, span, description, inputs, kind: kind?, checks, policy })
+    }
+
+    fn block_header(&self, name: &Located<String>, span: Span) -> Span {
+        let line_start = self.source[..name.span.start].rfind('\n').map_or(0, |i| i + 1);
+        line_start.min(span.start)..span.end
+    }
+
+    fn block_kind(&mut self, kind: &Located<String>, cursor: &mut TableCursor<'_, '_>) -> Option<BlockKind> {
+        const KINDS: [&str; 6] = ["http", "file", "transform", "rust", "table", "lake"];
+        match kind.value.as_str() {
+            "http" => self.file_source(cursor, true).map(BlockKind::HttpSource),
+            "file" => self.file_source(cursor, false).map(BlockKind::FileSource),
+            "transform" => {
+                let steps = match cursor.get("steps") {
+                    Some(value) => self.array("steps", value).unwrap_or_default().iter().filter_map(|s| self.step(s)).collect(),
+                    None => {
+                        self.missing(cursor, "steps", "add `[[blocks.NAME.steps]]` tables such as `filter = \"trip_distance > 0\"`");
+                        return None;
+                    }
+                };
+                Some(BlockKind::Transform { steps })
+            }
+            "rust" => {
+                let function = self.req_string(cursor, "function", "name the Rust function, e.g. `function = \"fix_flags\"`")?;
+                let output = cursor.get("output").and_then(|v| self.column_table("output", v));
+                Some(BlockKind::Rust { function, output })
+            }
+            "table" => {
+                let connection = self.req_string(cursor, "connection", "name a connection from `[connections]`, e.g. `connection = \"warehouse\"`");
+                let table = self.req_string(cursor, "table", "name the table, e.g. `table = \"green_taxi\"`");
+                let db_schema = self.opt_string(cursor, "schema");
+                let mode = self.req_string(cursor, "mode", "one of `replace`, `append`, `replace_partition`").and_then(|m| {
+                    let mode = match m.value.as_str() {
+                        "replace" => WriteMode::Replace,
+                        "append" => WriteMode::Append,
+                        "replace_partition" => WriteMode::ReplacePartition,
+                        other => {
+                            self.invalid_value("mode", m.span.clone(), other, &["replace", "append", "replace_partition"]);
+                            return None;
+                        }
+                    };
+                    Some(Located::new(mode, m.span))
+                });
+                let partition_column = self.opt_string(cursor, "partition_column");
+                let columns = cursor.get("columns").and_then(|v| self.column_table("columns", v));
+                Some(BlockKind::TableSink(TableSink {
+                    connection: connection?,
+                    table: table?,
+                    db_schema,
+                    mode: mode?,
+                    partition_column,
+                    columns,
+                }))
+            }
+            "lake" => {
+                let connection = self.req_string(cursor, "connection", "name a connection from `[connections]`, e.g. `connection = \"lake\"`");
+                let path = self.req_string(cursor, "path", "the dataset's folder in the lake, e.g. `path = \"green_taxi\"`");
+                let partition_by = self.opt_string(cursor, "partition_by");
+                Some(BlockKind::LakeSink(LakeSink { connection: connection?, path: path?, partition_by }))
+            }
+            other => {
+                self.invalid_value("kind", kind.span.clone(), other, &KINDS);
+                None
+            }
+        }
+    }
+
+    fn file_source(&mut self, cursor: &mut TableCursor<'_, '_>, http: bool) -> Option<FileSource> {
+        let connection = if http {
+            Some(self.req_string(cursor, "connection", "name the connection holding the base URL, e.g. `connection = \"tlc\"`")?)
+        } else {
+            None
+        };
+        let path = self.req_string(cursor, "path", "the file's path template, e.g. `path = \"green_tripdata_{partition.year}-{partition.month:02}.csv.gz\"`")?;
+        let lower = path.value.to_ascii_lowercase();
+        let inferred_compression = if lower.ends_with(".gz") { Compression::Gzip } else { Compression::None };
+        let inferred_format = if lower.trim_end_matches(".gz").ends_with(".parquet") { FileFormat::Parquet } else { FileFormat::Csv };
+        let format = match self.opt_string(cursor, "format") {
+            Some(f) => match f.value.as_str() {
+                "csv" => FileFormat::Csv,
+                "parquet" => FileFormat::Parquet,
+                other => {
+                    self.invalid_value("format", f.span, other, &["csv", "parquet"]);
+                    inferred_format
+                }
+            },
+            None => inferred_format,
+        };
+        let compression = match self.opt_string(cursor, "compression") {
+            Some(c) => match c.value.as_str() {
+                "none" => Compression::None,
+                "gzip" => Compression::Gzip,
+                other => {
+                    self.invalid_value("compression", c.span, other, &["none", "gzip"]);
+                    inferred_compression
+                }
+            },
+            None => inferred_compression,
+        };
+        let (schema, schema_span) = match cursor.get("schema") {
+            Some(value) => (self.column_table("schema", value)?, value.span()),
+            None => {
+                self.missing(cursor, "schema", "declare the file's columns: `[blocks.NAME.schema]` with `column = \"int64?\"` lines");
+                return None;
+            }
+        };
+        Some(FileSource { connection, path, format, compression, schema, schema_span })
+    }
+
+    fn column_table(&mut self, key: &str, value: &Value<'_>) -> Option<Vec<ColumnDecl>> {
+        let table = self.table(key, value)?;
+        let mut columns = Vec::new();
+        for (name, ty) in table.iter() {
+            let name = Located::new(name.get_ref().to_string(), name.span());
+            if let Some(ty) = self.column_type(&name.value, ty) {
+                columns.push(ColumnDecl { name, ty });
+            }
+        }
+        Some(columns)
+    }
+
+    fn column_type(&mut self, column: &str, value: &Value<'_>) -> Option<Located<ColumnType>> {
+        let text = self.string(column, value)?;
+        match ColumnType::parse(&text.value) {
+            Some(ty) => Some(Located::new(ty, text.span)),
+            None => {
+                let base = text.value.trim_end_matches('?');
+                self.error(
+                    Diagnostic::error("E0003", format!("unknown type `{}` for column `{column}`", text.value), text.span, "unknown type")
+                        .with_optional_help(did_you_mean(base, ColumnType::NAMES.iter().copied()))
+                        .with_note("types are int64, float64, string, bool, date, timestamp; add `?` for a nullable column (`int64?`)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn expr(&mut self, key: &str, value: &Value<'_>) -> Option<ExprSource> {
+        let text = self.string(key, value)?;
+        let raw = &self.source[value.span()];
+        // Offsets inside the expression map onto the file only when the TOML string is written
+        // without escapes; otherwise diagnostics point at the whole string.
+        let text_offset = ["\"\"\"", "'''", "\"", "'"].iter().find_map(|quote| {
+            let inner = raw.strip_prefix(quote)?.strip_suffix(quote)?;
+            (inner == text.value).then(|| value.span().start + quote.len())
+        });
+        Some(ExprSource { text: text.value, span: text.span, text_offset })
+    }
+
+    fn step(&mut self, value: &Value<'_>) -> Option<Step> {
+        let table = self.table("steps", value)?;
+        const OPS: [&str; 6] = ["filter", "derive", "rename", "select", "drop", "cast"];
+        let mut cursor = TableCursor::new(table, value.span(), "a transform step");
+        let present: Vec<&str> = OPS.iter().copied().filter(|op| table.contains_key(*op)).collect();
+        if present.len() != 1 {
+            for op in OPS {
+                cursor.used.push(op);
+            }
+            self.finish(cursor);
+            let found = if present.is_empty() { "none".to_string() } else { present.join(", ") };
+            self.error(
+                Diagnostic::error("E0003", "a transform step must do exactly one thing", self.header_span(&value.span()), format!("found: {found}"))
+                    .with_help("write one of `filter`, `derive`, `rename`, `select`, `drop`, `cast` per `[[blocks.NAME.steps]]` table"),
+            );
+            return None;
+        }
+        let op = present[0];
+        let key_start = table.get_key_value(op).map_or(value.span().start, |(key, _)| key.span().start);
+        let body = cursor.get(op)?;
+        let span = key_start..body.span().end;
+        let op = match op {
+            "filter" => StepOp::Filter(self.expr("filter", body)?),
+            "derive" => {
+                let table = self.table("derive", body)?;
+                let mut columns = Vec::new();
+                for (name, expr) in table.iter() {
+                    if let Some(expr) = self.expr(name.get_ref(), expr) {
+                        columns.push((Located::new(name.get_ref().to_string(), name.span()), expr));
+                    }
+                }
+                StepOp::Derive(columns)
+            }
+            "rename" => match body.get_ref() {
+                DeValue::String(rule) if rule == "snake_case" => StepOp::RenameSnakeCase,
+                DeValue::String(rule) => {
+                    self.invalid_value("rename", body.span(), rule, &["snake_case"]);
+                    return None;
+                }
+                DeValue::Table(table) => {
+                    let mut pairs = Vec::new();
+                    for (from, to) in table.iter() {
+                        if let Some(to) = self.string(from.get_ref(), to) {
+                            pairs.push((Located::new(from.get_ref().to_string(), from.span()), to));
+                        }
+                    }
+                    StepOp::Rename(pairs)
+                }
+                _ => {
+                    self.wrong_type("rename", body, "a table `{ old = \"new\" }` or the rule `\"snake_case\"`");
+                    return None;
+                }
+            },
+            "select" => StepOp::Select(self.string_list("select", body)),
+            "drop" => StepOp::Drop(self.string_list("drop", body)),
+            "cast" => StepOp::Cast(self.column_table("cast", body)?),
+            _ => unreachable!("every operation in OPS is handled"),
+        };
+        self.finish(cursor);
+        Some(Step { op, span })
+    }
+
+    fn check(&mut self, value: &Value<'_>) -> Option<Check> {
+        let table = self.table("checks", value)?;
+        let mut cursor = TableCursor::new(table, value.span(), "a check");
+        let name = self.opt_string(&mut cursor, "name").map(|n| n.value);
+        let severity = match self.opt_string(&mut cursor, "severity") {
+            Some(s) => match s.value.as_str() {
+                "fail" => CheckSeverity::Fail,
+                "warn" => CheckSeverity::Warn,
+                other => {
+                    self.invalid_value("severity", s.span, other, &["fail", "warn"]);
+                    CheckSeverity::Fail
+                }
+            },
+            None => CheckSeverity::Fail,
+        };
+        let assert = cursor.get("assert");
+        let column = self.opt_string(&mut cursor, "column");
+        let values = cursor.get("in");
+        let allow_null = match cursor.get("allow_null") {
+            Some(value) => match value.get_ref() {
+                DeValue::Boolean(b) => *b,
+                _ => {
+                    self.wrong_type("allow_null", value, "a boolean");
+                    false
+                }
+            },
+            None => false,
+        };
+        let kind = match (assert, column, values) {
+            (Some(expr), None, None) => CheckKind::Assert(self.expr("assert", expr)?),
+            (None, Some(column), Some(values)) => {
+                let items = self.array("in", values)?;
+                let mut literals = Vec::new();
+                for item in items {
+                    match literal(item) {
+                        Some(lit) => literals.push(Located::new(lit, item.span())),
+                        None => self.wrong_type("in", item, "a string, number or boolean"),
+                    }
+                }
+                CheckKind::InSet { column, values: literals, allow_null }
+            }
+            _ => {
+                self.finish(cursor);
+                self.error(
+                    Diagnostic::error("E0003", "a check needs `assert`, or `column` with `in`", self.header_span(&value.span()), "incomplete check")
+                        .with_help("write `assert = \"trip_distance > 0\"` or `column = \"vendor_id\"` with `in = [1, 2]`"),
+                );
+                return None;
+            }
+        };
+        self.finish(cursor);
+        Some(Check { name, kind, severity, span: value.span() })
+    }
+}
+
+fn literal(value: &Value<'_>) -> Option<Literal> {
+    match value.get_ref() {
+        DeValue::String(s) => Some(Literal::String(s.to_string())),
+        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok().map(Literal::Int),
+        DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok().map(Literal::Float),
+        DeValue::Boolean(b) => Some(Literal::Bool(*b)),
+        _ => None,
+    }
+}
+
+/// Parses `500ms`, `30s`, `10m`, `2h`, `1d` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// True for names usable as Rust identifiers in generated code: `[a-z][a-z0-9_]*`.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}

@@ -1,0 +1,226 @@
+//! The run context: what a block knows about the run it belongs to.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use polars::prelude::DataFrame;
+use tokio::sync::Mutex;
+
+use crate::error::{BlockError, BlockResult};
+use crate::partition::Partition;
+use crate::pipeline::{BlockFuture, ParamValue, Pipeline, Secret};
+use crate::sink::table::Warehouse;
+
+/// A parameter's value for this run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    String(String),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::String(_) => "string",
+            Value::Bool(_) => "bool",
+        }
+    }
+
+    fn mismatch(&self, wanted: &str) -> BlockError {
+        BlockError::fatal(format!("parameter is {} but {wanted} was expected", self.type_name()))
+    }
+
+    /// The integer value.
+    pub fn int(&self) -> BlockResult<i64> {
+        match self {
+            Value::Int(i) => Ok(*i),
+            other => Err(other.mismatch("int")),
+        }
+    }
+
+    /// The float value (an integer is widened).
+    pub fn float(&self) -> BlockResult<f64> {
+        match self {
+            Value::Float(x) => Ok(*x),
+            Value::Int(i) => Ok(*i as f64),
+            other => Err(other.mismatch("float")),
+        }
+    }
+
+    /// The string value.
+    pub fn string(&self) -> BlockResult<String> {
+        match self {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(other.mismatch("string")),
+        }
+    }
+
+    /// The boolean value.
+    pub fn bool(&self) -> BlockResult<bool> {
+        match self {
+            Value::Bool(b) => Ok(*b),
+            other => Err(other.mismatch("bool")),
+        }
+    }
+
+    /// Parses `text` as a value of the same type as `default`.
+    pub fn parse_like(default: &ParamValue, text: &str) -> Result<Value, String> {
+        let bad = |ty: &str| format!("`{text}` is not a valid {ty}");
+        Ok(match default {
+            ParamValue::Int(_) => Value::Int(text.parse().map_err(|_| bad("int"))?),
+            ParamValue::Float(_) => Value::Float(text.parse().map_err(|_| bad("float"))?),
+            ParamValue::Bool(_) => Value::Bool(text.parse().map_err(|_| bad("bool (true/false)"))?),
+            ParamValue::String(_) => Value::String(text.to_string()),
+        })
+    }
+
+    fn from_default(default: &ParamValue) -> Value {
+        match default {
+            ParamValue::Int(i) => Value::Int(*i),
+            ParamValue::Float(x) => Value::Float(*x),
+            ParamValue::String(s) => Value::String((*s).to_string()),
+            ParamValue::Bool(b) => Value::Bool(*b),
+        }
+    }
+}
+
+/// Resources shared by every run of one process: connection pools, opened once.
+#[derive(Default)]
+pub struct Resources {
+    warehouses: Mutex<HashMap<String, Warehouse>>,
+}
+
+struct Inner {
+    pipeline: &'static Pipeline,
+    run_id: String,
+    partition: Option<Partition>,
+    params: HashMap<&'static str, Value>,
+    resources: Arc<Resources>,
+}
+
+/// What a block knows about its run: the pipeline, the partition, parameters and connections.
+/// Cloning is cheap.
+#[derive(Clone)]
+pub struct RunContext {
+    inner: Arc<Inner>,
+}
+
+impl RunContext {
+    /// A context for one run. `params` override the declared defaults.
+    pub fn new(
+        pipeline: &'static Pipeline,
+        run_id: String,
+        partition: Option<Partition>,
+        overrides: &HashMap<String, Value>,
+        resources: Arc<Resources>,
+    ) -> RunContext {
+        let params = pipeline
+            .params
+            .iter()
+            .map(|p| (p.name, overrides.get(p.name).cloned().unwrap_or_else(|| Value::from_default(&p.default))))
+            .collect();
+        RunContext { inner: Arc::new(Inner { pipeline, run_id, partition, params, resources }) }
+    }
+
+    /// The pipeline.
+    pub fn pipeline(&self) -> &'static Pipeline {
+        self.inner.pipeline
+    }
+
+    /// This run's identifier.
+    pub fn run_id(&self) -> &str {
+        &self.inner.run_id
+    }
+
+    /// This run's partition; an error for a pipeline without partitions.
+    pub fn partition(&self) -> BlockResult<Partition> {
+        self.inner.partition.ok_or_else(|| BlockError::fatal("this run has no partition"))
+    }
+
+    /// This run's partition, if it has one.
+    pub fn partition_opt(&self) -> Option<Partition> {
+        self.inner.partition
+    }
+
+    /// A parameter's value.
+    pub fn param(&self, name: &str) -> BlockResult<&Value> {
+        self.inner.params.get(name).ok_or_else(|| BlockError::fatal(format!("unknown parameter `{name}`")))
+    }
+
+    /// The connection's URL with environment references resolved and its password injected.
+    pub fn connection_url(&self, name: &str) -> BlockResult<String> {
+        let connection = self
+            .inner
+            .pipeline
+            .connections
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| BlockError::fatal(format!("unknown connection `{name}`")))?;
+        let url = crate::env::interpolate(connection.url, |var| std::env::var(var).ok())
+            .map_err(|e| BlockError::fatal(format!("connection `{name}`: {e}")))?;
+        match connection.password {
+            None => Ok(url),
+            Some(secret) => {
+                let password = read_secret(secret).map_err(|e| BlockError::fatal(format!("connection `{name}`: {e}")))?;
+                let mut parsed = reqwest::Url::parse(&url).map_err(|e| BlockError::fatal(format!("connection `{name}`: invalid URL: {e}")))?;
+                parsed
+                    .set_password(Some(&password))
+                    .map_err(|()| BlockError::fatal(format!("connection `{name}`: this URL cannot carry a password")))?;
+                Ok(parsed.to_string())
+            }
+        }
+    }
+
+    /// The warehouse behind a connection, connected once per process.
+    pub async fn warehouse(&self, connection: &str) -> BlockResult<Warehouse> {
+        let mut warehouses = self.inner.resources.warehouses.lock().await;
+        if let Some(warehouse) = warehouses.get(connection) {
+            return Ok(warehouse.clone());
+        }
+        let url = self.connection_url(connection)?;
+        let warehouse = Warehouse::connect(&url).await.map_err(|e| e.context(format!("connection `{connection}` ({})", redact(&url))))?;
+        warehouses.insert(connection.to_string(), warehouse.clone());
+        Ok(warehouse)
+    }
+
+    /// Runs CPU-bound work (polars) on the blocking pool, so it never stalls the I/O of other
+    /// blocks running concurrently.
+    pub fn compute<F>(self, work: F) -> BlockFuture
+    where
+        F: FnOnce(&RunContext) -> BlockResult<Option<DataFrame>> + Send + 'static,
+    {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || work(&self))
+                .await
+                .map_err(|e| BlockError::fatal(format!("block panicked: {e}")))?
+        })
+    }
+}
+
+fn read_secret(secret: Secret) -> Result<String, String> {
+    match secret {
+        Secret::Env(var) => std::env::var(var).map_err(|_| format!("secret environment variable {var} is not set")),
+        Secret::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end().to_string())
+            .map_err(|e| format!("cannot read secret file {path}: {e}")),
+    }
+}
+
+/// A URL with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,80 @@
+//! Block errors, classified as retryable or not.
+
+use std::fmt;
+
+/// Whether retrying can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A transient failure: an HTTP 5xx or 429, a timeout, a dropped connection.
+    Retryable,
+    /// Retrying gives the same result: bad data, a failed check, a schema mismatch, a 404.
+    Fatal,
+}
+
+/// An error of one block attempt.
+#[derive(Debug)]
+pub struct BlockError {
+    /// Retryable or fatal.
+    pub kind: ErrorKind,
+    /// What went wrong, for people, naming the URL, column or table concerned.
+    pub message: String,
+}
+
+/// The result type of block functions.
+pub type BlockResult<T> = Result<T, BlockError>;
+
+impl BlockError {
+    /// An error that retrying will not fix.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        BlockError { kind: ErrorKind::Fatal, message: message.into() }
+    }
+
+    /// An error that may go away on retry.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        BlockError { kind: ErrorKind::Retryable, message: message.into() }
+    }
+
+    /// Prefixes the message with context, keeping the kind.
+    pub fn context(self, context: impl fmt::Display) -> Self {
+        BlockError { kind: self.kind, message: format!("{context}: {}", self.message) }
+    }
+}
+
+impl fmt::Display for BlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BlockError {}
+
+impl From<polars::error::PolarsError> for BlockError {
+    fn from(error: polars::error::PolarsError) -> Self {
+        BlockError::fatal(error.to_string())
+    }
+}
+
+impl From<sqlx::Error> for BlockError {
+    fn from(error: sqlx::Error) -> Self {
+        let retryable = match &error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+            // Serialization failures and deadlocks succeed when tried again.
+            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40001" | "40P01" | "57P01")),
+            _ => false,
+        };
+        let message = error.to_string();
+        if retryable { BlockError::retryable(message) } else { BlockError::fatal(message) }
+    }
+}
+
+impl From<object_store::Error> for BlockError {
+    fn from(error: object_store::Error) -> Self {
+        BlockError::fatal(error.to_string())
+    }
+}
+
+impl From<std::io::Error> for BlockError {
+    fn from(error: std::io::Error) -> Self {
+        BlockError::fatal(error.to_string())
+    }
+}

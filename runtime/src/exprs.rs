@@ -1,0 +1,29 @@
+//! Literal helpers the generated expressions use, so generated code stays short and readable.
+
+use chrono::NaiveDate;
+use polars::prelude::*;
+
+/// A date literal; the compiler has already checked that the date exists.
+pub fn date_lit(year: i32, month: u32, day: u32) -> Expr {
+    lit(NaiveDate::from_ymd_opt(year, month, day).expect("the compiler only emits valid dates"))
+}
+
+/// An `in (...)` list of integers.
+pub fn int_list(values: &[i64]) -> Expr {
+    lit(Series::new("list".into(), values)).implode(false)
+}
+
+/// An `in (...)` list of floats.
+pub fn float_list(values: &[f64]) -> Expr {
+    lit(Series::new("list".into(), values)).implode(false)
+}
+
+/// An `in (...)` list of strings.
+pub fn string_list(values: &[&str]) -> Expr {
+    lit(Series::new("list".into(), values)).implode(false)
+}
+
+/// An `in (...)` list of booleans.
+pub fn bool_list(values: &[bool]) -> Expr {
+    lit(Series::new("list".into(), values)).implode(false)
+}

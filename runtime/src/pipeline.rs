@@ -1,0 +1,240 @@
+//! The static description of a compiled pipeline, as the generated code declares it.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use polars::prelude::{DataFrame, DataType, TimeUnit};
+
+use crate::context::RunContext;
+use crate::error::BlockError;
+use crate::partition::Granularity;
+use crate::sink::lake::LakeTarget;
+use crate::sink::table::TableTarget;
+
+/// The future a block returns: its output frame, or `None` for sinks.
+pub type BlockFuture = Pin<Box<dyn Future<Output = Result<Option<DataFrame>, BlockError>> + Send + 'static>>;
+
+/// A compiled pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The pipeline's name (also the binary's).
+    pub name: &'static str,
+    /// What it does.
+    pub description: &'static str,
+    /// Who owns it.
+    pub owner: &'static str,
+    /// Tags.
+    pub tags: &'static [&'static str],
+    /// The TOML it was compiled from, relative to the workspace.
+    pub source_path: &'static str,
+    /// A hash of that TOML: the pipeline version recorded with each run.
+    pub source_hash: &'static str,
+    /// How runs are partitioned, if they are.
+    pub partitions: Option<PartitionSpec>,
+    /// Parameters with their defaults.
+    pub params: &'static [ParamDef],
+    /// Connections by role.
+    pub connections: &'static [ConnectionDef],
+    /// Blocks in dependency order.
+    pub blocks: &'static [BlockDef],
+    /// Runs one block: the index into `blocks`, the run's context and the input frames.
+    pub run_block: fn(usize, RunContext, Vec<DataFrame>) -> BlockFuture,
+}
+
+/// Partitioning of a pipeline.
+#[derive(Clone, Copy, Debug)]
+pub struct PartitionSpec {
+    /// Monthly, daily or hourly.
+    pub granularity: Granularity,
+    /// The first partition's key.
+    pub start: &'static str,
+}
+
+/// A declared parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamDef {
+    /// Its name.
+    pub name: &'static str,
+    /// Its default, which also fixes its type.
+    pub default: ParamValue,
+}
+
+/// A parameter value as declared in the pipeline (defaults are static).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamValue {
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    String(&'static str),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// A connection role and its URL template (`${VAR:-default}` references allowed).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionDef {
+    /// The role name.
+    pub name: &'static str,
+    /// The URL template.
+    pub url: &'static str,
+    /// A password to inject into the URL, by reference.
+    pub password: Option<Secret>,
+}
+
+/// Where a secret is read from.
+#[derive(Clone, Copy, Debug)]
+pub enum Secret {
+    /// An environment variable.
+    Env(&'static str),
+    /// A file; trailing whitespace is trimmed.
+    File(&'static str),
+}
+
+/// Kinds of block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Reads a file over HTTP.
+    HttpSource,
+    /// Reads a local file.
+    FileSource,
+    /// Column operations compiled from TOML.
+    Transform,
+    /// A hand-written Rust function.
+    Rust,
+    /// Writes a SQL table.
+    TableSink,
+    /// Writes Parquet files to the lake.
+    LakeSink,
+}
+
+impl BlockKind {
+    /// The kind's name as written in pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockKind::HttpSource => "http",
+            BlockKind::FileSource => "file",
+            BlockKind::Transform => "transform",
+            BlockKind::Rust => "rust",
+            BlockKind::TableSink => "table",
+            BlockKind::LakeSink => "lake",
+        }
+    }
+}
+
+/// A block of the compiled graph.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockDef {
+    /// Its name.
+    pub name: &'static str,
+    /// What it is.
+    pub kind: BlockKind,
+    /// The line of its table in the pipeline file.
+    pub line: usize,
+    /// What it is for.
+    pub description: &'static str,
+    /// One line saying what it does.
+    pub summary: &'static str,
+    /// Indices of its inputs in `Pipeline::blocks`.
+    pub inputs: &'static [usize],
+    /// The schema flowing in, if it has an input.
+    pub input: Option<&'static [Column]>,
+    /// The schema flowing out; `None` for sinks.
+    pub output: Option<&'static [Column]>,
+    /// Retries and timeout.
+    pub policy: Policy,
+    /// Where a sink writes, for `validate` and `explain`; `None` for other blocks.
+    pub sink: Option<SinkDef>,
+}
+
+/// A sink's target.
+#[derive(Clone, Copy, Debug)]
+pub enum SinkDef {
+    /// A SQL table.
+    Table(TableTarget),
+    /// A Parquet dataset in the lake.
+    Lake(LakeTarget),
+}
+
+/// Retry and timeout policy of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Retries after the first attempt, for retryable errors only.
+    pub retries: u32,
+    /// The first retry delay in milliseconds; it doubles each time.
+    pub retry_delay_ms: u64,
+    /// The timeout of one attempt in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Column value types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BaseType {
+    /// 64-bit signed integer.
+    Int64,
+    /// 64-bit float.
+    Float64,
+    /// UTF-8 text.
+    String,
+    /// Boolean.
+    Bool,
+    /// Calendar date.
+    Date,
+    /// Date and time without zone, microseconds.
+    Timestamp,
+}
+
+impl BaseType {
+    /// The polars data type of this column type.
+    pub fn dtype(self) -> DataType {
+        match self {
+            BaseType::Int64 => DataType::Int64,
+            BaseType::Float64 => DataType::Float64,
+            BaseType::String => DataType::String,
+            BaseType::Bool => DataType::Boolean,
+            BaseType::Date => DataType::Date,
+            BaseType::Timestamp => DataType::Datetime(TimeUnit::Microseconds, None),
+        }
+    }
+
+    /// The name used in pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            BaseType::Int64 => "int64",
+            BaseType::Float64 => "float64",
+            BaseType::String => "string",
+            BaseType::Bool => "bool",
+            BaseType::Date => "date",
+            BaseType::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// A column of a compiled schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// The column name.
+    pub name: &'static str,
+    /// The value type.
+    pub ty: BaseType,
+    /// Whether nulls are allowed.
+    pub nullable: bool,
+}
+
+impl Column {
+    /// A column that may hold nulls.
+    pub const fn nullable(name: &'static str, ty: BaseType) -> Column {
+        Column { name, ty, nullable: true }
+    }
+
+    /// A column that never holds nulls.
+    pub const fn required(name: &'static str, ty: BaseType) -> Column {
+        Column { name, ty, nullable: false }
+    }
+
+    /// `int64?`-style type text.
+    pub fn type_text(&self) -> String {
+        format!("{}{}", self.ty.name(), if self.nullable { "?" } else { "" })
+    }
+}

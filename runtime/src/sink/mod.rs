@@ -1,0 +1,4 @@
+//! Sinks: SQL tables (SQLite or Postgres) and the Parquet lake.
+
+pub mod lake;
+pub mod table;

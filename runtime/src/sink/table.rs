@@ -1,0 +1,391 @@
+//! The table sink: SQLite by default, Postgres when the connection URL says so.
+//!
+//! Every write is one transaction. `replace_partition` deletes the run's partition and inserts
+//! the new rows in that transaction, so a failure at any point leaves the old rows, never a
+//! mix and never duplicates. Postgres is loaded with `COPY ... FROM STDIN`, not INSERTs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use polars::prelude::*;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
+use tracing::info;
+
+use crate::context::RunContext;
+use crate::error::{BlockError, BlockResult};
+use crate::pipeline::{BaseType, Column as ColumnDef};
+
+/// How rows are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Drop and recreate the table with the new rows.
+    Replace,
+    /// Add the rows.
+    Append,
+    /// Delete the rows whose `column` holds this run's partition, then add the rows.
+    ReplacePartition {
+        /// The column holding the partition (a date holds `partition.start`, a string `partition.key`).
+        column: &'static str,
+    },
+}
+
+/// A table sink as compiled.
+#[derive(Clone, Copy, Debug)]
+pub struct TableTarget {
+    /// The database connection's role.
+    pub connection: &'static str,
+    /// The Postgres schema; SQLite has none and ignores it.
+    pub schema: Option<&'static str>,
+    /// The table.
+    pub table: &'static str,
+    /// The write mode.
+    pub mode: WriteMode,
+    /// The columns flowing in, which are the table's columns.
+    pub columns: &'static [ColumnDef],
+}
+
+/// A connected warehouse.
+#[derive(Clone, Debug)]
+pub enum Warehouse {
+    /// A SQLite file.
+    Sqlite(SqlitePool),
+    /// A Postgres database.
+    Postgres(PgPool),
+}
+
+/// Rows per COPY message sent to Postgres; bounds the memory of one CSV chunk.
+const COPY_CHUNK_ROWS: usize = 50_000;
+/// SQLite allows 32766 bound parameters per statement.
+const SQLITE_MAX_PARAMETERS: usize = 32_766;
+
+impl Warehouse {
+    /// Connects to `sqlite:PATH` (creating the file and its folder) or `postgres://...`.
+    pub async fn connect(url: &str) -> BlockResult<Warehouse> {
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
+            if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| BlockError::fatal(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+            Ok(Warehouse::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
+            Ok(Warehouse::Postgres(pool))
+        } else {
+            Err(BlockError::fatal("unsupported warehouse URL; use sqlite:PATH or postgres://..."))
+        }
+    }
+
+    /// Runs `SELECT 1`.
+    pub async fn ping(&self) -> BlockResult<()> {
+        match self {
+            Warehouse::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+            Warehouse::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// The columns of an existing table with their database types, or `None` when it does not exist.
+    pub async fn existing_columns(&self, schema: Option<&str>, table: &str) -> BlockResult<Option<Vec<(String, String)>>> {
+        let columns: Vec<(String, String)> = match self {
+            Warehouse::Sqlite(pool) => sqlx::query_as("SELECT name, type FROM pragma_table_info(?) ORDER BY cid").bind(table).fetch_all(pool).await?,
+            Warehouse::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                     WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                )
+                .bind(schema.unwrap_or("public"))
+                .bind(table)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok((!columns.is_empty()).then_some(columns))
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self {
+            Warehouse::Sqlite(_) => Dialect::Sqlite,
+            Warehouse::Postgres(_) => Dialect::Postgres,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    fn column_type(self, ty: BaseType) -> &'static str {
+        match (self, ty) {
+            (Dialect::Postgres, BaseType::Int64) => "BIGINT",
+            (Dialect::Postgres, BaseType::Float64) => "DOUBLE PRECISION",
+            (Dialect::Postgres, BaseType::String) => "TEXT",
+            (Dialect::Postgres, BaseType::Bool) => "BOOLEAN",
+            (Dialect::Postgres, BaseType::Date) => "DATE",
+            (Dialect::Postgres, BaseType::Timestamp) => "TIMESTAMP",
+            (Dialect::Sqlite, BaseType::Int64) => "INTEGER",
+            (Dialect::Sqlite, BaseType::Float64) => "REAL",
+            (Dialect::Sqlite, BaseType::String) => "TEXT",
+            (Dialect::Sqlite, BaseType::Bool) => "BOOLEAN",
+            (Dialect::Sqlite, BaseType::Date) => "DATE",
+            (Dialect::Sqlite, BaseType::Timestamp) => "TIMESTAMP",
+        }
+    }
+
+    /// The type name the database reports back for a column created as `column_type`.
+    fn reported_type(self, ty: BaseType) -> &'static str {
+        match (self, ty) {
+            (Dialect::Postgres, BaseType::Int64) => "bigint",
+            (Dialect::Postgres, BaseType::Float64) => "double precision",
+            (Dialect::Postgres, BaseType::String) => "text",
+            (Dialect::Postgres, BaseType::Bool) => "boolean",
+            (Dialect::Postgres, BaseType::Date) => "date",
+            (Dialect::Postgres, BaseType::Timestamp) => "timestamp without time zone",
+            (Dialect::Sqlite, ty) => self.column_type(ty),
+        }
+    }
+}
+
+/// A quoted SQL identifier (`"name"`, with inner quotes doubled).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn qualified(dialect: Dialect, target: &TableTarget) -> String {
+    match (dialect, target.schema) {
+        (Dialect::Postgres, Some(schema)) => format!("{}.{}", quote_ident(schema), quote_ident(target.table)),
+        _ => quote_ident(target.table),
+    }
+}
+
+fn display_name(dialect: Dialect, target: &TableTarget) -> String {
+    match (dialect, target.schema) {
+        (Dialect::Postgres, Some(schema)) => format!("{schema}.{}", target.table),
+        _ => target.table.to_string(),
+    }
+}
+
+fn create_table_sql(dialect: Dialect, target: &TableTarget) -> String {
+    let columns: Vec<String> = target
+        .columns
+        .iter()
+        .map(|c| format!("{} {}{}", quote_ident(c.name), dialect.column_type(c.ty), if c.nullable { "" } else { " NOT NULL" }))
+        .collect();
+    format!("CREATE TABLE IF NOT EXISTS {} ({})", qualified(dialect, target), columns.join(", "))
+}
+
+/// Compares an existing table with the compiled columns; describes every difference.
+pub fn table_differences(warehouse_is_postgres: bool, existing: &[(String, String)], columns: &[ColumnDef]) -> Vec<String> {
+    let dialect = if warehouse_is_postgres { Dialect::Postgres } else { Dialect::Sqlite };
+    let mut problems = Vec::new();
+    for column in columns {
+        match existing.iter().find(|(name, _)| name == column.name) {
+            None => problems.push(format!("column `{}` ({}) is missing from the table", column.name, column.type_text())),
+            Some((_, actual)) if !actual.eq_ignore_ascii_case(dialect.reported_type(column.ty)) => problems.push(format!(
+                "column `{}` is {actual} in the table but the pipeline writes {} ({})",
+                column.name,
+                dialect.reported_type(column.ty),
+                column.type_text()
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in existing {
+        if !columns.iter().any(|c| c.name == name) {
+            problems.push(format!("column `{name}` of the table is not written by the pipeline"));
+        }
+    }
+    problems
+}
+
+/// The value identifying this run's partition in the partition column, as text the database
+/// compares with the stored values.
+fn partition_value(ctx: &RunContext, column: &ColumnDef) -> BlockResult<(Expr, String)> {
+    let partition = ctx.partition()?;
+    let (literal, text) = match column.ty {
+        BaseType::Date => (lit(partition.start_time().date()), partition.start_time().date().format("%Y-%m-%d").to_string()),
+        BaseType::Timestamp => (lit(partition.start_time()), partition.start_time().format("%Y-%m-%d %H:%M:%S").to_string()),
+        BaseType::String => (lit(partition.key()), partition.key()),
+        other => {
+            return Err(BlockError::fatal(format!(
+                "partition column `{}` is {}; it must be a date (partition.start), timestamp or string (partition.key)",
+                column.name,
+                other.name()
+            )));
+        }
+    };
+    Ok((literal, text))
+}
+
+/// Writes `frame` into the target table in one transaction.
+pub async fn write_table(ctx: &RunContext, target: &TableTarget, frame: DataFrame) -> BlockResult<()> {
+    let warehouse = ctx.warehouse(target.connection).await?;
+    let dialect = warehouse.dialect();
+    let name = display_name(dialect, target);
+    // Only the rows of this run's partition may be written in replace_partition mode: a row
+    // of another partition would survive that partition's next replacement as a duplicate.
+    let partition_filter = match target.mode {
+        WriteMode::ReplacePartition { column } => {
+            let definition = target
+                .columns
+                .iter()
+                .find(|c| c.name == column)
+                .ok_or_else(|| BlockError::fatal(format!("partition column `{column}` is not among the columns")))?;
+            let (value, text) = partition_value(ctx, definition)?;
+            let stray = frame.clone().lazy().filter(col(column).neq(value).fill_null(lit(true))).collect()?.height();
+            if stray > 0 {
+                return Err(BlockError::fatal(format!(
+                    "{stray} rows have `{column}` different from this run's partition ({text}); replace_partition can only write the run's own partition"
+                )));
+            }
+            Some((column, text))
+        }
+        _ => None,
+    };
+    if target.mode != WriteMode::Replace {
+        if let Some(existing) = warehouse.existing_columns(target.schema, target.table).await? {
+            let problems = table_differences(dialect == Dialect::Postgres, &existing, target.columns);
+            if !problems.is_empty() {
+                return Err(BlockError::fatal(format!(
+                    "table {name} does not match the pipeline:\n  - {}\nmigrate the table, or write it once with mode = \"replace\"",
+                    problems.join("\n  - ")
+                )));
+            }
+        }
+    }
+    let rows = frame.height();
+    let started = std::time::Instant::now();
+    match &warehouse {
+        Warehouse::Postgres(pool) => write_postgres(pool, target, &frame, partition_filter).await,
+        Warehouse::Sqlite(pool) => write_sqlite(pool, target, &frame, partition_filter).await,
+    }
+    .map_err(|e| e.context(format!("writing table {name}")))?;
+    info!(table = %name, rows, elapsed_ms = started.elapsed().as_millis() as u64, "wrote table");
+    Ok(())
+}
+
+async fn write_postgres(pool: &PgPool, target: &TableTarget, frame: &DataFrame, partition: Option<(&str, String)>) -> BlockResult<()> {
+    let table = qualified(Dialect::Postgres, target);
+    let mut tx = pool.begin().await?;
+    if let Some(schema) = target.schema {
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)))).execute(&mut *tx).await?;
+    }
+    if target.mode == WriteMode::Replace {
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}"))).execute(&mut *tx).await?;
+    }
+    sqlx::query(AssertSqlSafe(create_table_sql(Dialect::Postgres, target))).execute(&mut *tx).await?;
+    if let Some((column, value)) = &partition {
+        let cast = match target.columns.iter().find(|c| c.name == *column).map(|c| c.ty) {
+            Some(BaseType::Date) => "::date",
+            Some(BaseType::Timestamp) => "::timestamp",
+            _ => "",
+        };
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {} = $1{cast}", quote_ident(column)))).bind(value).execute(&mut *tx).await?;
+    }
+    let column_list = target.columns.iter().map(|c| quote_ident(c.name)).collect::<Vec<_>>().join(", ");
+    let mut copy = tx.copy_in_raw(&format!("COPY {table} ({column_list}) FROM STDIN (FORMAT csv)")).await?;
+    let mut offset = 0;
+    while offset < frame.height() {
+        let mut chunk = frame.slice(offset as i64, COPY_CHUNK_ROWS);
+        offset += chunk.height();
+        let mut buffer = Vec::with_capacity(chunk.height() * 200);
+        // Strings are always quoted, so an empty string stays distinct from the unquoted empty
+        // field that CSV COPY reads as NULL.
+        let written = CsvWriter::new(&mut buffer)
+            .include_header(false)
+            .with_quote_style(QuoteStyle::NonNumeric)
+            .with_null_value(PlSmallStr::EMPTY)
+            .with_datetime_format(Some("%Y-%m-%d %H:%M:%S%.f".into()))
+            .with_date_format(Some("%Y-%m-%d".into()))
+            .finish(&mut chunk);
+        if let Err(error) = written {
+            copy.abort(error.to_string()).await?;
+            return Err(error.into());
+        }
+        copy.send(buffer).await?;
+    }
+    copy.finish().await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A column converted to values SQLite can bind.
+enum SqliteColumn {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Text(Vec<Option<String>>),
+    Bool(Vec<Option<bool>>),
+}
+
+fn sqlite_columns(frame: &DataFrame, columns: &[ColumnDef]) -> BlockResult<Vec<SqliteColumn>> {
+    columns
+        .iter()
+        .map(|definition| {
+            let column = frame.column(definition.name)?.as_materialized_series().clone();
+            Ok(match definition.ty {
+                BaseType::Int64 => SqliteColumn::Int(column.i64()?.iter().collect()),
+                BaseType::Float64 => SqliteColumn::Float(column.f64()?.iter().collect()),
+                BaseType::Bool => SqliteColumn::Bool(column.bool()?.iter().collect()),
+                BaseType::String => SqliteColumn::Text(column.str()?.iter().map(|v| v.map(str::to_string)).collect()),
+                BaseType::Date | BaseType::Timestamp => {
+                    // Dates and timestamps are stored as ISO-8601 text, SQLite's convention.
+                    let format = if definition.ty == BaseType::Date { "%Y-%m-%d" } else { "%Y-%m-%d %H:%M:%S%.f" };
+                    let text = column.into_frame().lazy().select([col(definition.name).dt().to_string(format)]).collect()?;
+                    SqliteColumn::Text(text.column(definition.name)?.str()?.iter().map(|v| v.map(str::to_string)).collect())
+                }
+            })
+        })
+        .collect()
+}
+
+async fn write_sqlite(pool: &SqlitePool, target: &TableTarget, frame: &DataFrame, partition: Option<(&str, String)>) -> BlockResult<()> {
+    let table = qualified(Dialect::Sqlite, target);
+    let values = sqlite_columns(frame, target.columns)?;
+    let mut tx = pool.begin().await?;
+    if target.mode == WriteMode::Replace {
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}"))).execute(&mut *tx).await?;
+    }
+    sqlx::query(AssertSqlSafe(create_table_sql(Dialect::Sqlite, target))).execute(&mut *tx).await?;
+    if let Some((column, value)) = &partition {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {} = ?", quote_ident(column)))).bind(value).execute(&mut *tx).await?;
+    }
+    let column_list = target.columns.iter().map(|c| quote_ident(c.name)).collect::<Vec<_>>().join(", ");
+    let rows_per_statement = (SQLITE_MAX_PARAMETERS / target.columns.len().max(1)).clamp(1, 1000);
+    let mut start = 0;
+    while start < frame.height() {
+        let end = (start + rows_per_statement).min(frame.height());
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO {table} ({column_list}) "));
+        builder.push_values(start..end, |mut row, i| {
+            for column in &values {
+                match column {
+                    SqliteColumn::Int(v) => row.push_bind(v[i]),
+                    SqliteColumn::Float(v) => row.push_bind(v[i]),
+                    SqliteColumn::Text(v) => row.push_bind(v[i].clone()),
+                    SqliteColumn::Bool(v) => row.push_bind(v[i]),
+                };
+            }
+        });
+        builder.build().execute(&mut *tx).await?;
+        start = end;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Used by `validate`: whether the target table can take the compiled columns.
+pub async fn validate_table(warehouse: &Warehouse, target: &TableTarget) -> BlockResult<Vec<String>> {
+    warehouse.ping().await?;
+    let Some(existing) = warehouse.existing_columns(target.schema, target.table).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(table_differences(matches!(warehouse, Warehouse::Postgres(_)), &existing, target.columns))
+}

@@ -1,0 +1,194 @@
+//! Sources: files over HTTP(S) or from the local file system, CSV or Parquet, gzip or not.
+//!
+//! What arrives is checked against the compiled schema at the boundary: a missing column, a
+//! value that does not parse as its declared type or a null in a NOT NULL column is reported
+//! naming the column, the URL and the partition, before any block downstream runs.
+
+use std::io::{Cursor, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flate2::read::MultiGzDecoder;
+use polars::prelude::*;
+use tracing::{info, warn};
+
+use crate::context::RunContext;
+use crate::error::{BlockError, BlockResult};
+use crate::pipeline::Column;
+use crate::schema::{conform, polars_schema};
+
+/// Where a source file is.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// `path` under the base URL of connection `connection`.
+    Http {
+        /// The connection whose URL is the base.
+        connection: &'static str,
+        /// The path after the base URL.
+        path: String,
+    },
+    /// A local path, relative to the working directory.
+    File {
+        /// The path.
+        path: String,
+    },
+}
+
+/// File formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    /// CSV with a header row.
+    Csv,
+    /// Parquet.
+    Parquet,
+}
+
+/// Compression of the file as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// None.
+    None,
+    /// gzip.
+    Gzip,
+}
+
+/// How long one HTTP request may take, connection included.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reads a source file into a frame that has exactly the compiled schema `columns`.
+pub async fn read_source(ctx: &RunContext, location: Location, format: FileFormat, compression: Compression, columns: &'static [Column]) -> BlockResult<DataFrame> {
+    let (origin, bytes) = match &location {
+        Location::Http { connection, path } => {
+            let base = ctx.connection_url(connection)?;
+            let url = format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'));
+            let bytes = download(&url).await.map_err(|e| e.context(describe(ctx, &url)))?;
+            (url, bytes)
+        }
+        Location::File { path } => {
+            let bytes = tokio::fs::read(path).await.map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
+            (path.clone(), bytes.into())
+        }
+    };
+    let downloaded = bytes.len();
+    let frame = tokio::task::spawn_blocking({
+        let origin = origin.clone();
+        move || parse(&bytes, format, compression, columns).map_err(|e| e.context(&origin))
+    })
+    .await
+    .map_err(|e| BlockError::fatal(format!("parser panicked: {e}")))?
+    .map_err(|e| e.context(partition_text(ctx)))?;
+    info!(source = %origin, bytes = downloaded, rows = frame.height(), "read source");
+    Ok(frame)
+}
+
+fn partition_text(ctx: &RunContext) -> String {
+    match ctx.partition_opt() {
+        Some(partition) => format!("partition {partition}"),
+        None => "source".to_string(),
+    }
+}
+
+fn describe(ctx: &RunContext, origin: &str) -> String {
+    format!("{} ({origin})", partition_text(ctx))
+}
+
+/// Downloads a URL. Server errors, rate limits and network failures are retryable; a 4xx is not.
+async fn download(url: &str) -> BlockResult<bytes::Bytes> {
+    let client = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| BlockError::fatal(format!("cannot build HTTP client: {e}")))?;
+    let response = client.get(url).send().await.map_err(|e| BlockError::retryable(format!("GET failed: {}", error_chain(&e))))?;
+    let status = response.status();
+    if !status.is_success() {
+        let message = format!("GET returned HTTP {status}");
+        return Err(if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+            BlockError::retryable(message)
+        } else {
+            BlockError::fatal(message)
+        });
+    }
+    response.bytes().await.map_err(|e| BlockError::retryable(format!("download interrupted: {}", error_chain(&e))))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Decompresses and parses file bytes, then conforms the frame to the compiled schema.
+pub fn parse(bytes: &[u8], format: FileFormat, compression: Compression, columns: &'static [Column]) -> BlockResult<DataFrame> {
+    let raw: Vec<u8>;
+    let data: &[u8] = match compression {
+        Compression::None => bytes,
+        Compression::Gzip => {
+            let mut out = Vec::with_capacity(bytes.len() * 5);
+            MultiGzDecoder::new(bytes)
+                .read_to_end(&mut out)
+                .map_err(|e| BlockError::fatal(format!("the gzip data is truncated or corrupt ({e}); {} compressed bytes received", bytes.len())))?;
+            raw = out;
+            &raw
+        }
+    };
+    let frame = match format {
+        FileFormat::Csv => read_csv(data, columns)?,
+        FileFormat::Parquet => {
+            let names: Vec<PlSmallStr> = columns.iter().map(|c| c.name.into()).collect();
+            check_present(&ParquetReader::new(Cursor::new(data)).schema()?.iter_names().map(|n| n.to_string()).collect::<Vec<_>>(), columns)?;
+            ParquetReader::new(Cursor::new(data)).with_columns(Some(names.iter().map(|n| n.to_string()).collect())).finish()?
+        }
+    };
+    conform(frame, columns)
+}
+
+/// Every declared column must be in the file; extra columns are dropped with a warning, so an
+/// upstream addition does not break the pipeline but is still visible.
+fn check_present(header: &[String], columns: &[Column]) -> BlockResult<()> {
+    let missing: Vec<&str> = columns.iter().map(|c| c.name).filter(|name| !header.iter().any(|h| h == name)).collect();
+    if !missing.is_empty() {
+        return Err(BlockError::fatal(format!(
+            "the file has no column{} {} (declared in the source's schema); its columns are: {}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+            header.join(", ")
+        )));
+    }
+    let extra: Vec<&String> = header.iter().filter(|h| !columns.iter().any(|c| c.name == h.as_str())).collect();
+    if !extra.is_empty() {
+        warn!(columns = ?extra, "the file has columns the pipeline does not declare; they are ignored");
+    }
+    Ok(())
+}
+
+fn read_csv(data: &[u8], columns: &'static [Column]) -> BlockResult<DataFrame> {
+    let header_line = data.split(|b| *b == b'\n').next().unwrap_or_default();
+    let header: Vec<String> = String::from_utf8_lossy(header_line)
+        .trim_end_matches('\r')
+        .split(',')
+        .map(|h| h.trim().trim_matches('"').to_string())
+        .collect();
+    if data.is_empty() {
+        return Err(BlockError::fatal("the file is empty (no header row)"));
+    }
+    check_present(&header, columns)?;
+    let declared = polars_schema(columns);
+    // Columns the pipeline does not declare are read as text and dropped right after.
+    let full: Schema = header
+        .iter()
+        .map(|name| Field::new(name.as_str().into(), declared.get(name.as_str()).cloned().unwrap_or(DataType::String)))
+        .collect();
+    let frame = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_schema(Some(Arc::new(full)))
+        .into_reader_with_file_handle(Cursor::new(data))
+        .finish()
+        .map_err(|e| BlockError::fatal(format!("cannot parse the CSV with the declared types: {e}")))?;
+    Ok(frame.select(columns.iter().map(|c| c.name))?)
+}
