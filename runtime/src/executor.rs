@@ -130,8 +130,7 @@ pub async fn run(pipeline: &'static Pipeline, partition: Option<Partition>, para
             let Some((index, result, attempts, elapsed)) = running.next().await else { break };
             let block = &blocks[index];
             let status = match result {
-                Ok(output) => {
-                    let rows = output.as_ref().map_or(0, DataFrame::height);
+                Ok((output, rows)) => {
                     state[index] = State::Done(output);
                     BlockStatus::Succeeded { rows }
                 }
@@ -166,7 +165,7 @@ async fn run_block_with_retries(
     index: usize,
     ctx: RunContext,
     inputs: Vec<DataFrame>,
-) -> (usize, Result<Option<DataFrame>, BlockError>, u32, Duration) {
+) -> (usize, Result<(Option<DataFrame>, usize), BlockError>, u32, Duration) {
     let block = &pipeline.blocks[index];
     let policy = block.policy;
     let rows_in: usize = inputs.iter().map(DataFrame::height).sum();
@@ -186,7 +185,8 @@ async fn run_block_with_retries(
                 Ok(output) => {
                     let rows_out = output.as_ref().map(DataFrame::height);
                     info!(attempt, rows_in, rows_out = rows_out.unwrap_or(rows_in), elapsed_ms = attempt_started.elapsed().as_millis() as u64, "block succeeded");
-                    return (index, Ok(output), attempt, started.elapsed());
+                    // A sink has no output; its row count is what it wrote.
+                    return (index, Ok((output, rows_out.unwrap_or(rows_in))), attempt, started.elapsed());
                 }
                 Err(error) if error.kind == ErrorKind::Retryable && attempt <= policy.retries => {
                     let delay = backoff(policy.retry_delay_ms, attempt);

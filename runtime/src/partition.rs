@@ -3,7 +3,7 @@
 use std::fmt;
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
-use polars::prelude::{Expr, lit};
+use polars::prelude::{DataType, Expr, TimeUnit, lit};
 
 /// How a pipeline's runs are partitioned in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,8 +156,9 @@ impl Partition {
 
     fn instant_lit(&self, instant: NaiveDateTime) -> Expr {
         match self.granularity() {
-            Granularity::Hourly => lit(instant),
-            _ => lit(instant.date()),
+            Granularity::Hourly => lit(instant).cast(DataType::Datetime(TimeUnit::Microseconds, None)),
+            // polars turns a chrono date literal into a datetime; the pipeline's type is a date.
+            _ => lit(instant.date()).cast(DataType::Date),
         }
     }
 }

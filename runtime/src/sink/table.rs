@@ -212,7 +212,7 @@ pub fn table_differences(warehouse_is_postgres: bool, existing: &[(String, Strin
 fn partition_value(ctx: &RunContext, column: &ColumnDef) -> BlockResult<(Expr, String)> {
     let partition = ctx.partition()?;
     let (literal, text) = match column.ty {
-        BaseType::Date => (lit(partition.start_time().date()), partition.start_time().date().format("%Y-%m-%d").to_string()),
+        BaseType::Date => (lit(partition.start_time().date()).cast(DataType::Date), partition.start_time().date().format("%Y-%m-%d").to_string()),
         BaseType::Timestamp => (lit(partition.start_time()), partition.start_time().format("%Y-%m-%d %H:%M:%S").to_string()),
         BaseType::String => (lit(partition.key()), partition.key()),
         other => {
