@@ -163,6 +163,11 @@ impl Checker<'_, '_> {
                 },
             });
         }
+        // Judge use by the names written in `inputs`, so a block whose consumer has an error
+        // is not reported as unused as well.
+        for (b, block) in file.blocks.iter().enumerate() {
+            consumed[b] |= file.blocks.iter().any(|other| other.inputs.iter().any(|i| i.value == block.name.value));
+        }
         for &b in &graph.order {
             let block = &file.blocks[b];
             if schemas[b].is_some() && !consumed[b] {
@@ -231,20 +236,33 @@ impl Checker<'_, '_> {
                 let connection_ok = source.connection.as_ref().is_none_or(|c| self.connection(c));
                 let path = self.template(&source.path);
                 self.unique_columns(&source.schema);
+                // The declared schema is known even when the path or connection is wrong, so
+                // downstream blocks are still checked; the errors above keep the pipeline from
+                // being emitted.
+                let _ = connection_ok;
                 let op = ir::BlockOp::Source {
                     connection: source.connection.as_ref().map(|c| c.value.clone()),
-                    path: path?,
+                    path: path.unwrap_or_default(),
                     format: source.format,
                     compression: source.compression,
                 };
-                connection_ok.then_some((op, Some(decls_to_schema(&source.schema))))
+                Some((op, Some(decls_to_schema(&source.schema))))
             }
             BlockKind::Transform { steps } => {
                 let mut schema = input?.clone();
                 let mut checked = Vec::new();
+                let mut failed = false;
                 for step in steps {
-                    let op = self.step(&step.op, &mut schema)?;
-                    checked.push(ir::Step { line: self.line(&step.span), summary: summarize(&self.context.source[step.span.clone()]), op });
+                    match self.step(&step.op, &mut schema) {
+                        Some(op) => checked.push(ir::Step { line: self.line(&step.span), summary: summarize(&self.context.source[step.span.clone()]), op }),
+                        // A filter does not change the schema, so the steps after a wrong
+                        // filter can still be checked; after other steps the schema is unknown.
+                        None if matches!(step.op, StepOp::Filter(_)) => failed = true,
+                        None => return None,
+                    }
+                }
+                if failed {
+                    return None;
                 }
                 Some((ir::BlockOp::Transform { steps: checked }, Some(schema)))
             }

@@ -324,11 +324,17 @@ pub enum CheckKind {
 pub fn parse(source: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<PipelineFile> {
     let (root, errors) = DeTable::parse_recoverable(source);
     let mut syntax_failed = false;
+    // After a duplicated block, the parser also reports each of its keys as duplicate; those
+    // follow from the one mistake and are not repeated.
+    let mut duplicate_table_end = 0;
     for error in errors {
         let span = error.span().unwrap_or(0..0);
         let message = error.message().trim().to_string();
-        if let Some(diagnostic) = duplicate_block(source, &span, &message, root.get_ref()) {
+        if let Some(diagnostic) = duplicate_block(source, &span, &message) {
+            duplicate_table_end = source[span.end..].find("\n[").map_or(source.len(), |i| span.end + i);
             diagnostics.push(diagnostic);
+        } else if message.contains("duplicate") && span.start < duplicate_table_end {
+            continue;
         } else {
             syntax_failed = true;
             diagnostics.push(Diagnostic::error("E0001", "invalid TOML", span, message));
@@ -343,26 +349,20 @@ pub fn parse(source: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Pipeline
 
 /// The TOML parser reports a second `[blocks.x]` table as a duplicate key; say it in our terms,
 /// pointing at both definitions.
-fn duplicate_block(source: &str, span: &Span, message: &str, root: &DeTable<'_>) -> Option<Diagnostic> {
+fn duplicate_block(source: &str, span: &Span, message: &str) -> Option<Diagnostic> {
     if !message.contains("duplicate") {
         return None;
     }
-    let text = source.get(span.clone())?.trim();
-    let name = text.strip_prefix("blocks.").or_else(|| {
-        let line_start = source[..span.start].rfind('\n').map_or(0, |i| i + 1);
-        source[line_start..].trim_start().strip_prefix("[blocks.")?;
-        Some(text)
-    })?;
-    let name = name.trim_matches(|c| c == '[' || c == ']' || c == '"').to_string();
-    let first = root
-        .get("blocks")
-        .and_then(|blocks| blocks.get_ref().as_table())
-        .and_then(|blocks| blocks.get_key_value(name.as_str()))
-        .map(|(key, _)| key.span());
+    let line_start = source[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = source[span.start..].find('\n').map_or(source.len(), |i| span.start + i);
+    let header = source[line_start..line_end].trim();
+    let name = header.strip_prefix("[blocks.")?.strip_suffix(']')?.trim().trim_matches('"');
+    // The first definition is the first header of that block in the file.
+    let first = source.find(header).filter(|&at| at < line_start).map(|at| at..at + header.len());
     let mut diagnostic = Diagnostic::error(
         "E0005",
         format!("block `{name}` is defined more than once"),
-        span.clone(),
+        line_start..line_start + header.len(),
         "defined again here",
     )
     .with_help("rename one of the blocks; block names must be unique in a pipeline");

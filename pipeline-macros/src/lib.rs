@@ -1,7 +1,7 @@
 //! `pipeline!("pipelines/x.toml")`: compiles a Baton pipeline at macro-expansion time and expands
 //! to its executor code (the same code the build script writes to `generated/`, without `main`).
 //!
-//! The path is relative to the invoking crate's `Cargo.toml`. A pipeline error becomes a
+//! The path is relative to the invoking crate's `Cargo.toml` (or else to the invoking file). A pipeline error becomes a
 //! `compile_error!` whose text is the full rustc-style diagnostic pointing into the TOML.
 //! The crate must depend on `baton-runtime`. Invoke it inside a module, because the expansion
 //! imports the runtime's prelude:
@@ -36,7 +36,15 @@ pub fn pipeline(input: TokenStream) -> TokenStream {
 fn expand(literal: &LitStr) -> Result<proc_macro2::TokenStream, String> {
     let relative = literal.value();
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").map_err(|_| "CARGO_MANIFEST_DIR is not set; invoke pipeline! from a cargo build".to_string())?;
-    let path = PathBuf::from(&manifest_dir).join(&relative);
+    let mut path = PathBuf::from(&manifest_dir).join(&relative);
+    // Not under the crate root: try next to the invoking file, as `include_str!` resolves.
+    if !path.exists() {
+        if let Some(beside) = proc_macro::Span::call_site().local_file().and_then(|file| Some(file.parent()?.join(&relative))) {
+            if beside.exists() {
+                path = beside;
+            }
+        }
+    }
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read pipeline file {}: {e}", path.display()))?;
     let rust_path = path.with_extension("rs");
     let rust_text = std::fs::read_to_string(&rust_path).ok();

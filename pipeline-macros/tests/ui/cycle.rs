@@ -1,0 +1,5 @@
+mod pipeline {
+    baton_macros::pipeline!("cycle.toml");
+}
+
+fn main() {}

@@ -1,0 +1,5 @@
+mod pipeline {
+    baton_macros::pipeline!("sink_mismatch.toml");
+}
+
+fn main() {}

@@ -1,0 +1,5 @@
+mod pipeline {
+    baton_macros::pipeline!("unknown_column.toml");
+}
+
+fn main() {}

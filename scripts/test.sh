@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. On a fresh machine it first installs what the tests use:
+# PostgreSQL server binaries (a throwaway cluster per test run), sqlite3 and python3 (the
+# loopback HTTP server and the independent row counts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo fmt --all --check
+# The end-to-end tests run the pipeline binaries that `cargo build` produces.
+cargo build --workspace --locked
+cargo test --workspace --locked --no-fail-fast

@@ -1,0 +1,179 @@
+//! Test support: real peers on 127.0.0.1 (an HTTP file server, a throwaway PostgreSQL cluster)
+//! and paths into the workspace. Every wait is bounded.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+}
+
+/// `../shared/data/tlc/green`, the real NYC TLC files. Panics with an explanation when absent,
+/// because the tests that call this check real data and must not pass without it.
+pub fn green_data_dir() -> PathBuf {
+    let dir = workspace_root().join("../shared/data/tlc/green");
+    assert!(
+        dir.join("green_tripdata_2021-01.csv.gz").exists(),
+        "this test needs the real NYC TLC files in {} (the project's shared data folder); it is absent",
+        dir.display()
+    );
+    dir
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// Waits until something accepts connections on the port, at most `limit`.
+pub fn wait_for_port(port: u16, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A static file server (Python's http.server) on 127.0.0.1, stopped on drop.
+pub struct HttpServer {
+    child: Child,
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl HttpServer {
+    /// Serves `dir`.
+    pub fn serve(dir: &Path) -> HttpServer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs the loopback HTTP server");
+        assert!(wait_for_port(port, Duration::from_secs(20)), "the HTTP server did not start on port {port}");
+        HttpServer { child, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway PostgreSQL cluster from the installed server binaries, on 127.0.0.1, removed on drop.
+pub struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+}
+
+fn postgres_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql (scripts/test.sh installs them)")
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("an installed PostgreSQL version with initdb")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root (initdb refuses root).
+fn pg_tool(bin: &Path, tool: &str, args: &[&str]) -> Output {
+    let path = bin.join(tool);
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&path);
+        c
+    } else {
+        Command::new(&path)
+    };
+    command.args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+}
+
+impl Postgres {
+    /// Creates and starts a cluster.
+    pub fn start() -> Postgres {
+        let bin = postgres_bin();
+        let dir = tempfile::Builder::new().prefix("baton-pg-").tempdir().expect("a temp dir");
+        let data = dir.path().join("data");
+        let socket = dir.path().join("socket");
+        std::fs::create_dir_all(&socket).expect("socket dir");
+        if is_root() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().expect("chown");
+            assert!(status.success(), "chown of the cluster folder failed");
+        }
+        let init = pg_tool(&bin, "initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
+        assert!(init.status.success(), "initdb failed: {}", String::from_utf8_lossy(&init.stderr));
+        let port = free_port();
+        let options = format!("-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off", socket.display());
+        let log = dir.path().join("postgres.log");
+        let start = pg_tool(&bin, "pg_ctl", &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+        assert!(
+            start.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&start.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(wait_for_port(port, Duration::from_secs(30)), "PostgreSQL did not listen on {port}");
+        Postgres { bin, data, _dir: dir, url: format!("postgres://postgres@127.0.0.1:{port}/postgres") }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = pg_tool(&self.bin, "pg_ctl", &["-D", self.data.to_str().unwrap_or_default(), "-m", "immediate", "stop"]);
+    }
+}
+
+/// The path of a workspace binary built by `cargo build` (next to the test executable's folder).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/PROFILE/deps/TEST");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)", path.display());
+    path
+}
+
+/// Counts, with Python's standard library only (no pandas, no Baton code), the rows of gzip CSV
+/// files where passenger_count > 0 and trip_distance > 0, and the distinct pickup dates among them.
+/// This is the independent reference the end-to-end tests compare Baton's loads with.
+pub fn independent_green_counts(files: &[PathBuf]) -> (usize, usize) {
+    let script = r#"
+import csv, gzip, sys
+rows = 0
+dates = set()
+for path in sys.argv[1:]:
+    with gzip.open(path, 'rt', newline='') as f:
+        for r in csv.DictReader(f):
+            try:
+                p = int(r['passenger_count']) if r['passenger_count'] != '' else None
+                d = float(r['trip_distance']) if r['trip_distance'] != '' else None
+            except ValueError:
+                continue
+            if p is not None and d is not None and p > 0 and d > 0:
+                rows += 1
+                dates.add(r['lpep_pickup_datetime'][:10])
+print(rows, len(dates))
+"#;
+    let output = Command::new("python3").arg("-c").arg(script).args(files).output().expect("python3 runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<usize>().expect("a count"));
+    (numbers.next().expect("rows"), numbers.next().expect("dates"))
+}
