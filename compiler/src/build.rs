@@ -19,7 +19,10 @@ pub struct PipelineFiles {
 impl PipelineFiles {
     /// The files of pipeline `name` under workspace `root`.
     pub fn new(root: impl Into<PathBuf>, name: impl Into<String>) -> Self {
-        PipelineFiles { root: root.into(), name: name.into() }
+        PipelineFiles {
+            root: root.into(),
+            name: name.into(),
+        }
     }
 
     /// `pipelines/NAME.toml`, relative to the root; how messages name it.
@@ -32,31 +35,50 @@ impl PipelineFiles {
         format!("pipelines/{}.rs", self.name)
     }
 
-    /// The generated crate's `src/main.rs`.
-    pub fn generated_main(&self) -> PathBuf {
-        self.root.join("generated").join(&self.name).join("src").join("main.rs")
+    /// The generated crate's source folder.
+    pub fn generated_src(&self) -> PathBuf {
+        self.root.join("generated").join(&self.name).join("src")
     }
 
-    /// Compiles the pipeline and renders the generated crate's `main.rs`. On errors, returns
-    /// the rendered diagnostics. Warnings are returned alongside the code.
-    pub fn render(&self) -> Result<(String, Option<String>), String> {
+    /// Compiles the pipeline and renders the generated crate's `main.rs` and `pipeline.rs`. On
+    /// errors, returns the rendered diagnostics. Warnings are returned alongside the code.
+    pub fn render(&self) -> Result<(Vec<(PathBuf, String)>, Option<String>), String> {
         let toml_path = self.root.join(self.toml_display());
-        let text = std::fs::read_to_string(&toml_path).map_err(|e| format!("error: cannot read {}: {e}", toml_path.display()))?;
+        let text = std::fs::read_to_string(&toml_path)
+            .map_err(|e| format!("error: cannot read {}: {e}", toml_path.display()))?;
         let rust_path = self.root.join(self.rust_display());
         let rust_text = std::fs::read_to_string(&rust_path).ok();
         let toml_display = self.toml_display();
         let rust_display = self.rust_display();
-        let source = Source { path: &toml_display, text: &text, rust_module: rust_text.as_deref().map(|t| (rust_display.as_str(), t)) };
+        let source = Source {
+            path: &toml_display,
+            text: &text,
+            rust_module: rust_text.as_deref().map(|t| (rust_display.as_str(), t)),
+        };
         let compilation = compile(&source);
         let rendered = compilation.render(&source);
-        let Some(pipeline) = compilation.pipeline else { return Err(rendered) };
+        let Some(pipeline) = compilation.pipeline else {
+            return Err(rendered);
+        };
         let options = EmitOptions {
-            with_main: true,
-            rust_module: pipeline.rust_module.as_ref().map(|module| RustModule::Path(format!("../../../{module}"))),
+            // `mod blocks` is declared in src/pipeline.rs, so its path starts from src/pipeline/.
+            rust_module: pipeline
+                .rust_module
+                .as_ref()
+                .map(|module| RustModule::Path(format!("../../../../{module}"))),
             comments: true,
+            with_main: false,
         };
         let warnings = (!rendered.is_empty()).then_some(rendered);
-        Ok((crate::emit::file(&pipeline, &options), warnings))
+        let src = self.generated_src();
+        let files = vec![
+            (src.join("main.rs"), crate::emit::main_file(&pipeline)),
+            (
+                src.join("pipeline.rs"),
+                crate::emit::file(&pipeline, &options),
+            ),
+        ];
+        Ok((files, warnings))
     }
 }
 
@@ -75,27 +97,44 @@ pub fn write_if_changed(path: &Path, contents: &str) -> std::io::Result<bool> {
 /// The body of a generated pipeline crate's `build.rs`: regenerates `src/main.rs` from
 /// `pipelines/NAME.toml`, or prints the diagnostics and fails the build.
 pub fn generate_crate(name: &str) {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for build scripts"));
-    let root = manifest_dir.join("../..").canonicalize().expect("the generated crate lives in generated/NAME of the workspace");
+    let manifest_dir = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .expect("cargo sets CARGO_MANIFEST_DIR for build scripts"),
+    );
+    let root = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("the generated crate lives in generated/NAME of the workspace");
     let files = PipelineFiles::new(root, name);
-    println!("cargo::rerun-if-changed={}", files.root.join(files.toml_display()).display());
-    println!("cargo::rerun-if-changed={}", files.root.join(files.rust_display()).display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        files.root.join(files.toml_display()).display()
+    );
+    println!(
+        "cargo::rerun-if-changed={}",
+        files.root.join(files.rust_display()).display()
+    );
     match files.render() {
-        Ok((code, warnings)) => {
+        Ok((generated, warnings)) => {
             if let Some(warnings) = warnings {
                 for line in warnings.lines().filter(|l| !l.is_empty()) {
                     println!("cargo::warning={line}");
                 }
             }
-            if let Err(error) = write_if_changed(&files.generated_main(), &code) {
-                eprintln!("error: cannot write {}: {error}", files.generated_main().display());
-                std::process::exit(1);
+            for (path, code) in generated {
+                if let Err(error) = write_if_changed(&path, &code) {
+                    eprintln!("error: cannot write {}: {error}", path.display());
+                    std::process::exit(1);
+                }
             }
         }
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
             // One short line that cargo shows on its own, pointing at the full report above.
-            println!("cargo::error=pipeline {} does not compile; the diagnostics are printed above", files.toml_display());
+            println!(
+                "cargo::error=pipeline {} does not compile; the diagnostics are printed above",
+                files.toml_display()
+            );
             std::process::exit(1);
         }
     }

@@ -5,13 +5,22 @@ use std::collections::HashSet;
 
 use crate::diagnostic::{Diagnostic, Span, did_you_mean, line_col};
 use crate::expr::{self, BinaryOp, Expr, ExprKind, UnaryOp};
-use crate::ir::{self, ExprType, Function, PartitionField, Policy, Schema, TemplatePart, TypedExpr};
+use crate::ir::{
+    self, ExprType, Function, PartitionField, Policy, Schema, TemplatePart, TypedExpr,
+};
 use crate::resolve::Graph;
-use crate::syntax::{self, BlockKind, CheckKind, CheckSeverity, ColumnDecl, ExprSource, Located, PipelineFile, StepOp, WriteMode};
+use crate::syntax::{
+    self, BlockKind, CheckKind, CheckSeverity, ColumnDecl, ExprSource, Located, PipelineFile,
+    StepOp, WriteMode,
+};
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
 /// Default retry and timeout policy when neither the pipeline nor the block says otherwise.
-const DEFAULT_POLICY: Policy = Policy { retries: 0, retry_delay_ms: 1_000, timeout_ms: 3_600_000 };
+const DEFAULT_POLICY: Policy = Policy {
+    retries: 0,
+    retry_delay_ms: 1_000,
+    timeout_ms: 3_600_000,
+};
 
 /// What the checker needs besides the parsed file.
 pub struct Context<'a> {
@@ -25,8 +34,22 @@ pub struct Context<'a> {
 
 /// Checks the whole pipeline. Returns the checked pipeline; it is only meaningful when no error
 /// was recorded in `diagnostics`.
-pub fn check(file: &PipelineFile, graph: &Graph, context: &Context<'_>, diagnostics: &mut Vec<Diagnostic>) -> ir::Pipeline {
-    let mut checker = Checker { file, context, diagnostics, granularity: file.pipeline.partitions.as_ref().map(|p| p.granularity.value) };
+pub fn check(
+    file: &PipelineFile,
+    graph: &Graph,
+    context: &Context<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> ir::Pipeline {
+    let mut checker = Checker {
+        file,
+        context,
+        diagnostics,
+        granularity: file
+            .pipeline
+            .partitions
+            .as_ref()
+            .map(|p| p.granularity.value),
+    };
     checker.pipeline(graph)
 }
 
@@ -42,7 +65,10 @@ fn find<'s>(schema: &'s Schema, name: &str) -> Option<&'s ColumnType> {
 }
 
 fn decls_to_schema(decls: &[ColumnDecl]) -> Schema {
-    decls.iter().map(|d| (d.name.value.clone(), d.ty.value)).collect()
+    decls
+        .iter()
+        .map(|d| (d.name.value.clone(), d.ty.value))
+        .collect()
 }
 
 /// Converts `PULocationID` to `pu_location_id`, `VendorID` to `vendor_id`, `lpep_pickup` stays.
@@ -54,7 +80,8 @@ pub fn snake_case(name: &str) -> String {
             let previous = i.checked_sub(1).map(|p| chars[p]);
             let next = chars.get(i + 1);
             let after_lower = previous.is_some_and(|p| p.is_lowercase() || p.is_ascii_digit());
-            let ends_acronym = previous.is_some_and(|p| p.is_uppercase()) && next.is_some_and(|n| n.is_lowercase());
+            let ends_acronym = previous.is_some_and(|p| p.is_uppercase())
+                && next.is_some_and(|n| n.is_lowercase());
             if (after_lower || ends_acronym) && !out.ends_with('_') {
                 out.push('_');
             }
@@ -82,10 +109,22 @@ impl Checker<'_, '_> {
     fn unknown_column(&mut self, name: &str, span: Span, schema: &Schema, place: &str) {
         let names = schema.iter().map(|(n, _)| n.as_str());
         let help = did_you_mean(name, names).unwrap_or_else(|| {
-            let available = schema.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+            let available = schema
+                .iter()
+                .map(|(n, _)| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
             format!("the columns here are: {available}")
         });
-        self.push(Diagnostic::error("E0008", format!("unknown column `{name}`"), span, format!("not a column {place}")).with_help(help));
+        self.push(
+            Diagnostic::error(
+                "E0008",
+                format!("unknown column `{name}`"),
+                span,
+                format!("not a column {place}"),
+            )
+            .with_help(help),
+        );
     }
 
     fn pipeline(&mut self, graph: &Graph) -> ir::Pipeline {
@@ -93,19 +132,37 @@ impl Checker<'_, '_> {
         let meta = &file.pipeline;
         let defaults = Policy {
             retries: meta.defaults.retries.unwrap_or(DEFAULT_POLICY.retries),
-            retry_delay_ms: meta.defaults.retry_delay_ms.unwrap_or(DEFAULT_POLICY.retry_delay_ms),
-            timeout_ms: meta.defaults.timeout_ms.unwrap_or(DEFAULT_POLICY.timeout_ms),
+            retry_delay_ms: meta
+                .defaults
+                .retry_delay_ms
+                .unwrap_or(DEFAULT_POLICY.retry_delay_ms),
+            timeout_ms: meta
+                .defaults
+                .timeout_ms
+                .unwrap_or(DEFAULT_POLICY.timeout_ms),
         };
         if let Some(partitions) = &meta.partitions {
-            if !partitions.granularity.value.is_valid_key(&partitions.start.value) {
+            if !partitions
+                .granularity
+                .value
+                .is_valid_key(&partitions.start.value)
+            {
                 let example = match partitions.granularity.value {
                     Granularity::Monthly => "2019-01",
                     Granularity::Daily => "2019-01-01",
                     Granularity::Hourly => "2019-01-01T00",
                 };
                 self.push(
-                    Diagnostic::error("E0016", "invalid partition start", partitions.start.span.clone(), format!("not a {} partition key", partitions.granularity.value.name()))
-                        .with_help(format!("write it like `{example}`")),
+                    Diagnostic::error(
+                        "E0016",
+                        "invalid partition start",
+                        partitions.start.span.clone(),
+                        format!(
+                            "not a {} partition key",
+                            partitions.granularity.value.name()
+                        ),
+                    )
+                    .with_help(format!("write it like `{example}`")),
                 );
             }
         }
@@ -113,7 +170,12 @@ impl Checker<'_, '_> {
         let mut seen_params = HashSet::new();
         for param in &file.params {
             if !seen_params.insert(param.name.value.as_str()) {
-                self.push(Diagnostic::error("E0005", format!("parameter `{}` is defined more than once", param.name.value), param.name.span.clone(), "defined again here"));
+                self.push(Diagnostic::error(
+                    "E0005",
+                    format!("parameter `{}` is defined more than once", param.name.value),
+                    param.name.span.clone(),
+                    "defined again here",
+                ));
             }
         }
         let mut schemas: Vec<Option<Schema>> = vec![None; file.blocks.len()];
@@ -133,7 +195,9 @@ impl Checker<'_, '_> {
                 // block against a guessed schema would only add noise.
                 continue;
             }
-            let Some((op, output)) = self.block(block, input.as_ref()) else { continue };
+            let Some((op, output)) = self.block(block, input.as_ref()) else {
+                continue;
+            };
             if matches!(op, ir::BlockOp::Rust { .. }) {
                 rust_module = self.context.rust_module.map(|(path, _)| path.to_string());
             }
@@ -141,7 +205,15 @@ impl Checker<'_, '_> {
                 Some(schema) => self.checks(&block.checks, schema),
                 None => {
                     if let Some(check) = block.checks.first() {
-                        self.push(Diagnostic::error("E0018", "a sink has no output to check", check.span.clone(), "check on a sink").with_help("move the check to the block that feeds the sink"));
+                        self.push(
+                            Diagnostic::error(
+                                "E0018",
+                                "a sink has no output to check",
+                                check.span.clone(),
+                                "check on a sink",
+                            )
+                            .with_help("move the check to the block that feeds the sink"),
+                        );
                     }
                     Vec::new()
                 }
@@ -158,7 +230,10 @@ impl Checker<'_, '_> {
                 checks,
                 policy: Policy {
                     retries: block.policy.retries.unwrap_or(defaults.retries),
-                    retry_delay_ms: block.policy.retry_delay_ms.unwrap_or(defaults.retry_delay_ms),
+                    retry_delay_ms: block
+                        .policy
+                        .retry_delay_ms
+                        .unwrap_or(defaults.retry_delay_ms),
                     timeout_ms: block.policy.timeout_ms.unwrap_or(defaults.timeout_ms),
                 },
             });
@@ -166,14 +241,22 @@ impl Checker<'_, '_> {
         // Judge use by the names written in `inputs`, so a block whose consumer has an error
         // is not reported as unused as well.
         for (b, block) in file.blocks.iter().enumerate() {
-            consumed[b] |= file.blocks.iter().any(|other| other.inputs.iter().any(|i| i.value == block.name.value));
+            consumed[b] |= file
+                .blocks
+                .iter()
+                .any(|other| other.inputs.iter().any(|i| i.value == block.name.value));
         }
         for &b in &graph.order {
             let block = &file.blocks[b];
             if schemas[b].is_some() && !consumed[b] {
                 self.push(
-                    Diagnostic::warning("W0001", format!("the output of block `{}` is never used", block.name.value), block.name.span.clone(), "no block reads this")
-                        .with_help("add it to a block's `inputs`, or remove the block"),
+                    Diagnostic::warning(
+                        "W0001",
+                        format!("the output of block `{}` is never used", block.name.value),
+                        block.name.span.clone(),
+                        "no block reads this",
+                    )
+                    .with_help("add it to a block's `inputs`, or remove the block"),
                 );
             }
         }
@@ -184,12 +267,23 @@ impl Checker<'_, '_> {
             tags: meta.tags.clone(),
             source_path: self.context.source_path.to_string(),
             source_hash: crate::source_hash(self.context.source),
-            partitions: meta.partitions.as_ref().map(|p| (p.granularity.value, p.start.value.clone())),
-            params: file.params.iter().map(|p| (p.name.value.clone(), p.default.value.clone())).collect(),
+            partitions: meta
+                .partitions
+                .as_ref()
+                .map(|p| (p.granularity.value, p.start.value.clone())),
+            params: file
+                .params
+                .iter()
+                .map(|p| (p.name.value.clone(), p.default.value.clone()))
+                .collect(),
             connections: file
                 .connections
                 .iter()
-                .map(|c| ir::Connection { name: c.name.value.clone(), url: c.url.value.clone(), password: c.password.as_ref().map(|p| p.value.clone()) })
+                .map(|c| ir::Connection {
+                    name: c.name.value.clone(),
+                    url: c.url.value.clone(),
+                    password: c.password.as_ref().map(|p| p.value.clone()),
+                })
                 .collect(),
             blocks,
             rust_module,
@@ -200,13 +294,26 @@ impl Checker<'_, '_> {
         let mut seen = HashSet::new();
         for connection in &self.file.connections {
             if !seen.insert(connection.name.value.as_str()) {
-                self.push(Diagnostic::error("E0005", format!("connection `{}` is defined more than once", connection.name.value), connection.name.span.clone(), "defined again here"));
+                self.push(Diagnostic::error(
+                    "E0005",
+                    format!(
+                        "connection `{}` is defined more than once",
+                        connection.name.value
+                    ),
+                    connection.name.span.clone(),
+                    "defined again here",
+                ));
             }
             let url = &connection.url.value;
             if let Err(message) = validate_env_template(url) {
                 self.push(
-                    Diagnostic::error("E0011", "invalid environment reference in connection URL", connection.url.span.clone(), message)
-                        .with_help("write `${VAR}` or `${VAR:-default}`"),
+                    Diagnostic::error(
+                        "E0011",
+                        "invalid environment reference in connection URL",
+                        connection.url.span.clone(),
+                        message,
+                    )
+                    .with_help("write `${VAR}` or `${VAR:-default}`"),
                 );
             }
             if has_literal_password(url) {
@@ -219,21 +326,38 @@ impl Checker<'_, '_> {
     }
 
     fn connection(&mut self, name: &Located<String>) -> bool {
-        if self.file.connections.iter().any(|c| c.name.value == name.value) {
+        if self
+            .file
+            .connections
+            .iter()
+            .any(|c| c.name.value == name.value)
+        {
             return true;
         }
         let names = self.file.connections.iter().map(|c| c.name.value.as_str());
         self.push(
-            Diagnostic::error("E0012", format!("unknown connection `{}`", name.value), name.span.clone(), "not defined in `[connections]`")
-                .with_optional_help(did_you_mean(&name.value, names)),
+            Diagnostic::error(
+                "E0012",
+                format!("unknown connection `{}`", name.value),
+                name.span.clone(),
+                "not defined in `[connections]`",
+            )
+            .with_optional_help(did_you_mean(&name.value, names)),
         );
         false
     }
 
-    fn block(&mut self, block: &syntax::Block, input: Option<&Schema>) -> Option<(ir::BlockOp, Option<Schema>)> {
+    fn block(
+        &mut self,
+        block: &syntax::Block,
+        input: Option<&Schema>,
+    ) -> Option<(ir::BlockOp, Option<Schema>)> {
         match &block.kind {
             BlockKind::HttpSource(source) | BlockKind::FileSource(source) => {
-                let connection_ok = source.connection.as_ref().is_none_or(|c| self.connection(c));
+                let connection_ok = source
+                    .connection
+                    .as_ref()
+                    .is_none_or(|c| self.connection(c));
                 let path = self.template(&source.path);
                 self.unique_columns(&source.schema);
                 // The declared schema is known even when the path or connection is wrong, so
@@ -254,7 +378,11 @@ impl Checker<'_, '_> {
                 let mut failed = false;
                 for step in steps {
                     match self.step(&step.op, &mut schema) {
-                        Some(op) => checked.push(ir::Step { line: self.line(&step.span), summary: summarize(&self.context.source[step.span.clone()]), op }),
+                        Some(op) => checked.push(ir::Step {
+                            line: self.line(&step.span),
+                            summary: summarize(&self.context.source[step.span.clone()]),
+                            op,
+                        }),
                         // A filter does not change the schema, so the steps after a wrong
                         // filter can still be checked; after other steps the schema is unknown.
                         None if matches!(step.op, StepOp::Filter(_)) => failed = true,
@@ -275,7 +403,12 @@ impl Checker<'_, '_> {
                     }
                     None => input?.clone(),
                 };
-                Some((ir::BlockOp::Rust { function: function.value.clone() }, Some(schema)))
+                Some((
+                    ir::BlockOp::Rust {
+                        function: function.value.clone(),
+                    },
+                    Some(schema),
+                ))
             }
             BlockKind::TableSink(sink) => {
                 let input = input?;
@@ -297,9 +430,17 @@ impl Checker<'_, '_> {
                     ),
                     (None, _) => {}
                 }
-                for name in [Some(&sink.table), sink.db_schema.as_ref()].into_iter().flatten() {
+                for name in [Some(&sink.table), sink.db_schema.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
                     if name.value.is_empty() || name.value.contains(['"', '\0']) {
-                        self.push(Diagnostic::error("E0003", "invalid SQL identifier", name.span.clone(), "empty or contains `\"`"));
+                        self.push(Diagnostic::error(
+                            "E0003",
+                            "invalid SQL identifier",
+                            name.span.clone(),
+                            "empty or contains `\"`",
+                        ));
                     }
                 }
                 let op = ir::BlockOp::TableSink {
@@ -325,7 +466,12 @@ impl Checker<'_, '_> {
                     }
                 }
                 if sink.path.value.split('/').any(|part| part == "..") {
-                    self.push(Diagnostic::error("E0003", "the dataset path may not leave the lake", sink.path.span.clone(), "contains `..`"));
+                    self.push(Diagnostic::error(
+                        "E0003",
+                        "the dataset path may not leave the lake",
+                        sink.path.span.clone(),
+                        "contains `..`",
+                    ));
                 }
                 let op = ir::BlockOp::LakeSink {
                     connection: sink.connection.value.clone(),
@@ -341,18 +487,37 @@ impl Checker<'_, '_> {
         // TOML itself rejects a repeated key, so only names that differ by case can collide.
         let mut seen: Vec<&Located<String>> = Vec::new();
         for decl in decls {
-            if let Some(first) = seen.iter().find(|s| s.value.eq_ignore_ascii_case(&decl.name.value)) {
+            if let Some(first) = seen
+                .iter()
+                .find(|s| s.value.eq_ignore_ascii_case(&decl.name.value))
+            {
                 self.push(
-                    Diagnostic::error("E0017", format!("columns `{}` and `{}` differ only by case", first.value, decl.name.value), decl.name.span.clone(), "ambiguous column")
-                        .with_label(first.span.clone(), "first declared here")
-                        .with_note("Postgres folds unquoted names and many tools compare names without case"),
+                    Diagnostic::error(
+                        "E0017",
+                        format!(
+                            "columns `{}` and `{}` differ only by case",
+                            first.value, decl.name.value
+                        ),
+                        decl.name.span.clone(),
+                        "ambiguous column",
+                    )
+                    .with_label(first.span.clone(), "first declared here")
+                    .with_note(
+                        "Postgres folds unquoted names and many tools compare names without case",
+                    ),
                 );
             }
             seen.push(&decl.name);
         }
     }
 
-    fn sink_columns(&mut self, block: &str, declared: &[ColumnDecl], input: &Schema, table: &Located<String>) {
+    fn sink_columns(
+        &mut self,
+        block: &str,
+        declared: &[ColumnDecl],
+        input: &Schema,
+        table: &Located<String>,
+    ) {
         for decl in declared {
             match find(input, &decl.name.value) {
                 None => {
@@ -375,7 +540,9 @@ impl Checker<'_, '_> {
         }
         for (name, ty) in input {
             if !declared.iter().any(|d| &d.name.value == name) {
-                let span = declared.last().map_or(table.span.clone(), |d| d.name.span.clone());
+                let span = declared
+                    .last()
+                    .map_or(table.span.clone(), |d| d.name.span.clone());
                 self.push(
                     Diagnostic::error("E0010", format!("column `{name}` ({ty}) flows into sink `{block}` but the table does not declare it"), span, "declared columns end here")
                         .with_help(format!("declare `{name} = \"{ty}\"`, or drop the column before the sink")),
@@ -397,7 +564,9 @@ impl Checker<'_, '_> {
                 .items
                 .iter()
                 .filter_map(|item| match item {
-                    syn::Item::Fn(f) if matches!(f.vis, syn::Visibility::Public(_)) => Some(f.sig.ident.to_string()),
+                    syn::Item::Fn(f) if matches!(f.vis, syn::Visibility::Public(_)) => {
+                        Some(f.sig.ident.to_string())
+                    }
                     _ => None,
                 })
                 .collect(),
@@ -407,20 +576,34 @@ impl Checker<'_, '_> {
         };
         if !functions.contains(&function.value) {
             self.push(
-                Diagnostic::error("E0020", format!("no public function `{}` in `{path}`", function.value), function.span.clone(), "not found")
-                    .with_optional_help(did_you_mean(&function.value, functions.iter().map(String::as_str))),
+                Diagnostic::error(
+                    "E0020",
+                    format!("no public function `{}` in `{path}`", function.value),
+                    function.span.clone(),
+                    "not found",
+                )
+                .with_optional_help(did_you_mean(
+                    &function.value,
+                    functions.iter().map(String::as_str),
+                )),
             );
         }
     }
 
     fn rust_module_hint(&self) -> String {
-        self.context.source_path.trim_end_matches(".toml").to_string() + ".rs"
+        self.context
+            .source_path
+            .trim_end_matches(".toml")
+            .to_string()
+            + ".rs"
     }
 
     fn template(&mut self, path: &Located<String>) -> Option<Vec<TemplatePart>> {
         let raw = &self.context.source[path.span.clone()];
-        let offset = (raw.len() == path.value.len() + 2 && &raw[1..raw.len() - 1] == path.value).then_some(path.span.start + 1);
-        let locate = |inner: Span| offset.map_or(path.span.clone(), |o| o + inner.start..o + inner.end);
+        let offset = (raw.len() == path.value.len() + 2 && &raw[1..raw.len() - 1] == path.value)
+            .then_some(path.span.start + 1);
+        let locate =
+            |inner: Span| offset.map_or(path.span.clone(), |o| o + inner.start..o + inner.end);
         let mut parts = Vec::new();
         let mut ok = true;
         let mut rest = path.value.as_str();
@@ -430,7 +613,15 @@ impl Checker<'_, '_> {
                 parts.push(TemplatePart::Text(rest[..open].to_string()));
             }
             let Some(close) = rest[open..].find('}') else {
-                self.push(Diagnostic::error("E0011", "unclosed `{` in path template", locate(position + open..position + open + 1), "opened here").with_help("close it with `}`"));
+                self.push(
+                    Diagnostic::error(
+                        "E0011",
+                        "unclosed `{` in path template",
+                        locate(position + open..position + open + 1),
+                        "opened here",
+                    )
+                    .with_help("close it with `}`"),
+                );
                 return None;
             };
             let inner = &rest[open + 1..open + close];
@@ -460,7 +651,17 @@ impl Checker<'_, '_> {
             "HH" => (PartitionField::Hour, 2),
             _ => match name.strip_prefix("partition.").and_then(partition_field) {
                 Some(PartitionField::Start | PartitionField::End) | None => {
-                    let known = ["partition.year", "partition.month", "partition.day", "partition.hour", "partition.key", "YYYY", "MM", "DD", "HH"];
+                    let known = [
+                        "partition.year",
+                        "partition.month",
+                        "partition.day",
+                        "partition.hour",
+                        "partition.key",
+                        "YYYY",
+                        "MM",
+                        "DD",
+                        "HH",
+                    ];
                     self.push(
                         Diagnostic::error("E0011", format!("unknown template variable `{name}`"), span, "not a partition field")
                             .with_optional_help(did_you_mean(name, known))
@@ -476,7 +677,12 @@ impl Checker<'_, '_> {
             Some(format) => match format.parse::<usize>() {
                 Ok(width) if format.starts_with('0') && width <= 9 => width,
                 _ => {
-                    self.push(Diagnostic::error("E0011", format!("invalid format `{format}` for `{name}`"), span, "expected a zero-padded width such as `02`"));
+                    self.push(Diagnostic::error(
+                        "E0011",
+                        format!("invalid format `{format}` for `{name}`"),
+                        span,
+                        "expected a zero-padded width such as `02`",
+                    ));
                     return None;
                 }
             },
@@ -493,19 +699,39 @@ impl Checker<'_, '_> {
         match self.granularity {
             None => {
                 self.push(
-                    Diagnostic::error("E0011", format!("`partition.{name}` is used but the pipeline has no partitions"), span, "no partition to read")
-                        .with_help("add `[pipeline.partitions]` with `granularity` and `start`"),
+                    Diagnostic::error(
+                        "E0011",
+                        format!("`partition.{name}` is used but the pipeline has no partitions"),
+                        span,
+                        "no partition to read",
+                    )
+                    .with_help("add `[pipeline.partitions]` with `granularity` and `start`"),
                 );
                 false
             }
             Some(granularity) => {
-                let always = matches!(field, PartitionField::Key | PartitionField::Start | PartitionField::End);
+                let always = matches!(
+                    field,
+                    PartitionField::Key | PartitionField::Start | PartitionField::End
+                );
                 if always || granularity.fields().contains(&name) {
                     return true;
                 }
                 self.push(
-                    Diagnostic::error("E0011", format!("`partition.{name}` does not exist in a {} pipeline", granularity.name()), span, format!("a {} partition has no {name}", granularity.name()))
-                        .with_note(format!("{} partitions have: {}", granularity.name(), granularity.fields().join(", "))),
+                    Diagnostic::error(
+                        "E0011",
+                        format!(
+                            "`partition.{name}` does not exist in a {} pipeline",
+                            granularity.name()
+                        ),
+                        span,
+                        format!("a {} partition has no {name}", granularity.name()),
+                    )
+                    .with_note(format!(
+                        "{} partitions have: {}",
+                        granularity.name(),
+                        granularity.fields().join(", ")
+                    )),
                 );
                 false
             }
@@ -518,8 +744,16 @@ impl Checker<'_, '_> {
                 let (expr, ty) = self.typed_expr(source, schema)?;
                 if ty.base.is_some_and(|b| b != BaseType::Bool) {
                     self.push(
-                        Diagnostic::error("E0009", "a filter must be a condition", source.span.clone(), format!("this is {}, not bool", ty.base.map_or("null", BaseType::name)))
-                            .with_help("compare it with something, e.g. `trip_distance > 0`"),
+                        Diagnostic::error(
+                            "E0009",
+                            "a filter must be a condition",
+                            source.span.clone(),
+                            format!(
+                                "this is {}, not bool",
+                                ty.base.map_or("null", BaseType::name)
+                            ),
+                        )
+                        .with_help("compare it with something, e.g. `trip_distance > 0`"),
                     );
                     return None;
                 }
@@ -540,11 +774,22 @@ impl Checker<'_, '_> {
                     match self.typed_expr(source, &before) {
                         Some((expr, ty)) => {
                             let Some(base) = ty.base else {
-                                self.push(Diagnostic::error("E0009", format!("cannot tell the type of `{}`", name.value), source.span.clone(), "a bare `null` has no type").with_help("cast a typed value instead, e.g. `coalesce(x, 0)`"));
+                                self.push(
+                                    Diagnostic::error(
+                                        "E0009",
+                                        format!("cannot tell the type of `{}`", name.value),
+                                        source.span.clone(),
+                                        "a bare `null` has no type",
+                                    )
+                                    .with_help("cast a typed value instead, e.g. `coalesce(x, 0)`"),
+                                );
                                 failed = true;
                                 continue;
                             };
-                            let ty = ColumnType { base, nullable: ty.nullable };
+                            let ty = ColumnType {
+                                base,
+                                nullable: ty.nullable,
+                            };
                             match schema.iter_mut().find(|(n, _)| n == &name.value) {
                                 Some(entry) => entry.1 = ty,
                                 None => schema.push((name.value.clone(), ty)),
@@ -562,26 +807,47 @@ impl Checker<'_, '_> {
                 for (from, to) in pairs {
                     if find(schema, &from.value).is_none() {
                         let snapshot = schema.clone();
-                        self.unknown_column(&from.value, from.span.clone(), &snapshot, "at this step");
+                        self.unknown_column(
+                            &from.value,
+                            from.span.clone(),
+                            &snapshot,
+                            "at this step",
+                        );
                         ok = false;
                     } else {
                         renamed.push((from.value.clone(), to.value.clone()));
                     }
                 }
-                ok &= self.apply_rename(&renamed, schema, pairs.first().map(|(_, to)| to.span.clone()).unwrap_or_default());
+                ok &= self.apply_rename(
+                    &renamed,
+                    schema,
+                    pairs
+                        .first()
+                        .map(|(_, to)| to.span.clone())
+                        .unwrap_or_default(),
+                );
                 ok.then_some(ir::StepOp::Rename(renamed))
             }
             StepOp::RenameSnakeCase => {
-                let renamed: Vec<(String, String)> =
-                    schema.iter().map(|(n, _)| (n.clone(), snake_case(n))).filter(|(from, to)| from != to).collect();
-                self.apply_rename(&renamed, schema, 0..0).then_some(ir::StepOp::Rename(renamed))
+                let renamed: Vec<(String, String)> = schema
+                    .iter()
+                    .map(|(n, _)| (n.clone(), snake_case(n)))
+                    .filter(|(from, to)| from != to)
+                    .collect();
+                self.apply_rename(&renamed, schema, 0..0)
+                    .then_some(ir::StepOp::Rename(renamed))
             }
             StepOp::Select(columns) | StepOp::Drop(columns) => {
                 let mut ok = true;
                 for column in columns {
                     if find(schema, &column.value).is_none() {
                         let snapshot = schema.clone();
-                        self.unknown_column(&column.value, column.span.clone(), &snapshot, "at this step");
+                        self.unknown_column(
+                            &column.value,
+                            column.span.clone(),
+                            &snapshot,
+                            "at this step",
+                        );
                         ok = false;
                     }
                 }
@@ -590,7 +856,10 @@ impl Checker<'_, '_> {
                 }
                 let names: Vec<String> = columns.iter().map(|c| c.value.clone()).collect();
                 if matches!(op, StepOp::Select(_)) {
-                    *schema = names.iter().filter_map(|n| find(schema, n).map(|t| (n.clone(), *t))).collect();
+                    *schema = names
+                        .iter()
+                        .filter_map(|n| find(schema, n).map(|t| (n.clone(), *t)))
+                        .collect();
                     Some(ir::StepOp::Select(names))
                 } else {
                     schema.retain(|(n, _)| !names.contains(n));
@@ -602,7 +871,12 @@ impl Checker<'_, '_> {
                 for decl in decls {
                     let snapshot = schema.clone();
                     let Some(entry) = schema.iter_mut().find(|(n, _)| n == &decl.name.value) else {
-                        self.unknown_column(&decl.name.value, decl.name.span.clone(), &snapshot, "at this step");
+                        self.unknown_column(
+                            &decl.name.value,
+                            decl.name.span.clone(),
+                            &snapshot,
+                            "at this step",
+                        );
                         continue;
                     };
                     let (from, to) = (entry.1.base, decl.ty.value.base);
@@ -614,17 +888,41 @@ impl Checker<'_, '_> {
                         || (from == BaseType::Date && to == BaseType::Timestamp)
                         || (from == BaseType::Bool && to == BaseType::Int64);
                     if !allowed {
-                        self.push(Diagnostic::error("E0009", format!("cannot cast `{}` from {} to {}", decl.name.value, from.name(), to.name()), decl.ty.span.clone(), "unsupported cast"));
+                        self.push(Diagnostic::error(
+                            "E0009",
+                            format!(
+                                "cannot cast `{}` from {} to {}",
+                                decl.name.value,
+                                from.name(),
+                                to.name()
+                            ),
+                            decl.ty.span.clone(),
+                            "unsupported cast",
+                        ));
                         continue;
                     }
                     if entry.1.nullable && !decl.ty.value.nullable {
                         self.push(
-                            Diagnostic::error("E0010", format!("cast makes nullable column `{}` NOT NULL", decl.name.value), decl.ty.span.clone(), format!("the column is {}", entry.1))
-                                .with_help(format!("cast to `{}?`, or filter out the nulls first", to.name())),
+                            Diagnostic::error(
+                                "E0010",
+                                format!(
+                                    "cast makes nullable column `{}` NOT NULL",
+                                    decl.name.value
+                                ),
+                                decl.ty.span.clone(),
+                                format!("the column is {}", entry.1),
+                            )
+                            .with_help(format!(
+                                "cast to `{}?`, or filter out the nulls first",
+                                to.name()
+                            )),
                         );
                         continue;
                     }
-                    entry.1 = ColumnType { base: to, nullable: entry.1.nullable };
+                    entry.1 = ColumnType {
+                        base: to,
+                        nullable: entry.1.nullable,
+                    };
                     casts.push((decl.name.value.clone(), entry.1));
                 }
                 (casts.len() == decls.len()).then_some(ir::StepOp::Cast(casts))
@@ -633,7 +931,12 @@ impl Checker<'_, '_> {
     }
 
     /// Applies renames to the schema; reports names that would collide.
-    fn apply_rename(&mut self, renamed: &[(String, String)], schema: &mut Schema, span: Span) -> bool {
+    fn apply_rename(
+        &mut self,
+        renamed: &[(String, String)],
+        schema: &mut Schema,
+        span: Span,
+    ) -> bool {
         let mut result = schema.clone();
         for (name, _) in result.iter_mut() {
             if let Some((_, to)) = renamed.iter().find(|(from, _)| from == name) {
@@ -643,7 +946,15 @@ impl Checker<'_, '_> {
         let mut seen = HashSet::new();
         for (name, _) in &result {
             if !seen.insert(name.as_str()) {
-                self.push(Diagnostic::error("E0017", format!("rename produces two columns named `{name}`"), span, "duplicate column after this rename").with_help("rename or drop one of them first"));
+                self.push(
+                    Diagnostic::error(
+                        "E0017",
+                        format!("rename produces two columns named `{name}`"),
+                        span,
+                        "duplicate column after this rename",
+                    )
+                    .with_help("rename or drop one of them first"),
+                );
                 return false;
             }
         }
@@ -658,92 +969,206 @@ impl Checker<'_, '_> {
             let severity = check.severity;
             match &check.kind {
                 CheckKind::Assert(source) => {
-                    let Some((predicate, ty)) = self.typed_expr(source, schema) else { continue };
+                    let Some((predicate, ty)) = self.typed_expr(source, schema) else {
+                        continue;
+                    };
                     if ty.base.is_some_and(|b| b != BaseType::Bool) {
-                        self.push(Diagnostic::error("E0009", "a check must be a condition", source.span.clone(), "not bool"));
+                        self.push(Diagnostic::error(
+                            "E0009",
+                            "a check must be a condition",
+                            source.span.clone(),
+                            "not bool",
+                        ));
                         continue;
                     }
                     let name = check.name.clone().unwrap_or_else(|| source.text.clone());
-                    out.push(ir::Check { name, line, predicate, severity });
+                    out.push(ir::Check {
+                        name,
+                        line,
+                        predicate,
+                        severity,
+                    });
                 }
-                CheckKind::InSet { column, values, allow_null } => {
+                CheckKind::InSet {
+                    column,
+                    values,
+                    allow_null,
+                } => {
                     let Some(ty) = find(schema, &column.value).copied() else {
-                        self.unknown_column(&column.value, column.span.clone(), schema, "of this block's output");
+                        self.unknown_column(
+                            &column.value,
+                            column.span.clone(),
+                            schema,
+                            "of this block's output",
+                        );
                         continue;
                     };
                     let mut ok = true;
                     for value in values {
                         if !value.value.base_type().comparable_with(ty.base) {
-                            self.push(Diagnostic::error("E0009", format!("`{}` is {}, but the value is {}", column.value, ty.base.name(), value.value.base_type().name()), value.span.clone(), "type mismatch"));
+                            self.push(Diagnostic::error(
+                                "E0009",
+                                format!(
+                                    "`{}` is {}, but the value is {}",
+                                    column.value,
+                                    ty.base.name(),
+                                    value.value.base_type().name()
+                                ),
+                                value.span.clone(),
+                                "type mismatch",
+                            ));
                             ok = false;
                         }
                     }
                     if !ok {
                         continue;
                     }
-                    let listed = values.iter().map(|v| v.value.to_string()).collect::<Vec<_>>().join(", ");
-                    let name = check.name.clone().unwrap_or_else(|| format!("{} in ({listed})", column.value));
-                    let member = TypedExpr::InList(Box::new(TypedExpr::Column(column.value.clone())), values.iter().map(|v| v.value.clone()).collect(), false);
+                    let listed = values
+                        .iter()
+                        .map(|v| v.value.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let name = check
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("{} in ({listed})", column.value));
+                    let member = TypedExpr::InList(
+                        Box::new(TypedExpr::Column(column.value.clone())),
+                        values.iter().map(|v| v.value.clone()).collect(),
+                        false,
+                    );
                     let predicate = if *allow_null {
-                        TypedExpr::Binary(BinaryOp::Or, Box::new(TypedExpr::IsNull(Box::new(TypedExpr::Column(column.value.clone())), false)), Box::new(member))
+                        TypedExpr::Binary(
+                            BinaryOp::Or,
+                            Box::new(TypedExpr::IsNull(
+                                Box::new(TypedExpr::Column(column.value.clone())),
+                                false,
+                            )),
+                            Box::new(member),
+                        )
                     } else {
                         member
                     };
-                    out.push(ir::Check { name, line, predicate, severity: if severity == CheckSeverity::Warn { CheckSeverity::Warn } else { CheckSeverity::Fail } });
+                    out.push(ir::Check {
+                        name,
+                        line,
+                        predicate,
+                        severity: if severity == CheckSeverity::Warn {
+                            CheckSeverity::Warn
+                        } else {
+                            CheckSeverity::Fail
+                        },
+                    });
                 }
             }
         }
         out
     }
 
-    fn typed_expr(&mut self, source: &ExprSource, schema: &Schema) -> Option<(TypedExpr, ExprType)> {
+    fn typed_expr(
+        &mut self,
+        source: &ExprSource,
+        schema: &Schema,
+    ) -> Option<(TypedExpr, ExprType)> {
         let parsed = match expr::parse(&source.text) {
             Ok(parsed) => parsed,
             Err(error) => {
-                self.push(Diagnostic::error("E0014", "invalid expression", source.file_span(error.span), error.message));
+                self.push(Diagnostic::error(
+                    "E0014",
+                    "invalid expression",
+                    source.file_span(error.span),
+                    error.message,
+                ));
                 return None;
             }
         };
         let before = self.diagnostics.len();
         let typed = self.infer(&parsed, source, schema);
-        if self.diagnostics.len() > before { None } else { typed }
+        if self.diagnostics.len() > before {
+            None
+        } else {
+            typed
+        }
     }
 
     fn type_error(&mut self, source: &ExprSource, span: &Span, message: String, label: String) {
-        self.push(Diagnostic::error("E0009", message, source.file_span(span.clone()), label));
+        self.push(Diagnostic::error(
+            "E0009",
+            message,
+            source.file_span(span.clone()),
+            label,
+        ));
     }
 
-    fn infer(&mut self, e: &Expr, source: &ExprSource, schema: &Schema) -> Option<(TypedExpr, ExprType)> {
-        let typed = |base: BaseType, nullable: bool| ExprType { base: Some(base), nullable };
+    fn infer(
+        &mut self,
+        e: &Expr,
+        source: &ExprSource,
+        schema: &Schema,
+    ) -> Option<(TypedExpr, ExprType)> {
+        let typed = |base: BaseType, nullable: bool| ExprType {
+            base: Some(base),
+            nullable,
+        };
         match &e.kind {
             ExprKind::Column(name) => match find(schema, name) {
                 Some(ty) => Some((TypedExpr::Column(name.clone()), typed(ty.base, ty.nullable))),
                 None => {
-                    self.unknown_column(name, source.file_span(e.span.clone()), schema, "at this point of the pipeline");
+                    self.unknown_column(
+                        name,
+                        source.file_span(e.span.clone()),
+                        schema,
+                        "at this point of the pipeline",
+                    );
                     None
                 }
             },
-            ExprKind::Literal(literal) => Some((TypedExpr::Literal(literal.clone()), typed(literal.base_type(), false))),
-            ExprKind::Null => Some((TypedExpr::Null(None), ExprType { base: None, nullable: true })),
-            ExprKind::Param(name) => match self.file.params.iter().find(|p| &p.name.value == name) {
-                Some(param) => {
-                    let base = param.default.value.base_type();
-                    Some((TypedExpr::Param(name.clone(), base), typed(base, false)))
+            ExprKind::Literal(literal) => Some((
+                TypedExpr::Literal(literal.clone()),
+                typed(literal.base_type(), false),
+            )),
+            ExprKind::Null => Some((
+                TypedExpr::Null(None),
+                ExprType {
+                    base: None,
+                    nullable: true,
+                },
+            )),
+            ExprKind::Param(name) => {
+                match self.file.params.iter().find(|p| &p.name.value == name) {
+                    Some(param) => {
+                        let base = param.default.value.base_type();
+                        Some((TypedExpr::Param(name.clone(), base), typed(base, false)))
+                    }
+                    None => {
+                        let names = self.file.params.iter().map(|p| p.name.value.as_str());
+                        let help = did_you_mean(name, names)
+                            .unwrap_or_else(|| "declare it in `[params]`".into());
+                        self.push(
+                            Diagnostic::error(
+                                "E0019",
+                                format!("unknown parameter `{name}`"),
+                                source.file_span(e.span.clone()),
+                                "not declared in `[params]`",
+                            )
+                            .with_help(help),
+                        );
+                        None
+                    }
                 }
-                None => {
-                    let names = self.file.params.iter().map(|p| p.name.value.as_str());
-                    let help = did_you_mean(name, names).unwrap_or_else(|| "declare it in `[params]`".into());
-                    self.push(Diagnostic::error("E0019", format!("unknown parameter `{name}`"), source.file_span(e.span.clone()), "not declared in `[params]`").with_help(help));
-                    None
-                }
-            },
+            }
             ExprKind::Partition(name) => {
                 let span = source.file_span(e.span.clone());
                 let Some(field) = partition_field(name) else {
                     let known = ["year", "month", "day", "hour", "key", "start", "end"];
                     self.push(
-                        Diagnostic::error("E0011", format!("unknown partition field `{name}`"), span, "not a partition field")
-                            .with_optional_help(did_you_mean(name, known)),
+                        Diagnostic::error(
+                            "E0011",
+                            format!("unknown partition field `{name}`"),
+                            span,
+                            "not a partition field",
+                        )
+                        .with_optional_help(did_you_mean(name, known)),
                     );
                     return None;
                 };
@@ -752,7 +1177,11 @@ impl Checker<'_, '_> {
                 }
                 let base = match field {
                     PartitionField::Key => BaseType::String,
-                    PartitionField::Start | PartitionField::End if self.granularity == Some(Granularity::Hourly) => BaseType::Timestamp,
+                    PartitionField::Start | PartitionField::End
+                        if self.granularity == Some(Granularity::Hourly) =>
+                    {
+                        BaseType::Timestamp
+                    }
                     PartitionField::Start | PartitionField::End => BaseType::Date,
                     _ => BaseType::Int64,
                 };
@@ -761,11 +1190,25 @@ impl Checker<'_, '_> {
             ExprKind::Unary(op, inner) => {
                 let (inner_typed, ty) = self.infer(inner, source, schema)?;
                 match op {
-                    UnaryOp::Not if ty.base.is_none_or(|b| b == BaseType::Bool) => Some((TypedExpr::Not(Box::new(inner_typed)), typed(BaseType::Bool, ty.nullable))),
-                    UnaryOp::Neg if ty.base.is_none_or(BaseType::is_numeric) => Some((TypedExpr::Neg(Box::new(inner_typed)), ty)),
+                    UnaryOp::Not if ty.base.is_none_or(|b| b == BaseType::Bool) => Some((
+                        TypedExpr::Not(Box::new(inner_typed)),
+                        typed(BaseType::Bool, ty.nullable),
+                    )),
+                    UnaryOp::Neg if ty.base.is_none_or(BaseType::is_numeric) => {
+                        Some((TypedExpr::Neg(Box::new(inner_typed)), ty))
+                    }
                     _ => {
-                        let (what, needs) = if *op == UnaryOp::Not { ("`not`", "bool") } else { ("`-`", "a number") };
-                        self.type_error(source, &inner.span, format!("{what} needs {needs}"), format!("this is {}", ty.base.map_or("null", BaseType::name)));
+                        let (what, needs) = if *op == UnaryOp::Not {
+                            ("`not`", "bool")
+                        } else {
+                            ("`-`", "a number")
+                        };
+                        self.type_error(
+                            source,
+                            &inner.span,
+                            format!("{what} needs {needs}"),
+                            format!("this is {}", ty.base.map_or("null", BaseType::name)),
+                        );
                         None
                     }
                 }
@@ -779,7 +1222,12 @@ impl Checker<'_, '_> {
                     BinaryOp::And | BinaryOp::Or => {
                         for (side, t) in [(left, lt), (right, rt)] {
                             if t.base.is_some_and(|b| b != BaseType::Bool) {
-                                self.type_error(source, &side.span, format!("`{}` needs conditions on both sides", op.symbol()), format!("this is {}, not bool", describe(t)));
+                                self.type_error(
+                                    source,
+                                    &side.span,
+                                    format!("`{}` needs conditions on both sides", op.symbol()),
+                                    format!("this is {}, not bool", describe(t)),
+                                );
                                 return None;
                             }
                         }
@@ -788,7 +1236,11 @@ impl Checker<'_, '_> {
                     op if op.is_comparison() => {
                         if let (Some(a), Some(b)) = (lt.base, rt.base) {
                             if !a.comparable_with(b) {
-                                let help = if a == BaseType::Date || b == BaseType::Date { " (write a date as `date('2021-01-31')`)" } else { "" };
+                                let help = if a == BaseType::Date || b == BaseType::Date {
+                                    " (write a date as `date('2021-01-31')`)"
+                                } else {
+                                    ""
+                                };
                                 self.type_error(
                                     source,
                                     &e.span,
@@ -803,7 +1255,14 @@ impl Checker<'_, '_> {
                     _ => {
                         let base = match (lt.base, rt.base) {
                             (Some(a), Some(b)) if a.is_numeric() && b.is_numeric() => {
-                                if a == BaseType::Float64 || b == BaseType::Float64 || *op == BinaryOp::Div { BaseType::Float64 } else { BaseType::Int64 }
+                                if a == BaseType::Float64
+                                    || b == BaseType::Float64
+                                    || *op == BinaryOp::Div
+                                {
+                                    BaseType::Float64
+                                } else {
+                                    BaseType::Int64
+                                }
                             }
                             (Some(a), None) | (None, Some(a)) if a.is_numeric() => a,
                             _ => {
@@ -817,16 +1276,26 @@ impl Checker<'_, '_> {
                             }
                         };
                         // Division by zero yields null, so a quotient is nullable.
-                        typed(base, nullable || *op == BinaryOp::Div || *op == BinaryOp::Rem)
+                        typed(
+                            base,
+                            nullable || *op == BinaryOp::Div || *op == BinaryOp::Rem,
+                        )
                     }
                 };
                 Some((TypedExpr::Binary(*op, Box::new(l), Box::new(r)), result))
             }
             ExprKind::IsNull { expr, negated } => {
                 let (inner, _) = self.infer(expr, source, schema)?;
-                Some((TypedExpr::IsNull(Box::new(inner), *negated), typed(BaseType::Bool, false)))
+                Some((
+                    TypedExpr::IsNull(Box::new(inner), *negated),
+                    typed(BaseType::Bool, false),
+                ))
             }
-            ExprKind::InList { expr, list, negated } => {
+            ExprKind::InList {
+                expr,
+                list,
+                negated,
+            } => {
                 let (inner, ty) = self.infer(expr, source, schema)?;
                 let mut literals = Vec::new();
                 for item in list {
@@ -841,25 +1310,56 @@ impl Checker<'_, '_> {
                     };
                     if let Some(base) = ty.base {
                         if !literal.base_type().comparable_with(base) {
-                            self.type_error(source, &item.span, format!("the list holds {} but the value is {}", literal.base_type().name(), base.name()), "type mismatch".into());
+                            self.type_error(
+                                source,
+                                &item.span,
+                                format!(
+                                    "the list holds {} but the value is {}",
+                                    literal.base_type().name(),
+                                    base.name()
+                                ),
+                                "type mismatch".into(),
+                            );
                             return None;
                         }
                     }
                     literals.push(literal);
                 }
-                Some((TypedExpr::InList(Box::new(inner), literals, *negated), typed(BaseType::Bool, ty.nullable)))
+                Some((
+                    TypedExpr::InList(Box::new(inner), literals, *negated),
+                    typed(BaseType::Bool, ty.nullable),
+                ))
             }
-            ExprKind::Call { name, name_span, args } => self.call(name, name_span, args, source, schema),
+            ExprKind::Call {
+                name,
+                name_span,
+                args,
+            } => self.call(name, name_span, args, source, schema),
         }
     }
 
     fn not_constant(&mut self, source: &ExprSource, item: &Expr) -> Option<(TypedExpr, ExprType)> {
-        self.type_error(source, &item.span, "`in` lists hold constants only".into(), "not a constant".into());
+        self.type_error(
+            source,
+            &item.span,
+            "`in` lists hold constants only".into(),
+            "not a constant".into(),
+        );
         None
     }
 
-    fn call(&mut self, name: &str, name_span: &Span, args: &[Expr], source: &ExprSource, schema: &Schema) -> Option<(TypedExpr, ExprType)> {
-        const FUNCTIONS: [&str; 11] = ["date", "year", "month", "day", "hour", "abs", "lower", "upper", "length", "coalesce", "round"];
+    fn call(
+        &mut self,
+        name: &str,
+        name_span: &Span,
+        args: &[Expr],
+        source: &ExprSource,
+        schema: &Schema,
+    ) -> Option<(TypedExpr, ExprType)> {
+        const FUNCTIONS: [&str; 11] = [
+            "date", "year", "month", "day", "hour", "abs", "lower", "upper", "length", "coalesce",
+            "round",
+        ];
         let function = match name {
             "date" => Function::Date,
             "year" => Function::Year,
@@ -874,9 +1374,14 @@ impl Checker<'_, '_> {
             "round" => Function::Round,
             _ => {
                 self.push(
-                    Diagnostic::error("E0015", format!("unknown function `{name}`"), source.file_span(name_span.clone()), "not a function of the expression language")
-                        .with_optional_help(did_you_mean(name, FUNCTIONS))
-                        .with_note(format!("functions: {}", FUNCTIONS.join(", "))),
+                    Diagnostic::error(
+                        "E0015",
+                        format!("unknown function `{name}`"),
+                        source.file_span(name_span.clone()),
+                        "not a function of the expression language",
+                    )
+                    .with_optional_help(did_you_mean(name, FUNCTIONS))
+                    .with_note(format!("functions: {}", FUNCTIONS.join(", "))),
                 );
                 return None;
             }
@@ -892,15 +1397,38 @@ impl Checker<'_, '_> {
                 Function::Round => "2 arguments (value, decimals)",
                 _ => "1 argument",
             };
-            self.push(Diagnostic::error("E0015", format!("`{name}` takes {expected}"), source.file_span(name_span.clone()), format!("called with {}", args.len())));
+            self.push(Diagnostic::error(
+                "E0015",
+                format!("`{name}` takes {expected}"),
+                source.file_span(name_span.clone()),
+                format!("called with {}", args.len()),
+            ));
             return None;
         }
         // `date('2021-01-31')` is a date constant, checked here rather than at run time.
-        if let (Function::Date, Some(Expr { kind: ExprKind::Literal(Literal::String(text)), span })) = (function, args.first()) {
+        if let (
+            Function::Date,
+            Some(Expr {
+                kind: ExprKind::Literal(Literal::String(text)),
+                span,
+            }),
+        ) = (function, args.first())
+        {
             return match parse_date(text) {
-                Some((y, m, d)) => Some((TypedExpr::DateLiteral(y, m, d), ExprType { base: Some(BaseType::Date), nullable: false })),
+                Some((y, m, d)) => Some((
+                    TypedExpr::DateLiteral(y, m, d),
+                    ExprType {
+                        base: Some(BaseType::Date),
+                        nullable: false,
+                    },
+                )),
                 None => {
-                    self.type_error(source, span, format!("`{text}` is not a date"), "expected YYYY-MM-DD".into());
+                    self.type_error(
+                        source,
+                        span,
+                        format!("`{text}` is not a date"),
+                        "expected YYYY-MM-DD".into(),
+                    );
                     None
                 }
             };
@@ -919,14 +1447,39 @@ impl Checker<'_, '_> {
         }
         let accepts = |allowed: &[BaseType]| first.base.is_none_or(|b| allowed.contains(&b));
         let (ok, result, needs) = match function {
-            Function::Date => (accepts(&[BaseType::Timestamp, BaseType::Date]), Some(BaseType::Date), "a timestamp"),
-            Function::Year | Function::Month | Function::Day => (accepts(&[BaseType::Timestamp, BaseType::Date]), Some(BaseType::Int64), "a date or timestamp"),
-            Function::Hour => (accepts(&[BaseType::Timestamp]), Some(BaseType::Int64), "a timestamp"),
-            Function::Abs => (first.base.is_none_or(BaseType::is_numeric), first.base, "a number"),
-            Function::Lower | Function::Upper => (accepts(&[BaseType::String]), Some(BaseType::String), "a string"),
-            Function::Length => (accepts(&[BaseType::String]), Some(BaseType::Int64), "a string"),
+            Function::Date => (
+                accepts(&[BaseType::Timestamp, BaseType::Date]),
+                Some(BaseType::Date),
+                "a timestamp",
+            ),
+            Function::Year | Function::Month | Function::Day => (
+                accepts(&[BaseType::Timestamp, BaseType::Date]),
+                Some(BaseType::Int64),
+                "a date or timestamp",
+            ),
+            Function::Hour => (
+                accepts(&[BaseType::Timestamp]),
+                Some(BaseType::Int64),
+                "a timestamp",
+            ),
+            Function::Abs => (
+                first.base.is_none_or(BaseType::is_numeric),
+                first.base,
+                "a number",
+            ),
+            Function::Lower | Function::Upper => (
+                accepts(&[BaseType::String]),
+                Some(BaseType::String),
+                "a string",
+            ),
+            Function::Length => (
+                accepts(&[BaseType::String]),
+                Some(BaseType::Int64),
+                "a string",
+            ),
             Function::Round => (
-                accepts(&[BaseType::Float64]) && matches!(args[1].kind, ExprKind::Literal(Literal::Int(0..=15))),
+                accepts(&[BaseType::Float64])
+                    && matches!(args[1].kind, ExprKind::Literal(Literal::Int(0..=15))),
                 Some(BaseType::Float64),
                 "a float and a number of decimals from 0 to 15",
             ),
@@ -936,20 +1489,43 @@ impl Checker<'_, '_> {
                     (Some(a), Some(b)) => a.comparable_with(b),
                     _ => true,
                 });
-                let base = if types.iter().any(|t| t.base == Some(BaseType::Float64)) { Some(BaseType::Float64) } else { base };
+                let base = if types.iter().any(|t| t.base == Some(BaseType::Float64)) {
+                    Some(BaseType::Float64)
+                } else {
+                    base
+                };
                 let nullable = types.iter().all(|t| t.nullable);
                 if !same {
-                    self.type_error(source, &(args[0].span.start..args[args.len() - 1].span.end), "`coalesce` needs arguments of one type".into(), "mixed types".into());
+                    self.type_error(
+                        source,
+                        &(args[0].span.start..args[args.len() - 1].span.end),
+                        "`coalesce` needs arguments of one type".into(),
+                        "mixed types".into(),
+                    );
                     return None;
                 }
-                return Some((TypedExpr::Call(function, typed_args), ExprType { base, nullable }));
+                return Some((
+                    TypedExpr::Call(function, typed_args),
+                    ExprType { base, nullable },
+                ));
             }
         };
         if !ok {
-            self.type_error(source, &args[0].span, format!("`{name}` needs {needs}"), format!("this is {}", first.base.map_or("null", BaseType::name)));
+            self.type_error(
+                source,
+                &args[0].span,
+                format!("`{name}` needs {needs}"),
+                format!("this is {}", first.base.map_or("null", BaseType::name)),
+            );
             return None;
         }
-        Some((TypedExpr::Call(function, typed_args), ExprType { base: result, nullable: types.iter().any(|t| t.nullable) }))
+        Some((
+            TypedExpr::Call(function, typed_args),
+            ExprType {
+                base: result,
+                nullable: types.iter().any(|t| t.nullable),
+            },
+        ))
     }
 }
 
@@ -962,12 +1538,13 @@ fn proven_not_null(predicate: &TypedExpr) -> Vec<String> {
             columns.extend(proven_not_null(right));
             columns
         }
-        TypedExpr::Binary(op, left, right) if op.is_comparison() => {
-            [left, right].into_iter().filter_map(|side| match side.as_ref() {
+        TypedExpr::Binary(op, left, right) if op.is_comparison() => [left, right]
+            .into_iter()
+            .filter_map(|side| match side.as_ref() {
                 TypedExpr::Column(name) => Some(name.clone()),
                 _ => None,
-            }).collect()
-        }
+            })
+            .collect(),
         TypedExpr::IsNull(inner, true) | TypedExpr::InList(inner, _, _) => match inner.as_ref() {
             TypedExpr::Column(name) => vec![name.clone()],
             _ => Vec::new(),
@@ -1009,7 +1586,20 @@ fn parse_date(text: &str) -> Option<(i32, u32, u32)> {
     }
     let (y, m, d): (i32, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     ((1..=12).contains(&m) && d >= 1 && d <= days[m as usize - 1]).then_some((y, m, d))
 }
 
@@ -1017,7 +1607,9 @@ fn parse_date(text: &str) -> Option<(i32, u32, u32)> {
 fn validate_env_template(url: &str) -> Result<(), String> {
     let mut rest = url;
     while let Some(open) = rest.find("${") {
-        let Some(close) = rest[open..].find('}') else { return Err("`${` is never closed".into()) };
+        let Some(close) = rest[open..].find('}') else {
+            return Err("`${` is never closed".into());
+        };
         let inner = &rest[open + 2..open + close];
         let name = inner.split_once(":-").map_or(inner, |(name, _)| name);
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -1030,9 +1622,13 @@ fn validate_env_template(url: &str) -> Result<(), String> {
 
 /// True when a URL carries `user:password@` with a literal password (not a `${...}` reference).
 fn has_literal_password(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else { return false };
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
     let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let Some((userinfo, _)) = authority.rsplit_once('@') else { return false };
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return false;
+    };
     match userinfo.split_once(':') {
         Some((_, password)) => !password.is_empty() && !password.starts_with("${"),
         None => false,
@@ -1042,7 +1638,11 @@ fn has_literal_password(url: &str) -> bool {
 /// One line describing a step for the comment above its generated code.
 fn summarize(text: &str) -> String {
     let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if collapsed.chars().count() > 110 { collapsed.chars().take(107).collect::<String>() + "..." } else { collapsed }
+    if collapsed.chars().count() > 110 {
+        collapsed.chars().take(107).collect::<String>() + "..."
+    } else {
+        collapsed
+    }
 }
 
 #[cfg(test)]
@@ -1064,7 +1664,9 @@ mod tests {
         assert!(has_literal_password("postgres://baton:hunter2@db:5432/x"));
         assert!(!has_literal_password("postgres://baton@db:5432/x"));
         assert!(!has_literal_password("postgres://baton:${PGPASSWORD}@db/x"));
-        assert!(!has_literal_password("${DATABASE_URL:-sqlite://.baton/warehouse.db}"));
+        assert!(!has_literal_password(
+            "${DATABASE_URL:-sqlite://.baton/warehouse.db}"
+        ));
     }
 
     #[test]

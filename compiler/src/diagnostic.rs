@@ -51,12 +51,20 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// An error with a code, a message and the span it is about.
-    pub fn error(code: &'static str, message: impl Into<String>, span: Span, label: impl Into<String>) -> Self {
+    pub fn error(
+        code: &'static str,
+        message: impl Into<String>,
+        span: Span,
+        label: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Error,
             code,
             message: message.into(),
-            primary: Label { span, message: label.into() },
+            primary: Label {
+                span,
+                message: label.into(),
+            },
             secondary: Vec::new(),
             notes: Vec::new(),
             help: None,
@@ -64,8 +72,16 @@ impl Diagnostic {
     }
 
     /// A warning with a code, a message and the span it is about.
-    pub fn warning(code: &'static str, message: impl Into<String>, span: Span, label: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, message, span, label) }
+    pub fn warning(
+        code: &'static str,
+        message: impl Into<String>,
+        span: Span,
+        label: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, message, span, label)
+        }
     }
 
     /// Adds a help line.
@@ -82,7 +98,10 @@ impl Diagnostic {
 
     /// Adds a secondary label.
     pub fn with_label(mut self, span: Span, message: impl Into<String>) -> Self {
-        self.secondary.push(Label { span, message: message.into() });
+        self.secondary.push(Label {
+            span,
+            message: message.into(),
+        });
         self
     }
 
@@ -126,10 +145,16 @@ pub fn render(path: &str, source: &str, diagnostics: &[Diagnostic]) -> String {
                 .label(diagnostic.primary.message.as_str()),
         );
         for label in &diagnostic.secondary {
-            snippet = snippet
-                .annotation(AnnotationKind::Context.span(clamp(source, &label.span)).label(label.message.as_str()));
+            snippet = snippet.annotation(
+                AnnotationKind::Context
+                    .span(clamp(source, &label.span))
+                    .label(label.message.as_str()),
+            );
         }
-        let mut group = level.primary_title(diagnostic.message.as_str()).id(diagnostic.code).element(snippet);
+        let mut group = level
+            .primary_title(diagnostic.message.as_str())
+            .id(diagnostic.code)
+            .element(snippet);
         for note in &diagnostic.notes {
             group = group.element(Level::NOTE.message(note.as_str()));
         }
@@ -139,7 +164,10 @@ pub fn render(path: &str, source: &str, diagnostics: &[Diagnostic]) -> String {
         let report: [Group<'_>; 1] = [group];
         let _ = writeln!(out, "{}\n", renderer.render(&report));
     }
-    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     let warnings = diagnostics.len() - errors;
     match (errors, warnings) {
         (0, 0) => {}
@@ -147,7 +175,11 @@ pub fn render(path: &str, source: &str, diagnostics: &[Diagnostic]) -> String {
             let _ = writeln!(out, "warning: {path}: {w} warning{} emitted", plural(w));
         }
         (e, _) => {
-            let _ = writeln!(out, "error: could not compile `{path}` due to {e} previous error{}", plural(e));
+            let _ = writeln!(
+                out,
+                "error: could not compile `{path}` due to {e} previous error{}",
+                plural(e)
+            );
         }
     }
     out
@@ -172,7 +204,10 @@ fn clamp(source: &str, span: &Span) -> Span {
 }
 
 /// The candidate closest to `name`, if one is close enough to be a plausible typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let lower = name.to_lowercase();
     candidates
         .into_iter()
@@ -180,7 +215,9 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
             let distance = strsim::damerau_levenshtein(&lower, &candidate.to_lowercase());
             (distance, candidate)
         })
-        .filter(|(distance, candidate)| *distance <= (candidate.len().max(name.len()) / 3).max(1) + usize::from(*distance == 0))
+        .filter(|(distance, candidate)| {
+            *distance <= (candidate.len().max(name.len()) / 3).max(1) + usize::from(*distance == 0)
+        })
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| format!("did you mean `{candidate}`?"))
 }

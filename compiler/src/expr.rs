@@ -125,12 +125,23 @@ impl BinaryOp {
 
     /// Whether the operator compares its operands.
     pub fn is_comparison(self) -> bool {
-        matches!(self, BinaryOp::Eq | BinaryOp::NotEq | BinaryOp::Lt | BinaryOp::LtEq | BinaryOp::Gt | BinaryOp::GtEq)
+        matches!(
+            self,
+            BinaryOp::Eq
+                | BinaryOp::NotEq
+                | BinaryOp::Lt
+                | BinaryOp::LtEq
+                | BinaryOp::Gt
+                | BinaryOp::GtEq
+        )
     }
 
     /// Whether the operator is arithmetic.
     pub fn is_arithmetic(self) -> bool {
-        matches!(self, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem)
+        matches!(
+            self,
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem
+        )
     }
 }
 
@@ -184,9 +195,15 @@ fn tokenize(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
             }
             let digits = text[start..i].replace('_', "");
             let token = if is_float {
-                Token::Float(digits.parse().map_err(|_| ParseError { message: "invalid number".into(), span: start..i })?)
+                Token::Float(digits.parse().map_err(|_| ParseError {
+                    message: "invalid number".into(),
+                    span: start..i,
+                })?)
             } else {
-                Token::Int(digits.parse().map_err(|_| ParseError { message: "integer too large".into(), span: start..i })?)
+                Token::Int(digits.parse().map_err(|_| ParseError {
+                    message: "integer too large".into(),
+                    span: start..i,
+                })?)
             };
             tokens.push((token, start..i));
             continue;
@@ -198,8 +215,15 @@ fn tokenize(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
             loop {
                 match text[i..].chars().next() {
                     None => {
-                        let what = if quote == b'\'' { "string" } else { "quoted column name" };
-                        return Err(ParseError { message: format!("unterminated {what}"), span: start..text.len() });
+                        let what = if quote == b'\'' {
+                            "string"
+                        } else {
+                            "quoted column name"
+                        };
+                        return Err(ParseError {
+                            message: format!("unterminated {what}"),
+                            span: start..text.len(),
+                        });
                     }
                     // A doubled quote stands for the quote itself, as in SQL.
                     Some(ch) if ch as u32 == u32::from(quote) => {
@@ -217,11 +241,18 @@ fn tokenize(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
                     }
                 }
             }
-            let token = if quote == b'\'' { Token::Str(value) } else { Token::QuotedIdent(value) };
+            let token = if quote == b'\'' {
+                Token::Str(value)
+            } else {
+                Token::QuotedIdent(value)
+            };
             tokens.push((token, start..i));
             continue;
         }
-        const SYMBOLS: [&str; 17] = ["==", "!=", "<>", "<=", ">=", "<", ">", "=", "+", "-", "*", "/", "%", "(", ")", ",", "."];
+        const SYMBOLS: [&str; 17] = [
+            "==", "!=", "<>", "<=", ">=", "<", ">", "=", "+", "-", "*", "/", "%", "(", ")", ",",
+            ".",
+        ];
         match SYMBOLS.iter().find(|s| text[i..].starts_with(**s)) {
             Some(symbol) => {
                 i += symbol.len();
@@ -229,8 +260,15 @@ fn tokenize(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
             }
             None => {
                 let ch = text[i..].chars().next().unwrap_or('?');
-                let help = if ch == '"' { " (strings use single quotes: 'Y')" } else { "" };
-                return Err(ParseError { message: format!("unexpected character `{ch}`{help}"), span: start..start + ch.len_utf8() });
+                let help = if ch == '"' {
+                    " (strings use single quotes: 'Y')"
+                } else {
+                    ""
+                };
+                return Err(ParseError {
+                    message: format!("unexpected character `{ch}`{help}"),
+                    span: start..start + ch.len_utf8(),
+                });
             }
         }
     }
@@ -240,11 +278,18 @@ fn tokenize(text: &str) -> Result<Vec<(Token, Span)>, ParseError> {
 /// Parses an expression.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     let tokens = tokenize(text)?;
-    let mut parser = Parser { tokens, position: 0, end: text.len() };
+    let mut parser = Parser {
+        tokens,
+        position: 0,
+        end: text.len(),
+    };
     let expr = parser.expr(0)?;
     match parser.peek() {
         None => Ok(expr),
-        Some((_, span)) => Err(ParseError { message: "unexpected text after the expression".into(), span: span.start..text.len() }),
+        Some((_, span)) => Err(ParseError {
+            message: "unexpected text after the expression".into(),
+            span: span.start..text.len(),
+        }),
     }
 }
 
@@ -279,8 +324,14 @@ impl Parser {
 
     fn error_here(&self, message: &str) -> ParseError {
         match self.peek() {
-            Some((_, span)) => ParseError { message: message.to_string(), span: span.clone() },
-            None => ParseError { message: format!("{message}, found the end of the expression"), span: self.end..self.end },
+            Some((_, span)) => ParseError {
+                message: message.to_string(),
+                span: span.clone(),
+            },
+            None => ParseError {
+                message: format!("{message}, found the end of the expression"),
+                span: self.end..self.end,
+            },
         }
     }
 
@@ -300,7 +351,9 @@ impl Parser {
             let (op, level) = match token {
                 t if is_keyword(t, "or") => (Some(BinaryOp::Or), 1),
                 t if is_keyword(t, "and") => (Some(BinaryOp::And), 2),
-                t if is_keyword(t, "is") || is_keyword(t, "in") || is_keyword(t, "not") => (None, 4),
+                t if is_keyword(t, "is") || is_keyword(t, "in") || is_keyword(t, "not") => {
+                    (None, 4)
+                }
                 Token::Symbol(s) => match *s {
                     "=" | "==" => (Some(BinaryOp::Eq), 4),
                     "!=" | "<>" => (Some(BinaryOp::NotEq), 4),
@@ -325,7 +378,10 @@ impl Parser {
                     self.next();
                     let right = self.expr(level + 1)?;
                     let span = left.span.start..right.span.end;
-                    left = Expr { kind: ExprKind::Binary(op, Box::new(left), Box::new(right)), span };
+                    left = Expr {
+                        kind: ExprKind::Binary(op, Box::new(left), Box::new(right)),
+                        span,
+                    };
                 }
                 None => left = self.postfix(left)?,
             }
@@ -346,7 +402,13 @@ impl Parser {
             }
             let (_, null_span) = self.next().unwrap_or((Token::Symbol(""), 0..0));
             let span = left.span.start..null_span.end;
-            return Ok(Expr { kind: ExprKind::IsNull { expr: Box::new(left), negated }, span });
+            return Ok(Expr {
+                kind: ExprKind::IsNull {
+                    expr: Box::new(left),
+                    negated,
+                },
+                span,
+            });
         }
         let negated = self.peek_keyword("not");
         if negated {
@@ -370,55 +432,109 @@ impl Parser {
         }
         let close = self.expect_symbol(")")?;
         let span = left.span.start..close.end;
-        Ok(Expr { kind: ExprKind::InList { expr: Box::new(left), list, negated }, span })
+        Ok(Expr {
+            kind: ExprKind::InList {
+                expr: Box::new(left),
+                list,
+                negated,
+            },
+            span,
+        })
     }
 
     fn prefix(&mut self) -> Result<Expr, ParseError> {
         let Some((token, span)) = self.next() else {
-            return Err(ParseError { message: "expected an expression".into(), span: self.end..self.end });
+            return Err(ParseError {
+                message: "expected an expression".into(),
+                span: self.end..self.end,
+            });
         };
         match token {
-            Token::Int(i) => Ok(Expr { kind: ExprKind::Literal(Literal::Int(i)), span }),
-            Token::Float(x) => Ok(Expr { kind: ExprKind::Literal(Literal::Float(x)), span }),
-            Token::Str(s) => Ok(Expr { kind: ExprKind::Literal(Literal::String(s)), span }),
-            Token::QuotedIdent(name) => Ok(Expr { kind: ExprKind::Column(name), span }),
+            Token::Int(i) => Ok(Expr {
+                kind: ExprKind::Literal(Literal::Int(i)),
+                span,
+            }),
+            Token::Float(x) => Ok(Expr {
+                kind: ExprKind::Literal(Literal::Float(x)),
+                span,
+            }),
+            Token::Str(s) => Ok(Expr {
+                kind: ExprKind::Literal(Literal::String(s)),
+                span,
+            }),
+            Token::QuotedIdent(name) => Ok(Expr {
+                kind: ExprKind::Column(name),
+                span,
+            }),
             Token::Symbol("(") => {
                 let inner = self.expr(0)?;
                 let close = self.expect_symbol(")")?;
-                Ok(Expr { kind: inner.kind, span: span.start..close.end })
+                Ok(Expr {
+                    kind: inner.kind,
+                    span: span.start..close.end,
+                })
             }
             Token::Symbol("-") => {
                 let operand = self.expr(7)?;
                 let span = span.start..operand.span.end;
-                Ok(Expr { kind: ExprKind::Unary(UnaryOp::Neg, Box::new(operand)), span })
+                Ok(Expr {
+                    kind: ExprKind::Unary(UnaryOp::Neg, Box::new(operand)),
+                    span,
+                })
             }
             Token::Ident(name) => self.identifier(name, span),
-            Token::Symbol(symbol) => Err(ParseError { message: format!("expected an expression, found `{symbol}`"), span }),
+            Token::Symbol(symbol) => Err(ParseError {
+                message: format!("expected an expression, found `{symbol}`"),
+                span,
+            }),
         }
     }
 
     fn identifier(&mut self, name: String, span: Span) -> Result<Expr, ParseError> {
         let lower = name.to_ascii_lowercase();
         match lower.as_str() {
-            "true" | "false" => return Ok(Expr { kind: ExprKind::Literal(Literal::Bool(lower == "true")), span }),
-            "null" => return Ok(Expr { kind: ExprKind::Null, span }),
+            "true" | "false" => {
+                return Ok(Expr {
+                    kind: ExprKind::Literal(Literal::Bool(lower == "true")),
+                    span,
+                });
+            }
+            "null" => {
+                return Ok(Expr {
+                    kind: ExprKind::Null,
+                    span,
+                });
+            }
             "not" => {
                 let operand = self.expr(3)?;
                 let span = span.start..operand.span.end;
-                return Ok(Expr { kind: ExprKind::Unary(UnaryOp::Not, Box::new(operand)), span });
+                return Ok(Expr {
+                    kind: ExprKind::Unary(UnaryOp::Not, Box::new(operand)),
+                    span,
+                });
             }
             "and" | "or" | "is" | "in" => {
-                return Err(ParseError { message: format!("expected an expression, found the keyword `{name}`"), span });
+                return Err(ParseError {
+                    message: format!("expected an expression, found the keyword `{name}`"),
+                    span,
+                });
             }
             _ => {}
         }
         if (lower == "param" || lower == "partition") && self.peek_symbol(".") {
             self.next();
             let Some((Token::Ident(field), field_span)) = self.next() else {
-                return Err(ParseError { message: format!("expected a name after `{lower}.`"), span: span.end..span.end + 1 });
+                return Err(ParseError {
+                    message: format!("expected a name after `{lower}.`"),
+                    span: span.end..span.end + 1,
+                });
             };
             let span = span.start..field_span.end;
-            let kind = if lower == "param" { ExprKind::Param(field) } else { ExprKind::Partition(field) };
+            let kind = if lower == "param" {
+                ExprKind::Param(field)
+            } else {
+                ExprKind::Partition(field)
+            };
             return Ok(Expr { kind, span });
         }
         if self.peek_symbol("(") {
@@ -435,9 +551,19 @@ impl Parser {
                 }
             }
             let close = self.expect_symbol(")")?;
-            return Ok(Expr { kind: ExprKind::Call { name: lower, name_span: span.clone(), args }, span: span.start..close.end });
+            return Ok(Expr {
+                kind: ExprKind::Call {
+                    name: lower,
+                    name_span: span.clone(),
+                    args,
+                },
+                span: span.start..close.end,
+            });
         }
-        Ok(Expr { kind: ExprKind::Column(name), span })
+        Ok(Expr {
+            kind: ExprKind::Column(name),
+            span,
+        })
     }
 }
 
@@ -465,6 +591,10 @@ fn visit<'a>(expr: &'a Expr, f: &mut impl FnMut(&'a Expr)) {
             list.iter().for_each(|item| visit(item, f));
         }
         ExprKind::Call { args, .. } => args.iter().for_each(|arg| visit(arg, f)),
-        ExprKind::Column(_) | ExprKind::Literal(_) | ExprKind::Null | ExprKind::Param(_) | ExprKind::Partition(_) => {}
+        ExprKind::Column(_)
+        | ExprKind::Literal(_)
+        | ExprKind::Null
+        | ExprKind::Param(_)
+        | ExprKind::Partition(_) => {}
     }
 }

@@ -46,7 +46,9 @@ pub struct Compilation {
 impl Compilation {
     /// Whether any diagnostic is an error.
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 
     /// The diagnostics rendered like rustc's.
@@ -60,12 +62,19 @@ pub fn compile(source: &Source<'_>) -> Compilation {
     let mut diagnostics = Vec::new();
     let pipeline = syntax::parse(source.text, &mut diagnostics).map(|file| {
         let graph = resolve::resolve(&file, &mut diagnostics);
-        let context = check::Context { source: source.text, source_path: source.path, rust_module: source.rust_module };
+        let context = check::Context {
+            source: source.text,
+            source_path: source.path,
+            rust_module: source.rust_module,
+        };
         check::check(&file, &graph, &context, &mut diagnostics)
     });
     diagnostic::sort(&mut diagnostics);
     let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
-    Compilation { pipeline: if failed { None } else { pipeline }, diagnostics }
+    Compilation {
+        pipeline: if failed { None } else { pipeline },
+        diagnostics,
+    }
 }
 
 /// A short, stable hash of the pipeline file, recorded with every run so a run can be tied to

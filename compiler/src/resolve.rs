@@ -16,7 +16,12 @@ pub struct Graph {
 
 /// Resolves inputs, reports unknown inputs, wrong input counts and every dependency cycle.
 pub fn resolve(file: &PipelineFile, diagnostics: &mut Vec<Diagnostic>) -> Graph {
-    let index: HashMap<&str, usize> = file.blocks.iter().enumerate().map(|(i, b)| (b.name.value.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = file
+        .blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.name.value.as_str(), i))
+        .collect();
     let mut inputs = Vec::with_capacity(file.blocks.len());
     let mut broken = vec![false; file.blocks.len()];
     for (b, block) in file.blocks.iter().enumerate() {
@@ -27,18 +32,38 @@ pub fn resolve(file: &PipelineFile, diagnostics: &mut Vec<Diagnostic>) -> Graph 
                 Some(&i) if is_sink(&file.blocks[i]) => {
                     broken[b] = true;
                     diagnostics.push(
-                        Diagnostic::error("E0018", format!("block `{}` reads from sink `{}`", block.name.value, input.value), input.span.clone(), "a sink has no output")
-                            .with_label(file.blocks[i].name.span.clone(), "this block is a sink")
-                            .with_help("read from the block that feeds the sink instead"),
+                        Diagnostic::error(
+                            "E0018",
+                            format!(
+                                "block `{}` reads from sink `{}`",
+                                block.name.value, input.value
+                            ),
+                            input.span.clone(),
+                            "a sink has no output",
+                        )
+                        .with_label(file.blocks[i].name.span.clone(), "this block is a sink")
+                        .with_help("read from the block that feeds the sink instead"),
                     );
                 }
                 Some(&i) => resolved.push(i),
                 None => {
                     broken[b] = true;
-                    let others = file.blocks.iter().filter(|o| !is_sink(o)).map(|o| o.name.value.as_str());
+                    let others = file
+                        .blocks
+                        .iter()
+                        .filter(|o| !is_sink(o))
+                        .map(|o| o.name.value.as_str());
                     diagnostics.push(
-                        Diagnostic::error("E0006", format!("unknown input `{}` of block `{}`", input.value, block.name.value), input.span.clone(), "no block has this name")
-                            .with_optional_help(did_you_mean(&input.value, others)),
+                        Diagnostic::error(
+                            "E0006",
+                            format!(
+                                "unknown input `{}` of block `{}`",
+                                input.value, block.name.value
+                            ),
+                            input.span.clone(),
+                            "no block has this name",
+                        )
+                        .with_optional_help(did_you_mean(&input.value, others)),
                     );
                 }
             }
@@ -55,19 +80,34 @@ fn is_sink(block: &Block) -> bool {
 }
 
 fn check_arity(block: &Block, diagnostics: &mut Vec<Diagnostic>) {
-    let is_source = matches!(block.kind, BlockKind::HttpSource(_) | BlockKind::FileSource(_));
+    let is_source = matches!(
+        block.kind,
+        BlockKind::HttpSource(_) | BlockKind::FileSource(_)
+    );
     let count = block.inputs.len();
-    let (ok, expected) = if is_source { (count == 0, "no inputs") } else { (count == 1, "exactly one input") };
+    let (ok, expected) = if is_source {
+        (count == 0, "no inputs")
+    } else {
+        (count == 1, "exactly one input")
+    };
     if !ok {
-        let span = block.inputs.first().map_or(block.name.span.clone(), |i| i.span.clone());
+        let span = block
+            .inputs
+            .first()
+            .map_or(block.name.span.clone(), |i| i.span.clone());
         let help = if is_source {
             "a source reads from outside the pipeline; remove `inputs`"
         } else {
             "name the block it reads from: `inputs = [\"extract\"]`"
         };
         diagnostics.push(
-            Diagnostic::error("E0018", format!("block `{}` must have {expected}", block.name.value), span, format!("found {count}"))
-                .with_help(help),
+            Diagnostic::error(
+                "E0018",
+                format!("block `{}` must have {expected}", block.name.value),
+                span,
+                format!("found {count}"),
+            )
+            .with_help(help),
         );
     }
 }
@@ -101,34 +141,56 @@ fn report_cycles(file: &PipelineFile, inputs: &[Vec<usize>], diagnostics: &mut V
             continue;
         }
         let path = cycle_path(start, inputs, &component);
-        let names: Vec<&str> = path.iter().map(|&b| file.blocks[b].name.value.as_str()).collect();
+        let names: Vec<&str> = path
+            .iter()
+            .map(|&b| file.blocks[b].name.value.as_str())
+            .collect();
         let mut chain = names.join(" → ");
         chain.push_str(" → ");
         chain.push_str(names[0]);
         // Edge k goes from path[k] into path[k+1]; it is written in path[k+1]'s `inputs`.
         let edge_span = |from: usize, to: usize| {
             let block = &file.blocks[to];
-            block.inputs.iter().find(|i| i.value == file.blocks[from].name.value).map(|i| i.span.clone()).unwrap_or(block.name.span.clone())
+            block
+                .inputs
+                .iter()
+                .find(|i| i.value == file.blocks[from].name.value)
+                .map(|i| i.span.clone())
+                .unwrap_or(block.name.span.clone())
         };
         let first_to = path.get(1).copied().unwrap_or(start);
         let mut diagnostic = Diagnostic::error(
             "E0007",
             format!("dependency cycle: {chain}"),
             edge_span(path[0], first_to),
-            format!("`{}` reads `{}`", file.blocks[first_to].name.value, names[0]),
+            format!(
+                "`{}` reads `{}`",
+                file.blocks[first_to].name.value, names[0]
+            ),
         );
         for k in 1..path.len() {
             let from = path[k];
             let to = path[(k + 1) % path.len()];
-            diagnostic = diagnostic.with_label(edge_span(from, to), format!("`{}` reads `{}`", file.blocks[to].name.value, file.blocks[from].name.value));
+            diagnostic = diagnostic.with_label(
+                edge_span(from, to),
+                format!(
+                    "`{}` reads `{}`",
+                    file.blocks[to].name.value, file.blocks[from].name.value
+                ),
+            );
         }
-        diagnostics.push(diagnostic.with_help("blocks must form a DAG: remove one of these inputs to break the cycle"));
+        diagnostics
+            .push(diagnostic.with_help(
+                "blocks must form a DAG: remove one of these inputs to break the cycle",
+            ));
     }
 }
 
 /// A cycle through `start` inside `component`, following data flow (input → consumer).
 fn cycle_path(start: usize, inputs: &[Vec<usize>], component: &[usize]) -> Vec<usize> {
-    let consumers = |b: usize| (0..inputs.len()).filter(move |&c| inputs[c].contains(&b) && component.contains(&c));
+    let consumers = |b: usize| {
+        (0..inputs.len()).filter(move |&c| inputs[c].contains(&b) && component.contains(&c))
+    };
     // Breadth-first search for the shortest way back to `start`.
     let mut previous: HashMap<usize, usize> = HashMap::new();
     let mut queue = std::collections::VecDeque::from([start]);
@@ -194,7 +256,15 @@ fn strongly_connected(inputs: &[Vec<usize>]) -> Vec<Vec<usize>> {
         }
     }
     let n = inputs.len();
-    let mut tarjan = Tarjan { inputs, index: vec![None; n], low: vec![0; n], on_stack: vec![false; n], stack: Vec::new(), next: 0, components: Vec::new() };
+    let mut tarjan = Tarjan {
+        inputs,
+        index: vec![None; n],
+        low: vec![0; n],
+        on_stack: vec![false; n],
+        stack: Vec::new(),
+        next: 0,
+        components: Vec::new(),
+    };
     for v in 0..n {
         if tarjan.index[v].is_none() {
             tarjan.visit(v);

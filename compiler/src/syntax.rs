@@ -331,7 +331,9 @@ pub fn parse(source: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Pipeline
         let span = error.span().unwrap_or(0..0);
         let message = error.message().trim().to_string();
         if let Some(diagnostic) = duplicate_block(source, &span, &message) {
-            duplicate_table_end = source[span.end..].find("\n[").map_or(source.len(), |i| span.end + i);
+            duplicate_table_end = source[span.end..]
+                .find("\n[")
+                .map_or(source.len(), |i| span.end + i);
             diagnostics.push(diagnostic);
         } else if message.contains("duplicate") && span.start < duplicate_table_end {
             continue;
@@ -343,7 +345,10 @@ pub fn parse(source: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Pipeline
     if syntax_failed {
         return None;
     }
-    let mut reader = Reader { source, diagnostics };
+    let mut reader = Reader {
+        source,
+        diagnostics,
+    };
     reader.file(root.get_ref(), root.span())
 }
 
@@ -354,11 +359,20 @@ fn duplicate_block(source: &str, span: &Span, message: &str) -> Option<Diagnosti
         return None;
     }
     let line_start = source[..span.start].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = source[span.start..].find('\n').map_or(source.len(), |i| span.start + i);
+    let line_end = source[span.start..]
+        .find('\n')
+        .map_or(source.len(), |i| span.start + i);
     let header = source[line_start..line_end].trim();
-    let name = header.strip_prefix("[blocks.")?.strip_suffix(']')?.trim().trim_matches('"');
+    let name = header
+        .strip_prefix("[blocks.")?
+        .strip_suffix(']')?
+        .trim()
+        .trim_matches('"');
     // The first definition is the first header of that block in the file.
-    let first = source.find(header).filter(|&at| at < line_start).map(|at| at..at + header.len());
+    let first = source
+        .find(header)
+        .filter(|&at| at < line_start)
+        .map(|at| at..at + header.len());
     let mut diagnostic = Diagnostic::error(
         "E0005",
         format!("block `{name}` is defined more than once"),
@@ -389,7 +403,12 @@ struct TableCursor<'t, 'i> {
 
 impl<'t, 'i> TableCursor<'t, 'i> {
     fn new(table: &'t DeTable<'i>, span: Span, what: impl Into<String>) -> Self {
-        TableCursor { table, span, what: what.into(), used: Vec::new() }
+        TableCursor {
+            table,
+            span,
+            what: what.into(),
+            used: Vec::new(),
+        }
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'t Value<'i>> {
@@ -425,10 +444,19 @@ impl Reader<'_, '_> {
     }
 
     fn invalid_value(&mut self, key: &str, span: Span, found: &str, allowed: &[&str]) {
-        let list = allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
+        let list = allowed
+            .iter()
+            .map(|a| format!("`{a}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         self.error(
-            Diagnostic::error("E0003", format!("invalid value for `{key}`"), span, format!("`{found}` is not one of {list}"))
-                .with_optional_help(did_you_mean(found, allowed.iter().copied())),
+            Diagnostic::error(
+                "E0003",
+                format!("invalid value for `{key}`"),
+                span,
+                format!("`{found}` is not one of {list}"),
+            )
+            .with_optional_help(did_you_mean(found, allowed.iter().copied())),
         );
     }
 
@@ -438,9 +466,18 @@ impl Reader<'_, '_> {
             let name = key.get_ref().as_ref();
             if !cursor.used.contains(&name) {
                 self.error(
-                    Diagnostic::error("E0002", format!("unknown key `{name}` in {}", cursor.what), key.span(), "unknown key")
-                        .with_optional_help(did_you_mean(name, cursor.used.iter().copied()))
-                        .with_note(format!("{} accepts: {}", cursor.what, cursor.used.join(", "))),
+                    Diagnostic::error(
+                        "E0002",
+                        format!("unknown key `{name}` in {}", cursor.what),
+                        key.span(),
+                        "unknown key",
+                    )
+                    .with_optional_help(did_you_mean(name, cursor.used.iter().copied()))
+                    .with_note(format!(
+                        "{} accepts: {}",
+                        cursor.what,
+                        cursor.used.join(", ")
+                    )),
                 );
             }
         }
@@ -449,15 +486,22 @@ impl Reader<'_, '_> {
     fn missing(&mut self, cursor: &TableCursor<'_, '_>, key: &str, hint: &str) {
         let header = self.header_span(&cursor.span);
         self.error(
-            Diagnostic::error("E0004", format!("missing key `{key}` in {}", cursor.what), header, format!("`{key}` is required here"))
-                .with_help(hint.to_string()),
+            Diagnostic::error(
+                "E0004",
+                format!("missing key `{key}` in {}", cursor.what),
+                header,
+                format!("`{key}` is required here"),
+            )
+            .with_help(hint.to_string()),
         );
     }
 
     /// A table's span covers its whole body; point diagnostics at its first line only.
     fn header_span(&self, span: &Span) -> Span {
         let start = span.start.min(self.source.len());
-        let end = self.source[start..].find('\n').map_or(self.source.len(), |i| start + i);
+        let end = self.source[start..]
+            .find('\n')
+            .map_or(self.source.len(), |i| start + i);
         start..end.max(start)
     }
 
@@ -471,12 +515,21 @@ impl Reader<'_, '_> {
         }
     }
 
-    fn opt_string(&mut self, cursor: &mut TableCursor<'_, '_>, key: &'static str) -> Option<Located<String>> {
+    fn opt_string(
+        &mut self,
+        cursor: &mut TableCursor<'_, '_>,
+        key: &'static str,
+    ) -> Option<Located<String>> {
         let value = cursor.get(key)?;
         self.string(key, value)
     }
 
-    fn req_string(&mut self, cursor: &mut TableCursor<'_, '_>, key: &'static str, hint: &str) -> Option<Located<String>> {
+    fn req_string(
+        &mut self,
+        cursor: &mut TableCursor<'_, '_>,
+        key: &'static str,
+        hint: &str,
+    ) -> Option<Located<String>> {
         match cursor.get(key) {
             Some(value) => self.string(key, value),
             None => {
@@ -508,7 +561,10 @@ impl Reader<'_, '_> {
 
     fn string_list(&mut self, key: &str, value: &Value<'_>) -> Vec<Located<String>> {
         let items = self.array(key, value).unwrap_or_default();
-        items.iter().filter_map(|item| self.string(key, item)).collect()
+        items
+            .iter()
+            .filter_map(|item| self.string(key, item))
+            .collect()
     }
 
     fn duration(&mut self, key: &str, value: &Value<'_>) -> Option<u64> {
@@ -517,8 +573,13 @@ impl Reader<'_, '_> {
             Some(ms) => Some(ms),
             None => {
                 self.error(
-                    Diagnostic::error("E0003", format!("invalid duration for `{key}`"), text.span, "not a duration")
-                        .with_help("write a number followed by a unit: `500ms`, `30s`, `10m`, `2h`"),
+                    Diagnostic::error(
+                        "E0003",
+                        format!("invalid duration for `{key}`"),
+                        text.span,
+                        "not a duration",
+                    )
+                    .with_help("write a number followed by a unit: `500ms`, `30s`, `10m`, `2h`"),
                 );
                 None
             }
@@ -528,34 +589,59 @@ impl Reader<'_, '_> {
     fn file(&mut self, root: &DeTable<'_>, span: Span) -> Option<PipelineFile> {
         let mut cursor = TableCursor::new(root, span.clone(), "the pipeline file");
         let pipeline = match cursor.get("pipeline") {
-            Some(value) => self.table("pipeline", value).and_then(|table| self.pipeline(table, value.span())),
+            Some(value) => self
+                .table("pipeline", value)
+                .and_then(|table| self.pipeline(table, value.span())),
             None => {
                 self.error(
-                    Diagnostic::error("E0004", "missing `[pipeline]` table", 0..0, "expected `[pipeline]` with a `name`")
-                        .with_help("start the file with:\n[pipeline]\nname = \"my_pipeline\""),
+                    Diagnostic::error(
+                        "E0004",
+                        "missing `[pipeline]` table",
+                        0..0,
+                        "expected `[pipeline]` with a `name`",
+                    )
+                    .with_help("start the file with:\n[pipeline]\nname = \"my_pipeline\""),
                 );
                 None
             }
         };
         let params = match cursor.get("params") {
-            Some(value) => self.table("params", value).map(|table| self.params(table)).unwrap_or_default(),
+            Some(value) => self
+                .table("params", value)
+                .map(|table| self.params(table))
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         let connections = match cursor.get("connections") {
-            Some(value) => self.table("connections", value).map(|table| self.connections(table)).unwrap_or_default(),
+            Some(value) => self
+                .table("connections", value)
+                .map(|table| self.connections(table))
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         let blocks = match cursor.get("blocks") {
-            Some(value) => self.table("blocks", value).map(|table| self.blocks(table)).unwrap_or_default(),
+            Some(value) => self
+                .table("blocks", value)
+                .map(|table| self.blocks(table))
+                .unwrap_or_default(),
             None => Vec::new(),
         };
         self.finish(cursor);
-        Some(PipelineFile { pipeline: pipeline?, params, connections, blocks })
+        Some(PipelineFile {
+            pipeline: pipeline?,
+            params,
+            connections,
+            blocks,
+        })
     }
 
     fn pipeline(&mut self, table: &DeTable<'_>, span: Span) -> Option<PipelineMeta> {
         let mut cursor = TableCursor::new(table, span, "`[pipeline]`");
-        let name = self.req_string(&mut cursor, "name", "name the pipeline: `name = \"green_taxi_etl\"`");
+        let name = self.req_string(
+            &mut cursor,
+            "name",
+            "name the pipeline: `name = \"green_taxi_etl\"`",
+        );
         if let Some(name) = &name {
             if !is_identifier(&name.value) {
                 self.error(
@@ -566,13 +652,21 @@ impl Reader<'_, '_> {
         }
         let description = self.opt_string(&mut cursor, "description").map(|d| d.value);
         let owner = self.opt_string(&mut cursor, "owner").map(|d| d.value);
-        let tags = cursor.get("tags").map(|v| self.string_list("tags", v)).unwrap_or_default();
+        let tags = cursor
+            .get("tags")
+            .map(|v| self.string_list("tags", v))
+            .unwrap_or_default();
         let partitions = match cursor.get("partitions") {
-            Some(value) => self.table("partitions", value).and_then(|t| self.partitions(t, value.span())),
+            Some(value) => self
+                .table("partitions", value)
+                .and_then(|t| self.partitions(t, value.span())),
             None => None,
         };
         let defaults = match cursor.get("defaults") {
-            Some(value) => self.table("defaults", value).map(|t| self.defaults(t, value.span(), "`[pipeline.defaults]`")).unwrap_or_default(),
+            Some(value) => self
+                .table("defaults", value)
+                .map(|t| self.defaults(t, value.span(), "`[pipeline.defaults]`"))
+                .unwrap_or_default(),
             None => Defaults::default(),
         };
         self.finish(cursor);
@@ -588,18 +682,34 @@ impl Reader<'_, '_> {
 
     fn partitions(&mut self, table: &DeTable<'_>, span: Span) -> Option<Partitions> {
         let mut cursor = TableCursor::new(table, span, "`[pipeline.partitions]`");
-        let granularity = self.req_string(&mut cursor, "granularity", "one of `monthly`, `daily`, `hourly`").and_then(|g| {
-            match Granularity::from_name(&g.value) {
+        let granularity = self
+            .req_string(
+                &mut cursor,
+                "granularity",
+                "one of `monthly`, `daily`, `hourly`",
+            )
+            .and_then(|g| match Granularity::from_name(&g.value) {
                 Some(granularity) => Some(Located::new(granularity, g.span)),
                 None => {
-                    self.invalid_value("granularity", g.span, &g.value, &["monthly", "daily", "hourly"]);
+                    self.invalid_value(
+                        "granularity",
+                        g.span,
+                        &g.value,
+                        &["monthly", "daily", "hourly"],
+                    );
                     None
                 }
-            }
-        });
-        let start = self.req_string(&mut cursor, "start", "the first partition, such as `start = \"2019-01\"`");
+            });
+        let start = self.req_string(
+            &mut cursor,
+            "start",
+            "the first partition, such as `start = \"2019-01\"`",
+        );
         self.finish(cursor);
-        Some(Partitions { granularity: granularity?, start: start? })
+        Some(Partitions {
+            granularity: granularity?,
+            start: start?,
+        })
     }
 
     fn defaults(&mut self, table: &DeTable<'_>, span: Span, what: &str) -> Defaults {
@@ -610,19 +720,34 @@ impl Reader<'_, '_> {
     }
 
     fn policy(&mut self, cursor: &mut TableCursor<'_, '_>) -> Defaults {
-        let retries = cursor.get("retries").and_then(|value| match value.get_ref() {
-            DeValue::Integer(i) => i.as_str().parse::<u32>().ok().filter(|r| *r <= 100).or_else(|| {
-                self.wrong_type("retries", value, "an integer from 0 to 100");
-                None
-            }),
-            _ => {
-                self.wrong_type("retries", value, "an integer from 0 to 100");
-                None
-            }
-        });
-        let retry_delay_ms = cursor.get("retry_delay").and_then(|v| self.duration("retry_delay", v));
-        let timeout_ms = cursor.get("timeout").and_then(|v| self.duration("timeout", v));
-        Defaults { retries, retry_delay_ms, timeout_ms }
+        let retries = cursor
+            .get("retries")
+            .and_then(|value| match value.get_ref() {
+                DeValue::Integer(i) => i
+                    .as_str()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|r| *r <= 100)
+                    .or_else(|| {
+                        self.wrong_type("retries", value, "an integer from 0 to 100");
+                        None
+                    }),
+                _ => {
+                    self.wrong_type("retries", value, "an integer from 0 to 100");
+                    None
+                }
+            });
+        let retry_delay_ms = cursor
+            .get("retry_delay")
+            .and_then(|v| self.duration("retry_delay", v));
+        let timeout_ms = cursor
+            .get("timeout")
+            .and_then(|v| self.duration("timeout", v));
+        Defaults {
+            retries,
+            retry_delay_ms,
+            timeout_ms,
+        }
     }
 
     fn params(&mut self, table: &DeTable<'_>) -> Vec<Param> {
@@ -630,8 +755,15 @@ impl Reader<'_, '_> {
         for (key, value) in table.iter() {
             let name = Located::new(key.get_ref().to_string(), key.span());
             match literal(value) {
-                Some(default) => params.push(Param { name, default: Located::new(default, value.span()) }),
-                None => self.wrong_type(&name.value, value, "a string, integer, float or boolean default value"),
+                Some(default) => params.push(Param {
+                    name,
+                    default: Located::new(default, value.span()),
+                }),
+                None => self.wrong_type(
+                    &name.value,
+                    value,
+                    "a string, integer, float or boolean default value",
+                ),
             }
         }
         params
@@ -642,17 +774,25 @@ impl Reader<'_, '_> {
         for (key, value) in table.iter() {
             let name = Located::new(key.get_ref().to_string(), key.span());
             match value.get_ref() {
-                DeValue::String(url) => {
-                    connections.push(Connection { name, url: Located::new(url.to_string(), value.span()), password: None })
-                }
+                DeValue::String(url) => connections.push(Connection {
+                    name,
+                    url: Located::new(url.to_string(), value.span()),
+                    password: None,
+                }),
                 DeValue::Table(inner) => {
                     let what = format!("connection `{}`", name.value);
                     let mut cursor = TableCursor::new(inner, value.span(), what);
                     let url = self.req_string(&mut cursor, "url", "give the connection a `url`");
-                    let password = cursor.get("password").and_then(|v| self.secret("password", v));
+                    let password = cursor
+                        .get("password")
+                        .and_then(|v| self.secret("password", v));
                     self.finish(cursor);
                     if let Some(url) = url {
-                        connections.push(Connection { name, url, password });
+                        connections.push(Connection {
+                            name,
+                            url,
+                            password,
+                        });
                     }
                 }
                 _ => self.wrong_type(&name.value, value, "a URL string or a table with `url`"),
@@ -669,8 +809,12 @@ impl Reader<'_, '_> {
                 let file = self.opt_string(&mut cursor, "file");
                 self.finish(cursor);
                 match (env, file) {
-                    (Some(env), None) => Some(Located::new(SecretRef::Env(env.value), value.span())),
-                    (None, Some(file)) => Some(Located::new(SecretRef::File(file.value), value.span())),
+                    (Some(env), None) => {
+                        Some(Located::new(SecretRef::Env(env.value), value.span()))
+                    }
+                    (None, Some(file)) => {
+                        Some(Located::new(SecretRef::File(file.value), value.span()))
+                    }
                     _ => {
                         self.error(
                             Diagnostic::error("E0013", format!("`{key}` must name exactly one secret source"), value.span(), "expected `env` or `file`")
@@ -688,7 +832,11 @@ impl Reader<'_, '_> {
                 None
             }
             _ => {
-                self.wrong_type(key, value, "a table `{ env = \"VAR\" }` or `{ file = \"PATH\" }`");
+                self.wrong_type(
+                    key,
+                    value,
+                    "a table `{ env = \"VAR\" }` or `{ file = \"PATH\" }`",
+                );
                 None
             }
         }
@@ -705,7 +853,9 @@ impl Reader<'_, '_> {
                 );
                 continue;
             }
-            let Some(body) = self.table(&name.value, value) else { continue };
+            let Some(body) = self.table(&name.value, value) else {
+                continue;
+            };
             if let Some(block) = self.block(name, body, value.span()) {
                 blocks.push(block);
             }
@@ -718,12 +868,24 @@ impl Reader<'_, '_> {
         // so that the block's location is the line a reader looks for.
         let span = self.block_header(&name, span);
         let mut cursor = TableCursor::new(table, span.clone(), format!("block `{}`", name.value));
-        let kind_value = self.req_string(&mut cursor, "kind", "one of `http`, `file`, `transform`, `rust`, `table`, `lake`");
+        let kind_value = self.req_string(
+            &mut cursor,
+            "kind",
+            "one of `http`, `file`, `transform`, `rust`, `table`, `lake`",
+        );
         let description = self.opt_string(&mut cursor, "description").map(|d| d.value);
-        let inputs = cursor.get("inputs").map(|v| self.string_list("inputs", v)).unwrap_or_default();
+        let inputs = cursor
+            .get("inputs")
+            .map(|v| self.string_list("inputs", v))
+            .unwrap_or_default();
         let policy = self.policy(&mut cursor);
         let checks = match cursor.get("checks") {
-            Some(value) => self.array("checks", value).unwrap_or_default().iter().filter_map(|c| self.check(c)).collect(),
+            Some(value) => self
+                .array("checks", value)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| self.check(c))
+                .collect(),
             None => Vec::new(),
         };
         let kind = match kind_value {
@@ -731,22 +893,41 @@ impl Reader<'_, '_> {
             None => None,
         };
         self.finish(cursor);
-        Some(Block { name, span, description, inputs, kind: kind?, checks, policy })
+        Some(Block {
+            name,
+            span,
+            description,
+            inputs,
+            kind: kind?,
+            checks,
+            policy,
+        })
     }
 
     fn block_header(&self, name: &Located<String>, span: Span) -> Span {
-        let line_start = self.source[..name.span.start].rfind('\n').map_or(0, |i| i + 1);
+        let line_start = self.source[..name.span.start]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
         line_start.min(span.start)..span.end
     }
 
-    fn block_kind(&mut self, kind: &Located<String>, cursor: &mut TableCursor<'_, '_>) -> Option<BlockKind> {
+    fn block_kind(
+        &mut self,
+        kind: &Located<String>,
+        cursor: &mut TableCursor<'_, '_>,
+    ) -> Option<BlockKind> {
         const KINDS: [&str; 6] = ["http", "file", "transform", "rust", "table", "lake"];
         match kind.value.as_str() {
             "http" => self.file_source(cursor, true).map(BlockKind::HttpSource),
             "file" => self.file_source(cursor, false).map(BlockKind::FileSource),
             "transform" => {
                 let steps = match cursor.get("steps") {
-                    Some(value) => self.array("steps", value).unwrap_or_default().iter().filter_map(|s| self.step(s)).collect(),
+                    Some(value) => self
+                        .array("steps", value)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|s| self.step(s))
+                        .collect(),
                     None => {
                         self.missing(cursor, "steps", "add `[[blocks.NAME.steps]]` tables such as `filter = \"trip_distance > 0\"`");
                         return None;
@@ -755,28 +936,55 @@ impl Reader<'_, '_> {
                 Some(BlockKind::Transform { steps })
             }
             "rust" => {
-                let function = self.req_string(cursor, "function", "name the Rust function, e.g. `function = \"fix_flags\"`")?;
-                let output = cursor.get("output").and_then(|v| self.column_table("output", v));
+                let function = self.req_string(
+                    cursor,
+                    "function",
+                    "name the Rust function, e.g. `function = \"fix_flags\"`",
+                )?;
+                let output = cursor
+                    .get("output")
+                    .and_then(|v| self.column_table("output", v));
                 Some(BlockKind::Rust { function, output })
             }
             "table" => {
-                let connection = self.req_string(cursor, "connection", "name a connection from `[connections]`, e.g. `connection = \"warehouse\"`");
-                let table = self.req_string(cursor, "table", "name the table, e.g. `table = \"green_taxi\"`");
+                let connection = self.req_string(
+                    cursor,
+                    "connection",
+                    "name a connection from `[connections]`, e.g. `connection = \"warehouse\"`",
+                );
+                let table = self.req_string(
+                    cursor,
+                    "table",
+                    "name the table, e.g. `table = \"green_taxi\"`",
+                );
                 let db_schema = self.opt_string(cursor, "schema");
-                let mode = self.req_string(cursor, "mode", "one of `replace`, `append`, `replace_partition`").and_then(|m| {
-                    let mode = match m.value.as_str() {
-                        "replace" => WriteMode::Replace,
-                        "append" => WriteMode::Append,
-                        "replace_partition" => WriteMode::ReplacePartition,
-                        other => {
-                            self.invalid_value("mode", m.span.clone(), other, &["replace", "append", "replace_partition"]);
-                            return None;
-                        }
-                    };
-                    Some(Located::new(mode, m.span))
-                });
+                let mode = self
+                    .req_string(
+                        cursor,
+                        "mode",
+                        "one of `replace`, `append`, `replace_partition`",
+                    )
+                    .and_then(|m| {
+                        let mode = match m.value.as_str() {
+                            "replace" => WriteMode::Replace,
+                            "append" => WriteMode::Append,
+                            "replace_partition" => WriteMode::ReplacePartition,
+                            other => {
+                                self.invalid_value(
+                                    "mode",
+                                    m.span.clone(),
+                                    other,
+                                    &["replace", "append", "replace_partition"],
+                                );
+                                return None;
+                            }
+                        };
+                        Some(Located::new(mode, m.span))
+                    });
                 let partition_column = self.opt_string(cursor, "partition_column");
-                let columns = cursor.get("columns").and_then(|v| self.column_table("columns", v));
+                let columns = cursor
+                    .get("columns")
+                    .and_then(|v| self.column_table("columns", v));
                 Some(BlockKind::TableSink(TableSink {
                     connection: connection?,
                     table: table?,
@@ -787,10 +995,22 @@ impl Reader<'_, '_> {
                 }))
             }
             "lake" => {
-                let connection = self.req_string(cursor, "connection", "name a connection from `[connections]`, e.g. `connection = \"lake\"`");
-                let path = self.req_string(cursor, "path", "the dataset's folder in the lake, e.g. `path = \"green_taxi\"`");
+                let connection = self.req_string(
+                    cursor,
+                    "connection",
+                    "name a connection from `[connections]`, e.g. `connection = \"lake\"`",
+                );
+                let path = self.req_string(
+                    cursor,
+                    "path",
+                    "the dataset's folder in the lake, e.g. `path = \"green_taxi\"`",
+                );
                 let partition_by = self.opt_string(cursor, "partition_by");
-                Some(BlockKind::LakeSink(LakeSink { connection: connection?, path: path?, partition_by }))
+                Some(BlockKind::LakeSink(LakeSink {
+                    connection: connection?,
+                    path: path?,
+                    partition_by,
+                }))
             }
             other => {
                 self.invalid_value("kind", kind.span.clone(), other, &KINDS);
@@ -801,14 +1021,26 @@ impl Reader<'_, '_> {
 
     fn file_source(&mut self, cursor: &mut TableCursor<'_, '_>, http: bool) -> Option<FileSource> {
         let connection = if http {
-            Some(self.req_string(cursor, "connection", "name the connection holding the base URL, e.g. `connection = \"tlc\"`")?)
+            Some(self.req_string(
+                cursor,
+                "connection",
+                "name the connection holding the base URL, e.g. `connection = \"tlc\"`",
+            )?)
         } else {
             None
         };
         let path = self.req_string(cursor, "path", "the file's path template, e.g. `path = \"green_tripdata_{partition.year}-{partition.month:02}.csv.gz\"`")?;
         let lower = path.value.to_ascii_lowercase();
-        let inferred_compression = if lower.ends_with(".gz") { Compression::Gzip } else { Compression::None };
-        let inferred_format = if lower.trim_end_matches(".gz").ends_with(".parquet") { FileFormat::Parquet } else { FileFormat::Csv };
+        let inferred_compression = if lower.ends_with(".gz") {
+            Compression::Gzip
+        } else {
+            Compression::None
+        };
+        let inferred_format = if lower.trim_end_matches(".gz").ends_with(".parquet") {
+            FileFormat::Parquet
+        } else {
+            FileFormat::Csv
+        };
         let format = match self.opt_string(cursor, "format") {
             Some(f) => match f.value.as_str() {
                 "csv" => FileFormat::Csv,
@@ -838,7 +1070,14 @@ impl Reader<'_, '_> {
                 return None;
             }
         };
-        Some(FileSource { connection, path, format, compression, schema, schema_span })
+        Some(FileSource {
+            connection,
+            path,
+            format,
+            compression,
+            schema,
+            schema_span,
+        })
     }
 
     fn column_table(&mut self, key: &str, value: &Value<'_>) -> Option<Vec<ColumnDecl>> {
@@ -878,20 +1117,32 @@ impl Reader<'_, '_> {
             let inner = raw.strip_prefix(quote)?.strip_suffix(quote)?;
             (inner == text.value).then(|| value.span().start + quote.len())
         });
-        Some(ExprSource { text: text.value, span: text.span, text_offset })
+        Some(ExprSource {
+            text: text.value,
+            span: text.span,
+            text_offset,
+        })
     }
 
     fn step(&mut self, value: &Value<'_>) -> Option<Step> {
         let table = self.table("steps", value)?;
         const OPS: [&str; 6] = ["filter", "derive", "rename", "select", "drop", "cast"];
         let mut cursor = TableCursor::new(table, value.span(), "a transform step");
-        let present: Vec<&str> = OPS.iter().copied().filter(|op| table.contains_key(*op)).collect();
+        let present: Vec<&str> = OPS
+            .iter()
+            .copied()
+            .filter(|op| table.contains_key(*op))
+            .collect();
         if present.len() != 1 {
             for op in OPS {
                 cursor.used.push(op);
             }
             self.finish(cursor);
-            let found = if present.is_empty() { "none".to_string() } else { present.join(", ") };
+            let found = if present.is_empty() {
+                "none".to_string()
+            } else {
+                present.join(", ")
+            };
             self.error(
                 Diagnostic::error("E0003", "a transform step must do exactly one thing", self.header_span(&value.span()), format!("found: {found}"))
                     .with_help("write one of `filter`, `derive`, `rename`, `select`, `drop`, `cast` per `[[blocks.NAME.steps]]` table"),
@@ -899,7 +1150,9 @@ impl Reader<'_, '_> {
             return None;
         }
         let op = present[0];
-        let key_start = table.get_key_value(op).map_or(value.span().start, |(key, _)| key.span().start);
+        let key_start = table
+            .get_key_value(op)
+            .map_or(value.span().start, |(key, _)| key.span().start);
         let body = cursor.get(op)?;
         let span = key_start..body.span().end;
         let op = match op {
@@ -930,7 +1183,11 @@ impl Reader<'_, '_> {
                     StepOp::Rename(pairs)
                 }
                 _ => {
-                    self.wrong_type("rename", body, "a table `{ old = \"new\" }` or the rule `\"snake_case\"`");
+                    self.wrong_type(
+                        "rename",
+                        body,
+                        "a table `{ old = \"new\" }` or the rule `\"snake_case\"`",
+                    );
                     return None;
                 }
             },
@@ -982,7 +1239,11 @@ impl Reader<'_, '_> {
                         None => self.wrong_type("in", item, "a string, number or boolean"),
                     }
                 }
-                CheckKind::InSet { column, values: literals, allow_null }
+                CheckKind::InSet {
+                    column,
+                    values: literals,
+                    allow_null,
+                }
             }
             _ => {
                 self.finish(cursor);
@@ -994,15 +1255,27 @@ impl Reader<'_, '_> {
             }
         };
         self.finish(cursor);
-        Some(Check { name, kind, severity, span: value.span() })
+        Some(Check {
+            name,
+            kind,
+            severity,
+            span: value.span(),
+        })
     }
 }
 
 fn literal(value: &Value<'_>) -> Option<Literal> {
     match value.get_ref() {
         DeValue::String(s) => Some(Literal::String(s.to_string())),
-        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok().map(Literal::Int),
-        DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok().map(Literal::Float),
+        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+            .ok()
+            .map(Literal::Int),
+        DeValue::Float(f) => f
+            .as_str()
+            .replace('_', "")
+            .parse::<f64>()
+            .ok()
+            .map(Literal::Float),
         DeValue::Boolean(b) => Some(Literal::Bool(*b)),
         _ => None,
     }

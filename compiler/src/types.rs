@@ -66,7 +66,8 @@ pub struct ColumnType {
 
 impl ColumnType {
     /// The type names accepted in pipeline files (without the `?` for nullable).
-    pub const NAMES: [&'static str; 6] = ["int64", "float64", "string", "bool", "date", "timestamp"];
+    pub const NAMES: [&'static str; 6] =
+        ["int64", "float64", "string", "bool", "date", "timestamp"];
 
     /// Parses `int64`, `int64?`, `timestamp`, ...
     pub fn parse(text: &str) -> Option<ColumnType> {
@@ -81,7 +82,12 @@ impl ColumnType {
 
 impl fmt::Display for ColumnType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.base.name(), if self.nullable { "?" } else { "" })
+        write!(
+            f,
+            "{}{}",
+            self.base.name(),
+            if self.nullable { "?" } else { "" }
+        )
     }
 }
 
@@ -179,7 +185,11 @@ impl Granularity {
         let numbers: Option<Vec<u32>> = parts
             .iter()
             .zip(widths)
-            .map(|(part, width)| (part.len() == *width && part.bytes().all(|b| b.is_ascii_digit())).then(|| part.parse().ok()).flatten())
+            .map(|(part, width)| {
+                (part.len() == *width && part.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| part.parse().ok())
+                    .flatten()
+            })
             .collect();
         let Some(numbers) = numbers else { return false };
         let month_ok = (1..=12).contains(&numbers[1]);

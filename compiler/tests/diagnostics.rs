@@ -7,8 +7,15 @@ use baton_compiler::{Source, compile};
 fn diagnostics_are_rendered_like_rustc() {
     insta::glob!("../../tests/fixtures/diagnostics", "*.toml", |path| {
         let text = std::fs::read_to_string(path).unwrap();
-        let name = format!("tests/fixtures/diagnostics/{}", path.file_name().unwrap().to_string_lossy());
-        let source = Source { path: &name, text: &text, rust_module: None };
+        let name = format!(
+            "tests/fixtures/diagnostics/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
+        let source = Source {
+            path: &name,
+            text: &text,
+            rust_module: None,
+        };
         let compilation = compile(&source);
         assert!(compilation.has_errors(), "{name} should not compile");
         insta::assert_snapshot!(compilation.render(&source));
@@ -17,11 +24,29 @@ fn diagnostics_are_rendered_like_rustc() {
 
 #[test]
 fn every_error_is_reported_at_once_and_sorted() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/diagnostics/unknown_input_and_key.toml")).unwrap();
-    let source = Source { path: "x.toml", text: &text, rust_module: None };
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/diagnostics/unknown_input_and_key.toml"
+    ))
+    .unwrap();
+    let source = Source {
+        path: "x.toml",
+        text: &text,
+        rust_module: None,
+    };
     let compilation = compile(&source);
     let codes: Vec<&str> = compilation.diagnostics.iter().map(|d| d.code).collect();
-    assert!(codes.contains(&"E0006") && codes.contains(&"E0002") && codes.contains(&"E0004"), "{codes:?}");
-    let starts: Vec<usize> = compilation.diagnostics.iter().map(|d| d.primary.span.start).collect();
-    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "sorted by position: {starts:?}");
+    assert!(
+        codes.contains(&"E0006") && codes.contains(&"E0002") && codes.contains(&"E0004"),
+        "{codes:?}"
+    );
+    let starts: Vec<usize> = compilation
+        .diagnostics
+        .iter()
+        .map(|d| d.primary.span.start)
+        .collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] <= w[1]),
+        "sorted by position: {starts:?}"
+    );
 }

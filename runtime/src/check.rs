@@ -31,14 +31,26 @@ const SAMPLE_ROWS: usize = 5;
 
 /// Counts the rows of `frame` for which `predicate` is not true (false or null). Returns an error
 /// naming the check, the count and a sample of failing rows when the check's severity is `Fail`.
-pub fn run_check(ctx: &RunContext, frame: &DataFrame, check: &CheckDef, predicate: Expr) -> BlockResult<()> {
-    let failing = frame.clone().lazy().filter(predicate.fill_null(lit(false)).not()).collect()?;
+pub fn run_check(
+    ctx: &RunContext,
+    frame: &DataFrame,
+    check: &CheckDef,
+    predicate: Expr,
+) -> BlockResult<()> {
+    let failing = frame
+        .clone()
+        .lazy()
+        .filter(predicate.fill_null(lit(false)).not())
+        .collect()?;
     let count = failing.height();
     if count == 0 {
         return Ok(());
     }
     let sample = failing.head(Some(SAMPLE_ROWS));
-    let partition = ctx.partition_opt().map(|p| format!(" in partition {p}")).unwrap_or_default();
+    let partition = ctx
+        .partition_opt()
+        .map(|p| format!(" in partition {p}"))
+        .unwrap_or_default();
     let message = format!(
         "check `{}` ({}) failed for {count} of {} rows{partition}; first failing rows:\n{sample}",
         check.name,

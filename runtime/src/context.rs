@@ -35,7 +35,10 @@ impl Value {
     }
 
     fn mismatch(&self, wanted: &str) -> BlockError {
-        BlockError::fatal(format!("parameter is {} but {wanted} was expected", self.type_name()))
+        BlockError::fatal(format!(
+            "parameter is {} but {wanted} was expected",
+            self.type_name()
+        ))
     }
 
     /// The integer value.
@@ -125,9 +128,25 @@ impl RunContext {
         let params = pipeline
             .params
             .iter()
-            .map(|p| (p.name, overrides.get(p.name).cloned().unwrap_or_else(|| Value::from_default(&p.default))))
+            .map(|p| {
+                (
+                    p.name,
+                    overrides
+                        .get(p.name)
+                        .cloned()
+                        .unwrap_or_else(|| Value::from_default(&p.default)),
+                )
+            })
             .collect();
-        RunContext { inner: Arc::new(Inner { pipeline, run_id, partition, params, resources }) }
+        RunContext {
+            inner: Arc::new(Inner {
+                pipeline,
+                run_id,
+                partition,
+                params,
+                resources,
+            }),
+        }
     }
 
     /// The pipeline.
@@ -142,7 +161,9 @@ impl RunContext {
 
     /// This run's partition; an error for a pipeline without partitions.
     pub fn partition(&self) -> BlockResult<Partition> {
-        self.inner.partition.ok_or_else(|| BlockError::fatal("this run has no partition"))
+        self.inner
+            .partition
+            .ok_or_else(|| BlockError::fatal("this run has no partition"))
     }
 
     /// This run's partition, if it has one.
@@ -152,7 +173,10 @@ impl RunContext {
 
     /// A parameter's value.
     pub fn param(&self, name: &str) -> BlockResult<&Value> {
-        self.inner.params.get(name).ok_or_else(|| BlockError::fatal(format!("unknown parameter `{name}`")))
+        self.inner
+            .params
+            .get(name)
+            .ok_or_else(|| BlockError::fatal(format!("unknown parameter `{name}`")))
     }
 
     /// The connection's URL with environment references resolved and its password injected.
@@ -169,11 +193,16 @@ impl RunContext {
         match connection.password {
             None => Ok(url),
             Some(secret) => {
-                let password = read_secret(secret).map_err(|e| BlockError::fatal(format!("connection `{name}`: {e}")))?;
-                let mut parsed = reqwest::Url::parse(&url).map_err(|e| BlockError::fatal(format!("connection `{name}`: invalid URL: {e}")))?;
-                parsed
-                    .set_password(Some(&password))
-                    .map_err(|()| BlockError::fatal(format!("connection `{name}`: this URL cannot carry a password")))?;
+                let password = read_secret(secret)
+                    .map_err(|e| BlockError::fatal(format!("connection `{name}`: {e}")))?;
+                let mut parsed = reqwest::Url::parse(&url).map_err(|e| {
+                    BlockError::fatal(format!("connection `{name}`: invalid URL: {e}"))
+                })?;
+                parsed.set_password(Some(&password)).map_err(|()| {
+                    BlockError::fatal(format!(
+                        "connection `{name}`: this URL cannot carry a password"
+                    ))
+                })?;
                 Ok(parsed.to_string())
             }
         }
@@ -186,7 +215,9 @@ impl RunContext {
             return Ok(warehouse.clone());
         }
         let url = self.connection_url(connection)?;
-        let warehouse = Warehouse::connect(&url).await.map_err(|e| e.context(format!("connection `{connection}` ({})", redact(&url))))?;
+        let warehouse = Warehouse::connect(&url)
+            .await
+            .map_err(|e| e.context(format!("connection `{connection}` ({})", redact(&url))))?;
         warehouses.insert(connection.to_string(), warehouse.clone());
         Ok(warehouse)
     }
@@ -207,7 +238,9 @@ impl RunContext {
 
 fn read_secret(secret: Secret) -> Result<String, String> {
     match secret {
-        Secret::Env(var) => std::env::var(var).map_err(|_| format!("secret environment variable {var} is not set")),
+        Secret::Env(var) => {
+            std::env::var(var).map_err(|_| format!("secret environment variable {var} is not set"))
+        }
         Secret::File(path) => std::fs::read_to_string(path)
             .map(|s| s.trim_end().to_string())
             .map_err(|e| format!("cannot read secret file {path}: {e}")),

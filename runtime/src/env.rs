@@ -2,12 +2,17 @@
 
 /// Replaces every `${VAR}` / `${VAR:-default}` with the variable's value (or the default when it
 /// is unset or empty). An unset variable without default is an error naming it.
-pub fn interpolate(template: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn interpolate(
+    template: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find("${") {
         out.push_str(&rest[..open]);
-        let close = rest[open..].find('}').ok_or_else(|| format!("unclosed `${{` in `{template}`"))?;
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in `{template}`"))?;
         let inner = &rest[open + 2..open + close];
         let (name, default) = match inner.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
@@ -16,7 +21,11 @@ pub fn interpolate(template: &str, lookup: impl Fn(&str) -> Option<String>) -> R
         match (lookup(name).filter(|v| !v.is_empty()), default) {
             (Some(value), _) => out.push_str(&value),
             (None, Some(default)) => out.push_str(default),
-            (None, None) => return Err(format!("environment variable {name} is not set (needed by `{template}`)")),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (needed by `{template}`)"
+                ));
+            }
         }
         rest = &rest[open + close + 1..];
     }
@@ -36,9 +45,16 @@ mod tests {
             _ => None,
         };
         assert_eq!(interpolate("a/${SET:-x}/b", lookup).unwrap(), "a/value/b");
-        assert_eq!(interpolate("${EMPTY:-fallback}", lookup).unwrap(), "fallback");
+        assert_eq!(
+            interpolate("${EMPTY:-fallback}", lookup).unwrap(),
+            "fallback"
+        );
         assert_eq!(interpolate("${UNSET:-./lake}", lookup).unwrap(), "./lake");
-        assert!(interpolate("${UNSET}", lookup).unwrap_err().contains("UNSET"));
+        assert!(
+            interpolate("${UNSET}", lookup)
+                .unwrap_err()
+                .contains("UNSET")
+        );
         assert_eq!(interpolate("plain", lookup).unwrap(), "plain");
     }
 }

@@ -26,17 +26,26 @@ pub type BlockResult<T> = Result<T, BlockError>;
 impl BlockError {
     /// An error that retrying will not fix.
     pub fn fatal(message: impl Into<String>) -> Self {
-        BlockError { kind: ErrorKind::Fatal, message: message.into() }
+        BlockError {
+            kind: ErrorKind::Fatal,
+            message: message.into(),
+        }
     }
 
     /// An error that may go away on retry.
     pub fn retryable(message: impl Into<String>) -> Self {
-        BlockError { kind: ErrorKind::Retryable, message: message.into() }
+        BlockError {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+        }
     }
 
     /// Prefixes the message with context, keeping the kind.
     pub fn context(self, context: impl fmt::Display) -> Self {
-        BlockError { kind: self.kind, message: format!("{context}: {}", self.message) }
+        BlockError {
+            kind: self.kind,
+            message: format!("{context}: {}", self.message),
+        }
     }
 }
 
@@ -57,13 +66,22 @@ impl From<polars::error::PolarsError> for BlockError {
 impl From<sqlx::Error> for BlockError {
     fn from(error: sqlx::Error) -> Self {
         let retryable = match &error {
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
             // Serialization failures and deadlocks succeed when tried again.
-            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40001" | "40P01" | "57P01")),
+            sqlx::Error::Database(db) => {
+                matches!(db.code().as_deref(), Some("40001" | "40P01" | "57P01"))
+            }
             _ => false,
         };
         let message = error.to_string();
-        if retryable { BlockError::retryable(message) } else { BlockError::fatal(message) }
+        if retryable {
+            BlockError::retryable(message)
+        } else {
+            BlockError::fatal(message)
+        }
     }
 }
 

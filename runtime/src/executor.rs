@@ -64,7 +64,9 @@ pub struct RunReport {
 impl RunReport {
     /// Whether every block succeeded.
     pub fn succeeded(&self) -> bool {
-        self.blocks.iter().all(|b| matches!(b.status, BlockStatus::Succeeded { .. }))
+        self.blocks
+            .iter()
+            .all(|b| matches!(b.status, BlockStatus::Succeeded { .. }))
     }
 }
 
@@ -77,7 +79,12 @@ enum State {
 }
 
 /// Runs every block of `pipeline` for one partition.
-pub async fn run(pipeline: &'static Pipeline, partition: Option<Partition>, params: &HashMap<String, Value>, resources: Arc<Resources>) -> RunReport {
+pub async fn run(
+    pipeline: &'static Pipeline,
+    partition: Option<Partition>,
+    params: &HashMap<String, Value>,
+    resources: Arc<Resources>,
+) -> RunReport {
     let started = Instant::now();
     let run_id = format!(
         "{}-{}-{}",
@@ -91,7 +98,14 @@ pub async fn run(pipeline: &'static Pipeline, partition: Option<Partition>, para
     let mut outcomes: Vec<Option<BlockOutcome>> = vec![None; blocks.len()];
     // A frame is dropped as soon as its last consumer has started, so memory holds only what
     // is still needed.
-    let mut consumers_left: Vec<usize> = (0..blocks.len()).map(|b| blocks.iter().filter(|other| other.inputs.contains(&b)).count()).collect();
+    let mut consumers_left: Vec<usize> = (0..blocks.len())
+        .map(|b| {
+            blocks
+                .iter()
+                .filter(|other| other.inputs.contains(&b))
+                .count()
+        })
+        .collect();
     let mut running = FuturesUnordered::new();
     let span = info_span!("run", pipeline = pipeline.name, partition = %partition.map(|p| p.key()).unwrap_or_default());
     async {
@@ -101,17 +115,27 @@ pub async fn run(pipeline: &'static Pipeline, partition: Option<Partition>, para
                 if !matches!(state[index], State::Pending) {
                     continue;
                 }
-                if let Some(&bad) = block.inputs.iter().find(|&&i| matches!(state[i], State::Failed | State::Skipped)) {
+                if let Some(&bad) = block
+                    .inputs
+                    .iter()
+                    .find(|&&i| matches!(state[i], State::Failed | State::Skipped))
+                {
                     state[index] = State::Skipped;
                     outcomes[index] = Some(BlockOutcome {
                         name: block.name,
-                        status: BlockStatus::Skipped { because: format!("input `{}` did not succeed", blocks[bad].name) },
+                        status: BlockStatus::Skipped {
+                            because: format!("input `{}` did not succeed", blocks[bad].name),
+                        },
                         attempts: 0,
                         elapsed: Duration::ZERO,
                     });
                     continue;
                 }
-                if !block.inputs.iter().all(|&i| matches!(state[i], State::Done(_))) {
+                if !block
+                    .inputs
+                    .iter()
+                    .all(|&i| matches!(state[i], State::Done(_)))
+                {
                     continue;
                 }
                 let mut inputs = Vec::with_capacity(block.inputs.len());
@@ -122,12 +146,16 @@ pub async fn run(pipeline: &'static Pipeline, partition: Option<Partition>, para
                         State::Done(frame) => frame.clone(),
                         _ => None,
                     };
-                    inputs.push(frame.expect("a finished non-sink block has an output for each consumer"));
+                    inputs.push(
+                        frame.expect("a finished non-sink block has an output for each consumer"),
+                    );
                 }
                 state[index] = State::Running;
                 running.push(run_block_with_retries(pipeline, index, ctx.clone(), inputs));
             }
-            let Some((index, result, attempts, elapsed)) = running.next().await else { break };
+            let Some((index, result, attempts, elapsed)) = running.next().await else {
+                break;
+            };
             let block = &blocks[index];
             let status = match result {
                 Ok((output, rows)) => {
@@ -137,10 +165,17 @@ pub async fn run(pipeline: &'static Pipeline, partition: Option<Partition>, para
                 Err(error) => {
                     error!(block = block.name, attempts, "block failed: {error}");
                     state[index] = State::Failed;
-                    BlockStatus::Failed { error: error.message }
+                    BlockStatus::Failed {
+                        error: error.message,
+                    }
                 }
             };
-            outcomes[index] = Some(BlockOutcome { name: block.name, status, attempts, elapsed });
+            outcomes[index] = Some(BlockOutcome {
+                name: block.name,
+                status,
+                attempts,
+                elapsed,
+            });
         }
     }
     .instrument(span)
@@ -148,7 +183,10 @@ pub async fn run(pipeline: &'static Pipeline, partition: Option<Partition>, para
     let report = RunReport {
         run_id,
         partition,
-        blocks: outcomes.into_iter().map(|o| o.expect("every block ends succeeded, failed or skipped")).collect(),
+        blocks: outcomes
+            .into_iter()
+            .map(|o| o.expect("every block ends succeeded, failed or skipped"))
+            .collect(),
         elapsed: started.elapsed(),
     };
     if report.succeeded() {
@@ -165,7 +203,12 @@ async fn run_block_with_retries(
     index: usize,
     ctx: RunContext,
     inputs: Vec<DataFrame>,
-) -> (usize, Result<(Option<DataFrame>, usize), BlockError>, u32, Duration) {
+) -> (
+    usize,
+    Result<(Option<DataFrame>, usize), BlockError>,
+    u32,
+    Duration,
+) {
     let block = &pipeline.blocks[index];
     let policy = block.policy;
     let rows_in: usize = inputs.iter().map(DataFrame::height).sum();
@@ -177,16 +220,35 @@ async fn run_block_with_retries(
             attempt += 1;
             let attempt_started = Instant::now();
             let future = (pipeline.run_block)(index, ctx.clone(), inputs.clone());
-            let result = match tokio::time::timeout(Duration::from_millis(policy.timeout_ms), future).await {
+            let result = match tokio::time::timeout(
+                Duration::from_millis(policy.timeout_ms),
+                future,
+            )
+            .await
+            {
                 Ok(result) => result,
-                Err(_) => Err(BlockError::retryable(format!("timed out after {}", humanize(Duration::from_millis(policy.timeout_ms))))),
+                Err(_) => Err(BlockError::retryable(format!(
+                    "timed out after {}",
+                    humanize(Duration::from_millis(policy.timeout_ms))
+                ))),
             };
             match result {
                 Ok(output) => {
                     let rows_out = output.as_ref().map(DataFrame::height);
-                    info!(attempt, rows_in, rows_out = rows_out.unwrap_or(rows_in), elapsed_ms = attempt_started.elapsed().as_millis() as u64, "block succeeded");
+                    info!(
+                        attempt,
+                        rows_in,
+                        rows_out = rows_out.unwrap_or(rows_in),
+                        elapsed_ms = attempt_started.elapsed().as_millis() as u64,
+                        "block succeeded"
+                    );
                     // A sink has no output; its row count is what it wrote.
-                    return (index, Ok((output, rows_out.unwrap_or(rows_in))), attempt, started.elapsed());
+                    return (
+                        index,
+                        Ok((output, rows_out.unwrap_or(rows_in))),
+                        attempt,
+                        started.elapsed(),
+                    );
                 }
                 Err(error) if error.kind == ErrorKind::Retryable && attempt <= policy.retries => {
                     let delay = backoff(policy.retry_delay_ms, attempt);
@@ -194,8 +256,20 @@ async fn run_block_with_retries(
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => {
-                    let error = if attempt > 1 { error.context(format!("after {attempt} attempts")) } else { error };
-                    return (index, Err(error.context(format!("block `{}` ({}:{})", block.name, pipeline.source_path, block.line))), attempt, started.elapsed());
+                    let error = if attempt > 1 {
+                        error.context(format!("after {attempt} attempts"))
+                    } else {
+                        error
+                    };
+                    return (
+                        index,
+                        Err(error.context(format!(
+                            "block `{}` ({}:{})",
+                            block.name, pipeline.source_path, block.line
+                        ))),
+                        attempt,
+                        started.elapsed(),
+                    );
                 }
             }
         }
@@ -208,9 +282,17 @@ async fn run_block_with_retries(
 /// a quarter of random-looking jitter so replicas retrying together spread out.
 fn backoff(first_ms: u64, attempt: u32) -> Duration {
     const MAX_MS: u64 = 300_000;
-    let base = first_ms.saturating_mul(1u64 << (attempt - 1).min(20)).min(MAX_MS);
-    let jitter_source = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()));
-    let jitter = if base >= 4 { jitter_source % (base / 4) } else { 0 };
+    let base = first_ms
+        .saturating_mul(1u64 << (attempt - 1).min(20))
+        .min(MAX_MS);
+    let jitter_source = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let jitter = if base >= 4 {
+        jitter_source % (base / 4)
+    } else {
+        0
+    };
     Duration::from_millis(base + jitter)
 }
 
@@ -233,7 +315,10 @@ mod tests {
         for attempt in 1..=4 {
             let delay = backoff(1_000, attempt).as_millis() as u64;
             let base = 1_000 * (1 << (attempt - 1));
-            assert!(delay >= base && delay < base + base / 4 + 1, "attempt {attempt}: {delay}");
+            assert!(
+                delay >= base && delay < base + base / 4 + 1,
+                "attempt {attempt}: {delay}"
+            );
         }
         assert!(backoff(1_000, 40).as_millis() as u64 <= 300_000 + 75_000);
     }

@@ -6,7 +6,8 @@ use polars::prelude::*;
 /// A date literal; the compiler has already checked that the date exists.
 pub fn date_lit(year: i32, month: u32, day: u32) -> Expr {
     // polars turns a chrono date literal into a datetime; cast it back to a date.
-    lit(NaiveDate::from_ymd_opt(year, month, day).expect("the compiler only emits valid dates")).cast(DataType::Date)
+    lit(NaiveDate::from_ymd_opt(year, month, day).expect("the compiler only emits valid dates"))
+        .cast(DataType::Date)
 }
 
 /// An `in (...)` list of integers.

@@ -27,7 +27,8 @@ pub mod prelude {
     pub use crate::exprs::{bool_list, date_lit, float_list, int_list, string_list};
     pub use crate::partition::Granularity;
     pub use crate::pipeline::{
-        BaseType, BlockDef, BlockFuture, BlockKind, Column, ConnectionDef, ParamDef, ParamValue, PartitionSpec, Pipeline, Policy, Secret, SinkDef,
+        BaseType, BlockDef, BlockFuture, BlockKind, Column, ConnectionDef, ParamDef, ParamValue,
+        PartitionSpec, Pipeline, Policy, Secret, SinkDef,
     };
     pub use crate::schema::conform;
     pub use crate::sink::lake::{LakeTarget, write_lake};

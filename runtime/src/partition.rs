@@ -45,11 +45,26 @@ pub struct Partition {
 impl Partition {
     /// Parses a partition key (`2021-01`, `2021-01-15`, `2021-01-15T07`) at a granularity.
     pub fn parse(granularity: Granularity, key: &str) -> Result<Partition, String> {
-        let bad = || format!("`{key}` is not a {} partition; write it like `{}`", granularity.name(), granularity.example());
+        let bad = || {
+            format!(
+                "`{key}` is not a {} partition; write it like `{}`",
+                granularity.name(),
+                granularity.example()
+            )
+        };
         let start = match granularity {
-            Granularity::Monthly => NaiveDate::parse_from_str(&format!("{key}-01"), "%Y-%m-%d").ok().filter(|_| key.len() == 7),
-            Granularity::Daily => NaiveDate::parse_from_str(key, "%Y-%m-%d").ok().filter(|_| key.len() == 10),
-            Granularity::Hourly => NaiveDateTime::parse_from_str(&format!("{key}:00:00"), "%Y-%m-%dT%H:%M:%S").ok().filter(|_| key.len() == 13).map(|t| t.date()),
+            Granularity::Monthly => NaiveDate::parse_from_str(&format!("{key}-01"), "%Y-%m-%d")
+                .ok()
+                .filter(|_| key.len() == 7),
+            Granularity::Daily => NaiveDate::parse_from_str(key, "%Y-%m-%d")
+                .ok()
+                .filter(|_| key.len() == 10),
+            Granularity::Hourly => {
+                NaiveDateTime::parse_from_str(&format!("{key}:00:00"), "%Y-%m-%dT%H:%M:%S")
+                    .ok()
+                    .filter(|_| key.len() == 13)
+                    .map(|t| t.date())
+            }
         }
         .ok_or_else(bad)?;
         let hour = match granularity {
@@ -57,19 +72,27 @@ impl Partition {
             _ => 0,
         };
         let start = start.and_hms_opt(hour, 0, 0).ok_or_else(bad)?;
-        Ok(Partition { start, granularity_rank: rank(granularity) })
+        Ok(Partition {
+            start,
+            granularity_rank: rank(granularity),
+        })
     }
 
     /// The partition containing `instant`.
     pub fn containing(granularity: Granularity, instant: NaiveDateTime) -> Partition {
         let date = instant.date();
         let start = match granularity {
-            Granularity::Monthly => NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("day 1 exists").and_hms_opt(0, 0, 0),
+            Granularity::Monthly => NaiveDate::from_ymd_opt(date.year(), date.month(), 1)
+                .expect("day 1 exists")
+                .and_hms_opt(0, 0, 0),
             Granularity::Daily => date.and_hms_opt(0, 0, 0),
             Granularity::Hourly => date.and_hms_opt(instant.hour(), 0, 0),
         }
         .expect("midnight and whole hours exist");
-        Partition { start, granularity_rank: rank(granularity) }
+        Partition {
+            start,
+            granularity_rank: rank(granularity),
+        }
     }
 
     /// The granularity.
@@ -85,13 +108,23 @@ impl Partition {
     pub fn next(&self) -> Partition {
         let start = match self.granularity() {
             Granularity::Monthly => {
-                let (year, month) = if self.start.month() == 12 { (self.start.year() + 1, 1) } else { (self.start.year(), self.start.month() + 1) };
-                NaiveDate::from_ymd_opt(year, month, 1).expect("day 1 exists").and_hms_opt(0, 0, 0).expect("midnight exists")
+                let (year, month) = if self.start.month() == 12 {
+                    (self.start.year() + 1, 1)
+                } else {
+                    (self.start.year(), self.start.month() + 1)
+                };
+                NaiveDate::from_ymd_opt(year, month, 1)
+                    .expect("day 1 exists")
+                    .and_hms_opt(0, 0, 0)
+                    .expect("midnight exists")
             }
             Granularity::Daily => self.start + Duration::days(1),
             Granularity::Hourly => self.start + Duration::hours(1),
         };
-        Partition { start, granularity_rank: self.granularity_rank }
+        Partition {
+            start,
+            granularity_rank: self.granularity_rank,
+        }
     }
 
     /// Every partition from `self` to `last`, both included.
@@ -156,7 +189,9 @@ impl Partition {
 
     fn instant_lit(&self, instant: NaiveDateTime) -> Expr {
         match self.granularity() {
-            Granularity::Hourly => lit(instant).cast(DataType::Datetime(TimeUnit::Microseconds, None)),
+            Granularity::Hourly => {
+                lit(instant).cast(DataType::Datetime(TimeUnit::Microseconds, None))
+            }
             // polars turns a chrono date literal into a datetime; the pipeline's type is a date.
             _ => lit(instant.date()).cast(DataType::Date),
         }
@@ -188,7 +223,11 @@ mod tests {
         assert_eq!(jan.next().key(), "2021-02");
         let dec = Partition::parse(Granularity::Monthly, "2020-12").unwrap();
         assert_eq!(dec.next().key(), "2021-01");
-        let keys: Vec<String> = jan.range_to(&Partition::parse(Granularity::Monthly, "2021-03").unwrap()).iter().map(Partition::key).collect();
+        let keys: Vec<String> = jan
+            .range_to(&Partition::parse(Granularity::Monthly, "2021-03").unwrap())
+            .iter()
+            .map(Partition::key)
+            .collect();
         assert_eq!(keys, ["2021-01", "2021-02", "2021-03"]);
         assert!(Partition::parse(Granularity::Monthly, "2021-13").is_err());
         assert!(Partition::parse(Granularity::Monthly, "2021-01-01").is_err());

@@ -12,7 +12,8 @@ use crate::sink::lake::LakeTarget;
 use crate::sink::table::TableTarget;
 
 /// The future a block returns: its output frame, or `None` for sinks.
-pub type BlockFuture = Pin<Box<dyn Future<Output = Result<Option<DataFrame>, BlockError>> + Send + 'static>>;
+pub type BlockFuture =
+    Pin<Box<dyn Future<Output = Result<Option<DataFrame>, BlockError>> + Send + 'static>>;
 
 /// A compiled pipeline.
 #[derive(Debug)]
@@ -225,12 +226,20 @@ pub struct Column {
 impl Column {
     /// A column that may hold nulls.
     pub const fn nullable(name: &'static str, ty: BaseType) -> Column {
-        Column { name, ty, nullable: true }
+        Column {
+            name,
+            ty,
+            nullable: true,
+        }
     }
 
     /// A column that never holds nulls.
     pub const fn required(name: &'static str, ty: BaseType) -> Column {
-        Column { name, ty, nullable: false }
+        Column {
+            name,
+            ty,
+            nullable: false,
+        }
     }
 
     /// `int64?`-style type text.

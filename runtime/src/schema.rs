@@ -7,7 +7,10 @@ use crate::pipeline::{BaseType, Column};
 
 /// The polars schema of a compiled column list.
 pub fn polars_schema(columns: &[Column]) -> Schema {
-    columns.iter().map(|c| Field::new(c.name.into(), c.ty.dtype())).collect()
+    columns
+        .iter()
+        .map(|c| Field::new(c.name.into(), c.ty.dtype()))
+        .collect()
 }
 
 /// Makes `frame` exactly the compiled schema: same columns in the same order, same types, no
@@ -15,7 +18,11 @@ pub fn polars_schema(columns: &[Column]) -> Schema {
 /// year, a `u32` length) are widened to the declared type; anything else that differs is an
 /// error naming the column, so a mismatch is caught at the block that caused it.
 pub fn conform(frame: DataFrame, columns: &[Column]) -> BlockResult<DataFrame> {
-    let present: Vec<String> = frame.get_column_names().iter().map(|n| n.to_string()).collect();
+    let present: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     for column in columns {
         if !present.iter().any(|p| p == column.name) {
             return Err(BlockError::fatal(format!(
@@ -26,8 +33,13 @@ pub fn conform(frame: DataFrame, columns: &[Column]) -> BlockResult<DataFrame> {
             )));
         }
     }
-    if let Some(extra) = present.iter().find(|p| !columns.iter().any(|c| c.name == p.as_str())) {
-        return Err(BlockError::fatal(format!("unexpected column `{extra}`; the compiled schema does not have it")));
+    if let Some(extra) = present
+        .iter()
+        .find(|p| !columns.iter().any(|c| c.name == p.as_str()))
+    {
+        return Err(BlockError::fatal(format!(
+            "unexpected column `{extra}`; the compiled schema does not have it"
+        )));
     }
     let mut out = Vec::with_capacity(columns.len());
     for column in columns {

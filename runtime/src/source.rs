@@ -56,16 +56,30 @@ pub enum Compression {
 const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Reads a source file into a frame that has exactly the compiled schema `columns`.
-pub async fn read_source(ctx: &RunContext, location: Location, format: FileFormat, compression: Compression, columns: &'static [Column]) -> BlockResult<DataFrame> {
+pub async fn read_source(
+    ctx: &RunContext,
+    location: Location,
+    format: FileFormat,
+    compression: Compression,
+    columns: &'static [Column],
+) -> BlockResult<DataFrame> {
     let (origin, bytes) = match &location {
         Location::Http { connection, path } => {
             let base = ctx.connection_url(connection)?;
-            let url = format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'));
-            let bytes = download(&url).await.map_err(|e| e.context(describe(ctx, &url)))?;
+            let url = format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            );
+            let bytes = download(&url)
+                .await
+                .map_err(|e| e.context(describe(ctx, &url)))?;
             (url, bytes)
         }
         Location::File { path } => {
-            let bytes = tokio::fs::read(path).await.map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
             (path.clone(), bytes.into())
         }
     };
@@ -99,17 +113,26 @@ async fn download(url: &str) -> BlockResult<bytes::Bytes> {
         .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| BlockError::fatal(format!("cannot build HTTP client: {e}")))?;
-    let response = client.get(url).send().await.map_err(|e| BlockError::retryable(format!("GET failed: {}", error_chain(&e))))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| BlockError::retryable(format!("GET failed: {}", error_chain(&e))))?;
     let status = response.status();
     if !status.is_success() {
         let message = format!("GET returned HTTP {status}");
-        return Err(if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
-            BlockError::retryable(message)
-        } else {
-            BlockError::fatal(message)
-        });
+        return Err(
+            if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+                BlockError::retryable(message)
+            } else {
+                BlockError::fatal(message)
+            },
+        );
     }
-    response.bytes().await.map_err(|e| BlockError::retryable(format!("download interrupted: {}", error_chain(&e))))
+    response
+        .bytes()
+        .await
+        .map_err(|e| BlockError::retryable(format!("download interrupted: {}", error_chain(&e))))
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -124,7 +147,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Decompresses and parses file bytes, then conforms the frame to the compiled schema.
-pub fn parse(bytes: &[u8], format: FileFormat, compression: Compression, columns: &'static [Column]) -> BlockResult<DataFrame> {
+pub fn parse(
+    bytes: &[u8],
+    format: FileFormat,
+    compression: Compression,
+    columns: &'static [Column],
+) -> BlockResult<DataFrame> {
     let raw: Vec<u8>;
     let data: &[u8] = match compression {
         Compression::None => bytes,
@@ -132,7 +160,12 @@ pub fn parse(bytes: &[u8], format: FileFormat, compression: Compression, columns
             let mut out = Vec::with_capacity(bytes.len() * 5);
             MultiGzDecoder::new(bytes)
                 .read_to_end(&mut out)
-                .map_err(|e| BlockError::fatal(format!("the gzip data is truncated or corrupt ({e}); {} compressed bytes received", bytes.len())))?;
+                .map_err(|e| {
+                    BlockError::fatal(format!(
+                        "the gzip data is truncated or corrupt ({e}); {} compressed bytes received",
+                        bytes.len()
+                    ))
+                })?;
             raw = out;
             &raw
         }
@@ -141,8 +174,17 @@ pub fn parse(bytes: &[u8], format: FileFormat, compression: Compression, columns
         FileFormat::Csv => read_csv(data, columns)?,
         FileFormat::Parquet => {
             let names: Vec<PlSmallStr> = columns.iter().map(|c| c.name.into()).collect();
-            check_present(&ParquetReader::new(Cursor::new(data)).schema()?.iter_names().map(|n| n.to_string()).collect::<Vec<_>>(), columns)?;
-            ParquetReader::new(Cursor::new(data)).with_columns(Some(names.iter().map(|n| n.to_string()).collect())).finish()?
+            check_present(
+                &ParquetReader::new(Cursor::new(data))
+                    .schema()?
+                    .iter_names()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>(),
+                columns,
+            )?;
+            ParquetReader::new(Cursor::new(data))
+                .with_columns(Some(names.iter().map(|n| n.to_string()).collect()))
+                .finish()?
         }
     };
     conform(frame, columns)
@@ -151,16 +193,27 @@ pub fn parse(bytes: &[u8], format: FileFormat, compression: Compression, columns
 /// Every declared column must be in the file; extra columns are dropped with a warning, so an
 /// upstream addition does not break the pipeline but is still visible.
 fn check_present(header: &[String], columns: &[Column]) -> BlockResult<()> {
-    let missing: Vec<&str> = columns.iter().map(|c| c.name).filter(|name| !header.iter().any(|h| h == name)).collect();
+    let missing: Vec<&str> = columns
+        .iter()
+        .map(|c| c.name)
+        .filter(|name| !header.iter().any(|h| h == name))
+        .collect();
     if !missing.is_empty() {
         return Err(BlockError::fatal(format!(
             "the file has no column{} {} (declared in the source's schema); its columns are: {}",
             if missing.len() == 1 { "" } else { "s" },
-            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
             header.join(", ")
         )));
     }
-    let extra: Vec<&String> = header.iter().filter(|h| !columns.iter().any(|c| c.name == h.as_str())).collect();
+    let extra: Vec<&String> = header
+        .iter()
+        .filter(|h| !columns.iter().any(|c| c.name == h.as_str()))
+        .collect();
     if !extra.is_empty() {
         warn!(columns = ?extra, "the file has columns the pipeline does not declare; they are ignored");
     }
@@ -182,13 +235,23 @@ fn read_csv(data: &[u8], columns: &'static [Column]) -> BlockResult<DataFrame> {
     // Columns the pipeline does not declare are read as text and dropped right after.
     let full: Schema = header
         .iter()
-        .map(|name| Field::new(name.as_str().into(), declared.get(name.as_str()).cloned().unwrap_or(DataType::String)))
+        .map(|name| {
+            Field::new(
+                name.as_str().into(),
+                declared
+                    .get(name.as_str())
+                    .cloned()
+                    .unwrap_or(DataType::String),
+            )
+        })
         .collect();
     let frame = CsvReadOptions::default()
         .with_has_header(true)
         .with_schema(Some(Arc::new(full)))
         .into_reader_with_file_handle(Cursor::new(data))
         .finish()
-        .map_err(|e| BlockError::fatal(format!("cannot parse the CSV with the declared types: {e}")))?;
+        .map_err(|e| {
+            BlockError::fatal(format!("cannot parse the CSV with the declared types: {e}"))
+        })?;
     Ok(frame.select(columns.iter().map(|c| c.name))?)
 }

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
 }
 
 /// `../shared/data/tlc/green`, the real NYC TLC files. Panics with an explanation when absent,
@@ -25,7 +28,10 @@ pub fn green_data_dir() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// Waits until something accepts connections on the port, at most `limit`.
@@ -52,14 +58,27 @@ impl HttpServer {
     pub fn serve(dir: &Path) -> HttpServer {
         let port = free_port();
         let child = Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 runs the loopback HTTP server");
-        assert!(wait_for_port(port, Duration::from_secs(20)), "the HTTP server did not start on port {port}");
-        HttpServer { child, url: format!("http://127.0.0.1:{port}") }
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "the HTTP server did not start on port {port}"
+        );
+        HttpServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
     }
 }
 
@@ -86,11 +105,17 @@ fn postgres_bin() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("an installed PostgreSQL version with initdb")
+    versions
+        .pop()
+        .expect("an installed PostgreSQL version with initdb")
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 /// Runs a PostgreSQL tool, as the `postgres` user when we are root (initdb refuses root).
@@ -103,50 +128,120 @@ fn pg_tool(bin: &Path, tool: &str, args: &[&str]) -> Output {
     } else {
         Command::new(&path)
     };
-    command.args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+    command
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
 }
 
 impl Postgres {
     /// Creates and starts a cluster.
     pub fn start() -> Postgres {
         let bin = postgres_bin();
-        let dir = tempfile::Builder::new().prefix("baton-pg-").tempdir().expect("a temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("baton-pg-")
+            .tempdir()
+            .expect("a temp dir");
         let data = dir.path().join("data");
         let socket = dir.path().join("socket");
         std::fs::create_dir_all(&socket).expect("socket dir");
         if is_root() {
-            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().expect("chown");
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
             assert!(status.success(), "chown of the cluster folder failed");
         }
-        let init = pg_tool(&bin, "initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
-        assert!(init.status.success(), "initdb failed: {}", String::from_utf8_lossy(&init.stderr));
+        let init = pg_tool(
+            &bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            init.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let port = free_port();
-        let options = format!("-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off", socket.display());
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off",
+            socket.display()
+        );
         let log = dir.path().join("postgres.log");
-        let start = pg_tool(&bin, "pg_ctl", &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+        let start = pg_tool(
+            &bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
         assert!(
             start.status.success(),
             "pg_ctl start failed: {}{}",
             String::from_utf8_lossy(&start.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        assert!(wait_for_port(port, Duration::from_secs(30)), "PostgreSQL did not listen on {port}");
-        Postgres { bin, data, _dir: dir, url: format!("postgres://postgres@127.0.0.1:{port}/postgres") }
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "PostgreSQL did not listen on {port}"
+        );
+        Postgres {
+            bin,
+            data,
+            _dir: dir,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        }
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = pg_tool(&self.bin, "pg_ctl", &["-D", self.data.to_str().unwrap_or_default(), "-m", "immediate", "stop"]);
+        let _ = pg_tool(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
     }
 }
 
 /// The path of a workspace binary built by `cargo build` (next to the test executable's folder).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/PROFILE/deps/TEST");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/PROFILE/deps/TEST");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -171,9 +266,23 @@ for path in sys.argv[1:]:
                 dates.add(r['lpep_pickup_datetime'][:10])
 print(rows, len(dates))
 "#;
-    let output = Command::new("python3").arg("-c").arg(script).args(files).output().expect("python3 runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8_lossy(&output.stdout);
-    let mut numbers = text.split_whitespace().map(|n| n.parse::<usize>().expect("a count"));
-    (numbers.next().expect("rows"), numbers.next().expect("dates"))
+    let mut numbers = text
+        .split_whitespace()
+        .map(|n| n.parse::<usize>().expect("a count"));
+    (
+        numbers.next().expect("rows"),
+        numbers.next().expect("dates"),
+    )
 }

@@ -4,14 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use baton_tests::{HttpServer, Postgres, green_data_dir, independent_green_counts, workspace_binary};
+use baton_tests::{
+    HttpServer, Postgres, green_data_dir, independent_green_counts, workspace_binary,
+};
 
 const MONTHS: [&str; 3] = ["2021-01", "2021-02", "2021-03"];
 
 /// Runs the pipeline binary in `workdir` with the given environment.
 fn run(workdir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut command = Command::new(workspace_binary("green_taxi_etl"));
-    command.current_dir(workdir).args(args).env_remove("DATABASE_URL").env_remove("LAKE_URL").env("NO_COLOR", "1");
+    command
+        .current_dir(workdir)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("LAKE_URL")
+        .env("NO_COLOR", "1");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -23,9 +30,20 @@ fn stderr(output: &Output) -> String {
 }
 
 fn sqlite_count(db: &Path, sql: &str) -> i64 {
-    let output = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3 is installed");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().parse().expect("a number")
+    let output = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 is installed");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("a number")
 }
 
 fn lake_folders(lake: &Path) -> Vec<String> {
@@ -38,12 +56,22 @@ fn lake_folders(lake: &Path) -> Vec<String> {
 }
 
 fn lake_files(lake: &Path) -> usize {
-    lake_folders(lake).iter().map(|f| std::fs::read_dir(lake.join("green_taxi").join(f)).expect("folder").count()).sum()
+    lake_folders(lake)
+        .iter()
+        .map(|f| {
+            std::fs::read_dir(lake.join("green_taxi").join(f))
+                .expect("folder")
+                .count()
+        })
+        .sum()
 }
 
 fn month_files() -> Vec<PathBuf> {
     let dir = green_data_dir();
-    MONTHS.iter().map(|m| dir.join(format!("green_tripdata_{m}.csv.gz"))).collect()
+    MONTHS
+        .iter()
+        .map(|m| dir.join(format!("green_tripdata_{m}.csv.gz")))
+        .collect()
 }
 
 #[test]
@@ -51,25 +79,59 @@ fn backfill_into_sqlite_matches_an_independent_count_and_is_idempotent() {
     let server = HttpServer::serve(&green_data_dir());
     let work = tempfile::tempdir().unwrap();
     let env = [("TLC_BASE_URL", server.url.as_str())];
-    let output = run(work.path(), &env, &["backfill", "--from", "2021-01", "--to", "2021-03"]);
-    assert!(output.status.success(), "backfill failed:\n{}", stderr(&output));
+    let output = run(
+        work.path(),
+        &env,
+        &["backfill", "--from", "2021-01", "--to", "2021-03"],
+    );
+    assert!(
+        output.status.success(),
+        "backfill failed:\n{}",
+        stderr(&output)
+    );
 
     let (expected_rows, expected_dates) = independent_green_counts(&month_files());
     // The pandas baseline of the course (../shared/bench/README.md) loads 113,335 rows in 91 partitions.
     assert_eq!((expected_rows, expected_dates), (113_335, 91));
     let db = work.path().join(".baton/warehouse.db");
-    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM green_taxi") as usize, expected_rows);
-    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM green_taxi WHERE passenger_count <= 0 OR trip_distance <= 0"), 0);
+    assert_eq!(
+        sqlite_count(&db, "SELECT count(*) FROM green_taxi") as usize,
+        expected_rows
+    );
+    assert_eq!(
+        sqlite_count(
+            &db,
+            "SELECT count(*) FROM green_taxi WHERE passenger_count <= 0 OR trip_distance <= 0"
+        ),
+        0
+    );
     let folders = lake_folders(&work.path().join("lake"));
     assert_eq!(folders.len(), expected_dates);
-    assert!(folders.iter().all(|f| f.starts_with("lpep_pickup_date=")), "{folders:?}");
+    assert!(
+        folders.iter().all(|f| f.starts_with("lpep_pickup_date=")),
+        "{folders:?}"
+    );
     let files_before = lake_files(&work.path().join("lake"));
 
     // Running the same backfill again replaces, never duplicates.
-    let again = run(work.path(), &env, &["backfill", "--from", "2021-01", "--to", "2021-03"]);
-    assert!(again.status.success(), "second backfill failed:\n{}", stderr(&again));
-    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM green_taxi") as usize, expected_rows);
-    assert_eq!(lake_folders(&work.path().join("lake")).len(), expected_dates);
+    let again = run(
+        work.path(),
+        &env,
+        &["backfill", "--from", "2021-01", "--to", "2021-03"],
+    );
+    assert!(
+        again.status.success(),
+        "second backfill failed:\n{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        sqlite_count(&db, "SELECT count(*) FROM green_taxi") as usize,
+        expected_rows
+    );
+    assert_eq!(
+        lake_folders(&work.path().join("lake")).len(),
+        expected_dates
+    );
     assert_eq!(lake_files(&work.path().join("lake")), files_before);
 }
 
@@ -78,13 +140,27 @@ fn backfill_into_postgres_creates_typed_columns_and_is_idempotent() {
     let server = HttpServer::serve(&green_data_dir());
     let postgres = Postgres::start();
     let work = tempfile::tempdir().unwrap();
-    let env = [("TLC_BASE_URL", server.url.as_str()), ("DATABASE_URL", postgres.url.as_str())];
+    let env = [
+        ("TLC_BASE_URL", server.url.as_str()),
+        ("DATABASE_URL", postgres.url.as_str()),
+    ];
     for attempt in 1..=2 {
-        let output = run(work.path(), &env, &["backfill", "--from", "2021-01", "--to", "2021-03"]);
-        assert!(output.status.success(), "backfill {attempt} failed:\n{}", stderr(&output));
+        let output = run(
+            work.path(),
+            &env,
+            &["backfill", "--from", "2021-01", "--to", "2021-03"],
+        );
+        assert!(
+            output.status.success(),
+            "backfill {attempt} failed:\n{}",
+            stderr(&output)
+        );
     }
     let (expected_rows, _) = independent_green_counts(&month_files());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let pool = sqlx::PgPool::connect(&postgres.url).await.expect("connect to the test cluster");
         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM mage.green_taxi").fetch_one(&pool).await.unwrap();
@@ -124,14 +200,24 @@ fn a_missing_file_fails_naming_the_url_and_partition_and_loads_nothing() {
     let empty = tempfile::tempdir().unwrap();
     let server = HttpServer::serve(empty.path());
     let work = tempfile::tempdir().unwrap();
-    let output = run(work.path(), &[("TLC_BASE_URL", server.url.as_str())], &["run", "--partition", "2021-01"]);
+    let output = run(
+        work.path(),
+        &[("TLC_BASE_URL", server.url.as_str())],
+        &["run", "--partition", "2021-01"],
+    );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let message = stderr(&output);
     assert!(message.contains("404"), "{message}");
-    assert!(message.contains(&format!("{}/green_tripdata_2021-01.csv.gz", server.url)), "{message}");
+    assert!(
+        message.contains(&format!("{}/green_tripdata_2021-01.csv.gz", server.url)),
+        "{message}"
+    );
     assert!(message.contains("partition 2021-01"), "{message}");
     assert!(message.contains("load_warehouse skipped"), "{message}");
-    assert!(!work.path().join("lake/green_taxi").exists(), "nothing may reach the lake");
+    assert!(
+        !work.path().join("lake/green_taxi").exists(),
+        "nothing may reach the lake"
+    );
 }
 
 #[test]
@@ -154,9 +240,16 @@ fn a_truncated_gzip_fails_clearly_and_keeps_the_previous_load() {
     assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
     let message = stderr(&second);
     assert!(message.contains("truncated or corrupt"), "{message}");
-    assert!(message.contains(&format!("{}/{file}", server.url)), "{message}");
+    assert!(
+        message.contains(&format!("{}/{file}", server.url)),
+        "{message}"
+    );
     assert!(message.contains("partition 2021-01"), "{message}");
-    assert_eq!(sqlite_count(&db, "SELECT count(*) FROM green_taxi"), loaded, "the earlier load is intact");
+    assert_eq!(
+        sqlite_count(&db, "SELECT count(*) FROM green_taxi"),
+        loaded,
+        "the earlier load is intact"
+    );
     assert_eq!(lake_files(&work.path().join("lake")), files);
 }
 
@@ -165,13 +258,22 @@ fn graph_and_explain_describe_the_compiled_pipeline() {
     let work = tempfile::tempdir().unwrap();
     let graph = run(work.path(), &[], &["graph"]);
     let text = String::from_utf8_lossy(&graph.stdout);
-    assert!(text.contains("extract_green_taxi --> clean_green_taxi"), "{text}");
+    assert!(
+        text.contains("extract_green_taxi --> clean_green_taxi"),
+        "{text}"
+    );
     assert!(text.contains("clean_green_taxi --> load_lake"), "{text}");
     let dot = run(work.path(), &[], &["graph", "--format", "dot"]);
-    assert!(String::from_utf8_lossy(&dot.stdout).contains("\"clean_green_taxi\" -> \"load_warehouse\";"));
+    assert!(
+        String::from_utf8_lossy(&dot.stdout)
+            .contains("\"clean_green_taxi\" -> \"load_warehouse\";")
+    );
     let explain = run(work.path(), &[], &["explain"]);
     let text = String::from_utf8_lossy(&explain.stdout);
-    assert!(text.contains("lpep_pickup_date  date") || text.contains("lpep_pickup_date       date"), "{text}");
+    assert!(
+        text.contains("lpep_pickup_date  date") || text.contains("lpep_pickup_date       date"),
+        "{text}"
+    );
     assert!(text.contains("pipelines/green_taxi_etl.toml:"), "{text}");
     let bad = run(work.path(), &[], &["run", "--partition", "2021-13"]);
     assert_eq!(bad.status.code(), Some(2));

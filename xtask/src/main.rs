@@ -39,7 +39,10 @@ enum Command {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
 }
 
 fn pipeline_names(root: &Path, names: Vec<String>) -> Vec<String> {
@@ -49,7 +52,14 @@ fn pipeline_names(root: &Path, names: Vec<String>) -> Vec<String> {
     let mut found: Vec<String> = std::fs::read_dir(root.join("pipelines"))
         .map(|entries| {
             entries
-                .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
+                .filter_map(|entry| {
+                    entry
+                        .ok()?
+                        .file_name()
+                        .to_str()?
+                        .strip_suffix(".toml")
+                        .map(str::to_string)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -61,7 +71,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.command {
-        Command::Check { names } | Command::Generate { names } if pipeline_names(&root, names.clone()).is_empty() => {
+        Command::Check { names } | Command::Generate { names }
+            if pipeline_names(&root, names.clone()).is_empty() =>
+        {
             eprintln!("no pipelines found in {}", root.join("pipelines").display());
             ExitCode::FAILURE
         }
@@ -79,32 +91,46 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Command::Generate { names } => {
             let mut failed = false;
             for name in pipeline_names(&root, names) {
                 let files = PipelineFiles::new(&root, &name);
                 match files.render() {
-                    Ok((code, _)) => match write_if_changed(&files.generated_main(), &code) {
-                        Ok(true) => eprintln!("wrote {}", files.generated_main().display()),
-                        Ok(false) => eprintln!("unchanged {}", files.generated_main().display()),
-                        Err(error) => {
-                            eprintln!("error: {}: {error}", files.generated_main().display());
-                            failed = true;
+                    Ok((generated, _)) => {
+                        for (path, code) in generated {
+                            match write_if_changed(&path, &code) {
+                                Ok(true) => eprintln!("wrote {}", path.display()),
+                                Ok(false) => eprintln!("unchanged {}", path.display()),
+                                Err(error) => {
+                                    eprintln!("error: {}: {error}", path.display());
+                                    failed = true;
+                                }
+                            }
                         }
-                    },
+                    }
                     Err(diagnostics) => {
                         eprint!("{diagnostics}");
                         failed = true;
                     }
                 }
             }
-            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Command::New { name } => match scaffold(&root, &name) {
             Ok(()) => {
-                eprintln!("created generated/{name}/; run `cargo build -p {name}` to generate its code");
+                eprintln!(
+                    "created generated/{name}/; run `cargo build -p {name}` to generate its code"
+                );
                 ExitCode::SUCCESS
             }
             Err(error) => {
@@ -119,10 +145,14 @@ fn main() -> ExitCode {
 /// written by the build script.
 fn scaffold(root: &Path, name: &str) -> Result<(), String> {
     if !root.join("pipelines").join(format!("{name}.toml")).exists() {
-        return Err(format!("pipelines/{name}.toml does not exist; write it first"));
+        return Err(format!(
+            "pipelines/{name}.toml does not exist; write it first"
+        ));
     }
     let dir = root.join("generated").join(name);
-    let write = |path: PathBuf, text: String| write_if_changed(&path, &text).map_err(|e| format!("{}: {e}", path.display()));
+    let write = |path: PathBuf, text: String| {
+        write_if_changed(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
+    };
     write(dir.join("Cargo.toml"), crate_manifest(name))?;
     write(dir.join("build.rs"), build_script(name))?;
     Ok(())

@@ -50,12 +50,17 @@ pub fn open_lake(url: &str) -> BlockResult<Arc<dyn ObjectStore>> {
         }
         None => url,
     };
-    std::fs::create_dir_all(local).map_err(|e| BlockError::fatal(format!("cannot create lake folder {local}: {e}")))?;
+    std::fs::create_dir_all(local)
+        .map_err(|e| BlockError::fatal(format!("cannot create lake folder {local}: {e}")))?;
     Ok(Arc::new(LocalFileSystem::new_with_prefix(local)?))
 }
 
 /// Writes `frame` as Parquet files under the dataset folder.
-pub async fn write_lake(ctx: &RunContext, target: &LakeTarget, frame: DataFrame) -> BlockResult<()> {
+pub async fn write_lake(
+    ctx: &RunContext,
+    target: &LakeTarget,
+    frame: DataFrame,
+) -> BlockResult<()> {
     let url = ctx.connection_url(target.connection)?;
     let store = open_lake(&url)?;
     let file_name = match ctx.partition_opt() {
@@ -76,7 +81,12 @@ pub async fn write_lake(ctx: &RunContext, target: &LakeTarget, frame: DataFrame)
     futures::stream::iter(files)
         .map(|(path, bytes)| {
             let store = store.clone();
-            async move { store.put(&path, PutPayload::from(bytes)).await.map_err(|e| BlockError::retryable(format!("writing {path}: {e}"))) }
+            async move {
+                store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| BlockError::retryable(format!("writing {path}: {e}")))
+            }
         })
         .buffer_unordered(UPLOAD_CONCURRENCY)
         .try_collect::<Vec<_>>()
@@ -85,22 +95,41 @@ pub async fn write_lake(ctx: &RunContext, target: &LakeTarget, frame: DataFrame)
     let prefix = ObjectPath::from(target.path);
     let stale: Vec<ObjectPath> = store
         .list(Some(&prefix))
-        .try_filter(|meta| std::future::ready(meta.location.filename() == Some(file_name.as_str()) && !written.contains(&meta.location.to_string())))
+        .try_filter(|meta| {
+            std::future::ready(
+                meta.location.filename() == Some(file_name.as_str())
+                    && !written.contains(&meta.location.to_string()),
+            )
+        })
         .map_ok(|meta| meta.location)
         .try_collect()
         .await?;
     for path in &stale {
         store.delete(path).await?;
     }
-    info!(dataset = target.path, files = count, removed = stale.len(), rows, elapsed_ms = started.elapsed().as_millis() as u64, "wrote lake");
+    info!(
+        dataset = target.path,
+        files = count,
+        removed = stale.len(),
+        rows,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "wrote lake"
+    );
     Ok(())
 }
 
 /// Splits the frame by the partition column and encodes each part as Parquet.
-fn encode_files(frame: &DataFrame, target: &LakeTarget, file_name: &str) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
+fn encode_files(
+    frame: &DataFrame,
+    target: &LakeTarget,
+    file_name: &str,
+) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
     let Some(column) = target.partition_by else {
         let mut whole = frame.clone();
-        return Ok(vec![(ObjectPath::from(format!("{}/{file_name}", target.path)), parquet_bytes(&mut whole)?)]);
+        return Ok(vec![(
+            ObjectPath::from(format!("{}/{file_name}", target.path)),
+            parquet_bytes(&mut whole)?,
+        )]);
     };
     let mut files = Vec::new();
     for part in frame.partition_by_stable([column], true)? {
@@ -128,6 +157,8 @@ fn folder_value(column: &Column) -> BlockResult<String> {
 
 fn parquet_bytes(frame: &mut DataFrame) -> BlockResult<Vec<u8>> {
     let mut buffer = Vec::new();
-    ParquetWriter::new(&mut buffer).with_compression(ParquetCompression::Snappy).finish(frame)?;
+    ParquetWriter::new(&mut buffer)
+        .with_compression(ParquetCompression::Snappy)
+        .finish(frame)?;
     Ok(buffer)
 }

@@ -64,21 +64,39 @@ impl Warehouse {
     /// Connects to `sqlite:PATH` (creating the file and its folder) or `postgres://...`.
     pub async fn connect(url: &str) -> BlockResult<Warehouse> {
         if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest.trim_start_matches("//").split('?').next().unwrap_or_default();
-            if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| BlockError::fatal(format!("cannot create {}: {e}", parent.display())))?;
+            let path = rest
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or_default();
+            if let Some(parent) = std::path::Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    BlockError::fatal(format!("cannot create {}: {e}", parent.display()))
+                })?;
             }
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(30));
-            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
             Ok(Warehouse::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await?;
             Ok(Warehouse::Postgres(pool))
         } else {
-            Err(BlockError::fatal("unsupported warehouse URL; use sqlite:PATH or postgres://..."))
+            Err(BlockError::fatal(
+                "unsupported warehouse URL; use sqlite:PATH or postgres://...",
+            ))
         }
     }
 
@@ -92,9 +110,18 @@ impl Warehouse {
     }
 
     /// The columns of an existing table with their database types, or `None` when it does not exist.
-    pub async fn existing_columns(&self, schema: Option<&str>, table: &str) -> BlockResult<Option<Vec<(String, String)>>> {
+    pub async fn existing_columns(
+        &self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> BlockResult<Option<Vec<(String, String)>>> {
         let columns: Vec<(String, String)> = match self {
-            Warehouse::Sqlite(pool) => sqlx::query_as("SELECT name, type FROM pragma_table_info(?) ORDER BY cid").bind(table).fetch_all(pool).await?,
+            Warehouse::Sqlite(pool) => {
+                sqlx::query_as("SELECT name, type FROM pragma_table_info(?) ORDER BY cid")
+                    .bind(table)
+                    .fetch_all(pool)
+                    .await?
+            }
             Warehouse::Postgres(pool) => {
                 sqlx::query_as(
                     "SELECT column_name::text, data_type::text FROM information_schema.columns \
@@ -162,7 +189,9 @@ pub fn quote_ident(name: &str) -> String {
 
 fn qualified(dialect: Dialect, target: &TableTarget) -> String {
     match (dialect, target.schema) {
-        (Dialect::Postgres, Some(schema)) => format!("{}.{}", quote_ident(schema), quote_ident(target.table)),
+        (Dialect::Postgres, Some(schema)) => {
+            format!("{}.{}", quote_ident(schema), quote_ident(target.table))
+        }
         _ => quote_ident(target.table),
     }
 }
@@ -178,30 +207,57 @@ fn create_table_sql(dialect: Dialect, target: &TableTarget) -> String {
     let columns: Vec<String> = target
         .columns
         .iter()
-        .map(|c| format!("{} {}{}", quote_ident(c.name), dialect.column_type(c.ty), if c.nullable { "" } else { " NOT NULL" }))
+        .map(|c| {
+            format!(
+                "{} {}{}",
+                quote_ident(c.name),
+                dialect.column_type(c.ty),
+                if c.nullable { "" } else { " NOT NULL" }
+            )
+        })
         .collect();
-    format!("CREATE TABLE IF NOT EXISTS {} ({})", qualified(dialect, target), columns.join(", "))
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} ({})",
+        qualified(dialect, target),
+        columns.join(", ")
+    )
 }
 
 /// Compares an existing table with the compiled columns; describes every difference.
-pub fn table_differences(warehouse_is_postgres: bool, existing: &[(String, String)], columns: &[ColumnDef]) -> Vec<String> {
-    let dialect = if warehouse_is_postgres { Dialect::Postgres } else { Dialect::Sqlite };
+pub fn table_differences(
+    warehouse_is_postgres: bool,
+    existing: &[(String, String)],
+    columns: &[ColumnDef],
+) -> Vec<String> {
+    let dialect = if warehouse_is_postgres {
+        Dialect::Postgres
+    } else {
+        Dialect::Sqlite
+    };
     let mut problems = Vec::new();
     for column in columns {
         match existing.iter().find(|(name, _)| name == column.name) {
-            None => problems.push(format!("column `{}` ({}) is missing from the table", column.name, column.type_text())),
-            Some((_, actual)) if !actual.eq_ignore_ascii_case(dialect.reported_type(column.ty)) => problems.push(format!(
-                "column `{}` is {actual} in the table but the pipeline writes {} ({})",
+            None => problems.push(format!(
+                "column `{}` ({}) is missing from the table",
                 column.name,
-                dialect.reported_type(column.ty),
                 column.type_text()
             )),
+            Some((_, actual)) if !actual.eq_ignore_ascii_case(dialect.reported_type(column.ty)) => {
+                problems.push(format!(
+                    "column `{}` is {actual} in the table but the pipeline writes {} ({})",
+                    column.name,
+                    dialect.reported_type(column.ty),
+                    column.type_text()
+                ))
+            }
             Some(_) => {}
         }
     }
     for (name, _) in existing {
         if !columns.iter().any(|c| c.name == name) {
-            problems.push(format!("column `{name}` of the table is not written by the pipeline"));
+            problems.push(format!(
+                "column `{name}` of the table is not written by the pipeline"
+            ));
         }
     }
     problems
@@ -212,8 +268,17 @@ pub fn table_differences(warehouse_is_postgres: bool, existing: &[(String, Strin
 fn partition_value(ctx: &RunContext, column: &ColumnDef) -> BlockResult<(Expr, String)> {
     let partition = ctx.partition()?;
     let (literal, text) = match column.ty {
-        BaseType::Date => (lit(partition.start_time().date()).cast(DataType::Date), partition.start_time().date().format("%Y-%m-%d").to_string()),
-        BaseType::Timestamp => (lit(partition.start_time()), partition.start_time().format("%Y-%m-%d %H:%M:%S").to_string()),
+        BaseType::Date => (
+            lit(partition.start_time().date()).cast(DataType::Date),
+            partition.start_time().date().format("%Y-%m-%d").to_string(),
+        ),
+        BaseType::Timestamp => (
+            lit(partition.start_time()),
+            partition
+                .start_time()
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+        ),
         BaseType::String => (lit(partition.key()), partition.key()),
         other => {
             return Err(BlockError::fatal(format!(
@@ -227,7 +292,11 @@ fn partition_value(ctx: &RunContext, column: &ColumnDef) -> BlockResult<(Expr, S
 }
 
 /// Writes `frame` into the target table in one transaction.
-pub async fn write_table(ctx: &RunContext, target: &TableTarget, frame: DataFrame) -> BlockResult<()> {
+pub async fn write_table(
+    ctx: &RunContext,
+    target: &TableTarget,
+    frame: DataFrame,
+) -> BlockResult<()> {
     let warehouse = ctx.warehouse(target.connection).await?;
     let dialect = warehouse.dialect();
     let name = display_name(dialect, target);
@@ -239,9 +308,18 @@ pub async fn write_table(ctx: &RunContext, target: &TableTarget, frame: DataFram
                 .columns
                 .iter()
                 .find(|c| c.name == column)
-                .ok_or_else(|| BlockError::fatal(format!("partition column `{column}` is not among the columns")))?;
+                .ok_or_else(|| {
+                    BlockError::fatal(format!(
+                        "partition column `{column}` is not among the columns"
+                    ))
+                })?;
             let (value, text) = partition_value(ctx, definition)?;
-            let stray = frame.clone().lazy().filter(col(column).neq(value).fill_null(lit(true))).collect()?.height();
+            let stray = frame
+                .clone()
+                .lazy()
+                .filter(col(column).neq(value).fill_null(lit(true)))
+                .collect()?
+                .height();
             if stray > 0 {
                 return Err(BlockError::fatal(format!(
                     "{stray} rows have `{column}` different from this run's partition ({text}); replace_partition can only write the run's own partition"
@@ -252,8 +330,12 @@ pub async fn write_table(ctx: &RunContext, target: &TableTarget, frame: DataFram
         _ => None,
     };
     if target.mode != WriteMode::Replace {
-        if let Some(existing) = warehouse.existing_columns(target.schema, target.table).await? {
-            let problems = table_differences(dialect == Dialect::Postgres, &existing, target.columns);
+        if let Some(existing) = warehouse
+            .existing_columns(target.schema, target.table)
+            .await?
+        {
+            let problems =
+                table_differences(dialect == Dialect::Postgres, &existing, target.columns);
             if !problems.is_empty() {
                 return Err(BlockError::fatal(format!(
                     "table {name} does not match the pipeline:\n  - {}\nmigrate the table, or write it once with mode = \"replace\"",
@@ -273,26 +355,60 @@ pub async fn write_table(ctx: &RunContext, target: &TableTarget, frame: DataFram
     Ok(())
 }
 
-async fn write_postgres(pool: &PgPool, target: &TableTarget, frame: &DataFrame, partition: Option<(&str, String)>) -> BlockResult<()> {
+async fn write_postgres(
+    pool: &PgPool,
+    target: &TableTarget,
+    frame: &DataFrame,
+    partition: Option<(&str, String)>,
+) -> BlockResult<()> {
     let table = qualified(Dialect::Postgres, target);
     let mut tx = pool.begin().await?;
     if let Some(schema) = target.schema {
-        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)))).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(schema)
+        )))
+        .execute(&mut *tx)
+        .await?;
     }
     if target.mode == WriteMode::Replace {
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}"))).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+            .execute(&mut *tx)
+            .await?;
     }
-    sqlx::query(AssertSqlSafe(create_table_sql(Dialect::Postgres, target))).execute(&mut *tx).await?;
+    sqlx::query(AssertSqlSafe(create_table_sql(Dialect::Postgres, target)))
+        .execute(&mut *tx)
+        .await?;
     if let Some((column, value)) = &partition {
-        let cast = match target.columns.iter().find(|c| c.name == *column).map(|c| c.ty) {
+        let cast = match target
+            .columns
+            .iter()
+            .find(|c| c.name == *column)
+            .map(|c| c.ty)
+        {
             Some(BaseType::Date) => "::date",
             Some(BaseType::Timestamp) => "::timestamp",
             _ => "",
         };
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {} = $1{cast}", quote_ident(column)))).bind(value).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE {} = $1{cast}",
+            quote_ident(column)
+        )))
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
     }
-    let column_list = target.columns.iter().map(|c| quote_ident(c.name)).collect::<Vec<_>>().join(", ");
-    let mut copy = tx.copy_in_raw(&format!("COPY {table} ({column_list}) FROM STDIN (FORMAT csv)")).await?;
+    let column_list = target
+        .columns
+        .iter()
+        .map(|c| quote_ident(c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut copy = tx
+        .copy_in_raw(&format!(
+            "COPY {table} ({column_list}) FROM STDIN (FORMAT csv)"
+        ))
+        .await?;
     let mut offset = 0;
     while offset < frame.height() {
         let mut chunk = frame.slice(offset as i64, COPY_CHUNK_ROWS);
@@ -330,40 +446,84 @@ fn sqlite_columns(frame: &DataFrame, columns: &[ColumnDef]) -> BlockResult<Vec<S
     columns
         .iter()
         .map(|definition| {
-            let column = frame.column(definition.name)?.as_materialized_series().clone();
+            let column = frame
+                .column(definition.name)?
+                .as_materialized_series()
+                .clone();
             Ok(match definition.ty {
                 BaseType::Int64 => SqliteColumn::Int(column.i64()?.iter().collect()),
                 BaseType::Float64 => SqliteColumn::Float(column.f64()?.iter().collect()),
                 BaseType::Bool => SqliteColumn::Bool(column.bool()?.iter().collect()),
-                BaseType::String => SqliteColumn::Text(column.str()?.iter().map(|v| v.map(str::to_string)).collect()),
+                BaseType::String => SqliteColumn::Text(
+                    column
+                        .str()?
+                        .iter()
+                        .map(|v| v.map(str::to_string))
+                        .collect(),
+                ),
                 BaseType::Date | BaseType::Timestamp => {
                     // Dates and timestamps are stored as ISO-8601 text, SQLite's convention.
-                    let format = if definition.ty == BaseType::Date { "%Y-%m-%d" } else { "%Y-%m-%d %H:%M:%S%.f" };
-                    let text = column.into_frame().lazy().select([col(definition.name).dt().to_string(format)]).collect()?;
-                    SqliteColumn::Text(text.column(definition.name)?.str()?.iter().map(|v| v.map(str::to_string)).collect())
+                    let format = if definition.ty == BaseType::Date {
+                        "%Y-%m-%d"
+                    } else {
+                        "%Y-%m-%d %H:%M:%S%.f"
+                    };
+                    let text = column
+                        .into_frame()
+                        .lazy()
+                        .select([col(definition.name).dt().to_string(format)])
+                        .collect()?;
+                    SqliteColumn::Text(
+                        text.column(definition.name)?
+                            .str()?
+                            .iter()
+                            .map(|v| v.map(str::to_string))
+                            .collect(),
+                    )
                 }
             })
         })
         .collect()
 }
 
-async fn write_sqlite(pool: &SqlitePool, target: &TableTarget, frame: &DataFrame, partition: Option<(&str, String)>) -> BlockResult<()> {
+async fn write_sqlite(
+    pool: &SqlitePool,
+    target: &TableTarget,
+    frame: &DataFrame,
+    partition: Option<(&str, String)>,
+) -> BlockResult<()> {
     let table = qualified(Dialect::Sqlite, target);
     let values = sqlite_columns(frame, target.columns)?;
     let mut tx = pool.begin().await?;
     if target.mode == WriteMode::Replace {
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}"))).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+            .execute(&mut *tx)
+            .await?;
     }
-    sqlx::query(AssertSqlSafe(create_table_sql(Dialect::Sqlite, target))).execute(&mut *tx).await?;
+    sqlx::query(AssertSqlSafe(create_table_sql(Dialect::Sqlite, target)))
+        .execute(&mut *tx)
+        .await?;
     if let Some((column, value)) = &partition {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {} = ?", quote_ident(column)))).bind(value).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE {} = ?",
+            quote_ident(column)
+        )))
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
     }
-    let column_list = target.columns.iter().map(|c| quote_ident(c.name)).collect::<Vec<_>>().join(", ");
+    let column_list = target
+        .columns
+        .iter()
+        .map(|c| quote_ident(c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
     let rows_per_statement = (SQLITE_MAX_PARAMETERS / target.columns.len().max(1)).clamp(1, 1000);
     let mut start = 0;
     while start < frame.height() {
         let end = (start + rows_per_statement).min(frame.height());
-        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO {table} ({column_list}) "));
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("INSERT INTO {table} ({column_list}) "));
         builder.push_values(start..end, |mut row, i| {
             for column in &values {
                 match column {
@@ -382,10 +542,20 @@ async fn write_sqlite(pool: &SqlitePool, target: &TableTarget, frame: &DataFrame
 }
 
 /// Used by `validate`: whether the target table can take the compiled columns.
-pub async fn validate_table(warehouse: &Warehouse, target: &TableTarget) -> BlockResult<Vec<String>> {
+pub async fn validate_table(
+    warehouse: &Warehouse,
+    target: &TableTarget,
+) -> BlockResult<Vec<String>> {
     warehouse.ping().await?;
-    let Some(existing) = warehouse.existing_columns(target.schema, target.table).await? else {
+    let Some(existing) = warehouse
+        .existing_columns(target.schema, target.table)
+        .await?
+    else {
         return Ok(Vec::new());
     };
-    Ok(table_differences(matches!(warehouse, Warehouse::Postgres(_)), &existing, target.columns))
+    Ok(table_differences(
+        matches!(warehouse, Warehouse::Postgres(_)),
+        &existing,
+        target.columns,
+    ))
 }
