@@ -130,9 +130,9 @@ pub fn generate_crate(name: &str) {
         }
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
-            // One short line that cargo shows on its own, pointing at the full report above.
+            // One short line that cargo shows on its own, pointing at the full report in stderr.
             println!(
-                "cargo::error=pipeline {} does not compile; the diagnostics are printed above",
+                "cargo::error=pipeline {} does not compile; the diagnostics are in the stderr section below",
                 files.toml_display()
             );
             std::process::exit(1);
