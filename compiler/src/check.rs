@@ -695,7 +695,7 @@ impl Checker<'_, '_> {
 
     /// Whether the partition field exists at the pipeline's granularity; reports it if not.
     fn field_available(&mut self, field: PartitionField, span: Span) -> bool {
-        let name = field_name(field);
+        let name = field.name();
         match self.granularity {
             None => {
                 self.push(
@@ -1564,18 +1564,6 @@ fn partition_field(name: &str) -> Option<PartitionField> {
         "end" => PartitionField::End,
         _ => return None,
     })
-}
-
-fn field_name(field: PartitionField) -> &'static str {
-    match field {
-        PartitionField::Year => "year",
-        PartitionField::Month => "month",
-        PartitionField::Day => "day",
-        PartitionField::Hour => "hour",
-        PartitionField::Key => "key",
-        PartitionField::Start => "start",
-        PartitionField::End => "end",
-    }
 }
 
 fn parse_date(text: &str) -> Option<(i32, u32, u32)> {

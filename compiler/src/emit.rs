@@ -505,21 +505,9 @@ fn template_text(parts: &[TemplatePart]) -> String {
         .iter()
         .map(|part| match part {
             TemplatePart::Text(text) => text.clone(),
-            TemplatePart::Field { field, .. } => format!("{{partition.{}}}", field_method(*field)),
+            TemplatePart::Field { field, .. } => format!("{{partition.{}}}", field.name()),
         })
         .collect()
-}
-
-fn field_method(field: PartitionField) -> &'static str {
-    match field {
-        PartitionField::Year => "year",
-        PartitionField::Month => "month",
-        PartitionField::Day => "day",
-        PartitionField::Hour => "hour",
-        PartitionField::Key => "key",
-        PartitionField::Start => "start",
-        PartitionField::End => "end",
-    }
 }
 
 fn dispatch_arm(index: usize, block: &Block) -> TokenStream {
@@ -684,7 +672,7 @@ fn template_format(parts: &[TemplatePart]) -> (String, Vec<TokenStream>) {
                 } else {
                     literal.push_str("{}");
                 }
-                let method = format_ident!("{}", field_method(*field));
+                let method = format_ident!("{}", field.name());
                 args.push(quote!(partition.#method()));
             }
         }
@@ -773,7 +761,7 @@ fn expr_tokens(expr: &TypedExpr) -> TokenStream {
             quote!(lit(ctx.param(#name)?.#getter()?))
         }
         TypedExpr::Partition(field) => {
-            let method = format_ident!("{}", field_method(*field));
+            let method = format_ident!("{}", field.name());
             match field {
                 PartitionField::Start | PartitionField::End => quote!(ctx.partition()?.#method()),
                 _ => quote!(lit(ctx.partition()?.#method())),

@@ -114,6 +114,21 @@ pub enum PartitionField {
     End,
 }
 
+impl PartitionField {
+    /// The field's name, as in `partition.NAME` and the runtime's `Partition::NAME()`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionField::Year => "year",
+            PartitionField::Month => "month",
+            PartitionField::Day => "day",
+            PartitionField::Hour => "hour",
+            PartitionField::Key => "key",
+            PartitionField::Start => "start",
+            PartitionField::End => "end",
+        }
+    }
+}
+
 /// What a block does.
 #[derive(Clone, Debug)]
 pub enum BlockOp {

@@ -31,20 +31,44 @@ async fn a_macro_expanded_pipeline_with_a_rust_block_runs() {
     unsafe { std::env::set_var("DATABASE_URL", format!("sqlite://{}", db.display())) };
     let partition = Partition::parse(Granularity::Daily, "2024-01-01").unwrap();
 
-    let report = run(&trips::PIPELINE, Some(partition), &HashMap::new(), Arc::new(Resources::default())).await;
-    let statuses: Vec<_> = report.blocks.iter().map(|b| (b.name, b.status.clone())).collect();
+    let report = run(
+        &trips::PIPELINE,
+        Some(partition),
+        &HashMap::new(),
+        Arc::new(Resources::default()),
+    )
+    .await;
+    let statuses: Vec<_> = report
+        .blocks
+        .iter()
+        .map(|b| (b.name, b.status.clone()))
+        .collect();
     assert!(report.succeeded(), "{statuses:?}");
     // Trip 2 is below min_fare (2.5) and trip 4 has no zone.
-    assert_eq!(statuses.last().unwrap().1, BlockStatus::Succeeded { rows: 3 });
+    assert_eq!(
+        statuses.last().unwrap().1,
+        BlockStatus::Succeeded { rows: 3 }
+    );
 
     // A parameter override changes what the compiled filter keeps; the partition is replaced.
     let strict = HashMap::from([("min_fare".to_string(), Value::Float(20.0))]);
-    let report = run(&trips::PIPELINE, Some(partition), &strict, Arc::new(Resources::default())).await;
+    let report = run(
+        &trips::PIPELINE,
+        Some(partition),
+        &strict,
+        Arc::new(Resources::default()),
+    )
+    .await;
     assert!(report.succeeded());
     let output = std::process::Command::new("sqlite3")
         .arg(&db)
-        .arg("SELECT count(*), sum(expensive), min(zone), max(pickup_hour), min(run_day) FROM trips")
+        .arg(
+            "SELECT count(*), sum(expensive), min(zone), max(pickup_hour), min(run_day) FROM trips",
+        )
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "2|1|MANHATTAN|23|2024-01-01");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "2|1|MANHATTAN|23|2024-01-01"
+    );
 }
