@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::emit::{EmitOptions, RustModule};
 use crate::{Source, compile};
 
+/// Generated files (path, contents) and the rendered warnings, if any.
+pub type Rendered = (Vec<(PathBuf, String)>, Option<String>);
+
 /// A pipeline's files inside the workspace.
 #[derive(Clone, Debug)]
 pub struct PipelineFiles {
@@ -42,7 +45,7 @@ impl PipelineFiles {
 
     /// Compiles the pipeline and renders the generated crate's `main.rs` and `pipeline.rs`. On
     /// errors, returns the rendered diagnostics. Warnings are returned alongside the code.
-    pub fn render(&self) -> Result<(Vec<(PathBuf, String)>, Option<String>), String> {
+    pub fn render(&self) -> Result<Rendered, String> {
         let toml_path = self.root.join(self.toml_display());
         let text = std::fs::read_to_string(&toml_path)
             .map_err(|e| format!("error: cannot read {}: {e}", toml_path.display()))?;

@@ -141,30 +141,29 @@ impl Checker<'_, '_> {
                 .timeout_ms
                 .unwrap_or(DEFAULT_POLICY.timeout_ms),
         };
-        if let Some(partitions) = &meta.partitions {
-            if !partitions
+        if let Some(partitions) = &meta.partitions
+            && !partitions
                 .granularity
                 .value
                 .is_valid_key(&partitions.start.value)
-            {
-                let example = match partitions.granularity.value {
-                    Granularity::Monthly => "2019-01",
-                    Granularity::Daily => "2019-01-01",
-                    Granularity::Hourly => "2019-01-01T00",
-                };
-                self.push(
-                    Diagnostic::error(
-                        "E0016",
-                        "invalid partition start",
-                        partitions.start.span.clone(),
-                        format!(
-                            "not a {} partition key",
-                            partitions.granularity.value.name()
-                        ),
-                    )
-                    .with_help(format!("write it like `{example}`")),
-                );
-            }
+        {
+            let example = match partitions.granularity.value {
+                Granularity::Monthly => "2019-01",
+                Granularity::Daily => "2019-01-01",
+                Granularity::Hourly => "2019-01-01T00",
+            };
+            self.push(
+                Diagnostic::error(
+                    "E0016",
+                    "invalid partition start",
+                    partitions.start.span.clone(),
+                    format!(
+                        "not a {} partition key",
+                        partitions.granularity.value.name()
+                    ),
+                )
+                .with_help(format!("write it like `{example}`")),
+            );
         }
         self.connections();
         let mut seen_params = HashSet::new();
@@ -600,7 +599,7 @@ impl Checker<'_, '_> {
 
     fn template(&mut self, path: &Located<String>) -> Option<Vec<TemplatePart>> {
         let raw = &self.context.source[path.span.clone()];
-        let offset = (raw.len() == path.value.len() + 2 && &raw[1..raw.len() - 1] == path.value)
+        let offset = (raw.len() == path.value.len() + 2 && raw[1..raw.len() - 1] == path.value)
             .then_some(path.span.start + 1);
         let locate =
             |inner: Span| offset.map_or(path.span.clone(), |o| o + inner.start..o + inner.end);
@@ -1234,21 +1233,21 @@ impl Checker<'_, '_> {
                         typed(BaseType::Bool, nullable)
                     }
                     op if op.is_comparison() => {
-                        if let (Some(a), Some(b)) = (lt.base, rt.base) {
-                            if !a.comparable_with(b) {
-                                let help = if a == BaseType::Date || b == BaseType::Date {
-                                    " (write a date as `date('2021-01-31')`)"
-                                } else {
-                                    ""
-                                };
-                                self.type_error(
-                                    source,
-                                    &e.span,
-                                    format!("cannot compare {} with {}{help}", a.name(), b.name()),
-                                    format!("{} {} {}", a.name(), op.symbol(), b.name()),
-                                );
-                                return None;
-                            }
+                        if let (Some(a), Some(b)) = (lt.base, rt.base)
+                            && !a.comparable_with(b)
+                        {
+                            let help = if a == BaseType::Date || b == BaseType::Date {
+                                " (write a date as `date('2021-01-31')`)"
+                            } else {
+                                ""
+                            };
+                            self.type_error(
+                                source,
+                                &e.span,
+                                format!("cannot compare {} with {}{help}", a.name(), b.name()),
+                                format!("{} {} {}", a.name(), op.symbol(), b.name()),
+                            );
+                            return None;
                         }
                         typed(BaseType::Bool, nullable)
                     }
@@ -1308,20 +1307,20 @@ impl Checker<'_, '_> {
                         },
                         _ => return self.not_constant(source, item),
                     };
-                    if let Some(base) = ty.base {
-                        if !literal.base_type().comparable_with(base) {
-                            self.type_error(
-                                source,
-                                &item.span,
-                                format!(
-                                    "the list holds {} but the value is {}",
-                                    literal.base_type().name(),
-                                    base.name()
-                                ),
-                                "type mismatch".into(),
-                            );
-                            return None;
-                        }
+                    if let Some(base) = ty.base
+                        && !literal.base_type().comparable_with(base)
+                    {
+                        self.type_error(
+                            source,
+                            &item.span,
+                            format!(
+                                "the list holds {} but the value is {}",
+                                literal.base_type().name(),
+                                base.name()
+                            ),
+                            "type mismatch".into(),
+                        );
+                        return None;
                     }
                     literals.push(literal);
                 }

@@ -241,11 +241,8 @@ fn splice_comments(formatted: &str) -> String {
             top_level && !line.starts_with('}') && !line.starts_with(')') && !line.starts_with(']');
         let follows_attribute =
             previous_top_level.starts_with("///") || previous_top_level.starts_with("#[");
-        if starts_item
-            && !follows_attribute
-            && !out.is_empty()
-            && !(line.starts_with("use ") && previous_top_level.starts_with("use "))
-        {
+        let consecutive_use = line.starts_with("use ") && previous_top_level.starts_with("use ");
+        if starts_item && !follows_attribute && !out.is_empty() && !consecutive_use {
             out.push('\n');
         }
         if top_level {

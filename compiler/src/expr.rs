@@ -346,8 +346,7 @@ impl Parser {
     /// Precedence climbing. Levels: or (1) < and (2) < not (3) < comparison (4) < + - (5) < * / % (6).
     fn expr(&mut self, min_level: u8) -> Result<Expr, ParseError> {
         let mut left = self.prefix()?;
-        loop {
-            let Some((token, _)) = self.peek() else { break };
+        while let Some((token, _)) = self.peek() {
             let (op, level) = match token {
                 t if is_keyword(t, "or") => (Some(BinaryOp::Or), 1),
                 t if is_keyword(t, "and") => (Some(BinaryOp::And), 2),

@@ -642,13 +642,13 @@ impl Reader<'_, '_> {
             "name",
             "name the pipeline: `name = \"green_taxi_etl\"`",
         );
-        if let Some(name) = &name {
-            if !is_identifier(&name.value) {
-                self.error(
+        if let Some(name) = &name
+            && !is_identifier(&name.value)
+        {
+            self.error(
                     Diagnostic::error("E0003", "invalid pipeline name", name.span.clone(), "not a lowercase identifier")
                         .with_help("the name becomes the binary's and a Rust module's name: use lowercase letters, digits and `_`"),
                 );
-            }
         }
         let description = self.opt_string(&mut cursor, "description").map(|d| d.value);
         let owner = self.opt_string(&mut cursor, "owner").map(|d| d.value);

@@ -42,15 +42,13 @@ fn expand(literal: &LitStr) -> Result<proc_macro2::TokenStream, String> {
     })?;
     let mut path = PathBuf::from(&manifest_dir).join(&relative);
     // Not under the crate root: try next to the invoking file, as `include_str!` resolves.
-    if !path.exists() {
-        if let Some(beside) = proc_macro::Span::call_site()
+    if !path.exists()
+        && let Some(beside) = proc_macro::Span::call_site()
             .local_file()
             .and_then(|file| Some(file.parent()?.join(&relative)))
-        {
-            if beside.exists() {
-                path = beside;
-            }
-        }
+        && beside.exists()
+    {
+        path = beside;
     }
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read pipeline file {}: {e}", path.display()))?;
