@@ -329,19 +329,17 @@ pub async fn write_table(
         }
         _ => None,
     };
-    if target.mode != WriteMode::Replace {
-        if let Some(existing) = warehouse
+    if target.mode != WriteMode::Replace
+        && let Some(existing) = warehouse
             .existing_columns(target.schema, target.table)
             .await?
-        {
-            let problems =
-                table_differences(dialect == Dialect::Postgres, &existing, target.columns);
-            if !problems.is_empty() {
-                return Err(BlockError::fatal(format!(
-                    "table {name} does not match the pipeline:\n  - {}\nmigrate the table, or write it once with mode = \"replace\"",
-                    problems.join("\n  - ")
-                )));
-            }
+    {
+        let problems = table_differences(dialect == Dialect::Postgres, &existing, target.columns);
+        if !problems.is_empty() {
+            return Err(BlockError::fatal(format!(
+                "table {name} does not match the pipeline:\n  - {}\nmigrate the table, or write it once with mode = \"replace\"",
+                problems.join("\n  - ")
+            )));
         }
     }
     let rows = frame.height();
