@@ -60,15 +60,18 @@ async fn a_macro_expanded_pipeline_with_a_rust_block_runs() {
     )
     .await;
     assert!(report.succeeded());
-    let output = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(
-            "SELECT count(*), sum(expensive), min(zone), max(pickup_hour), min(run_day) FROM trips",
-        )
-        .output()
-        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open the warehouse");
+    let row: (i64, i64, String, i64, String) = sqlx::query_as(
+        "SELECT count(*), sum(expensive), min(zone), max(pickup_hour), min(run_day) FROM trips",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("query the loaded table");
     assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        "2|1|MANHATTAN|23|2024-01-01"
+        row,
+        (2, 1, "MANHATTAN".to_string(), 23, "2024-01-01".to_string())
     );
+    pool.close().await;
 }
