@@ -173,17 +173,16 @@ pub fn parse(
     let frame = match format {
         FileFormat::Csv => read_csv(data, columns)?,
         FileFormat::Parquet => {
-            let names: Vec<PlSmallStr> = columns.iter().map(|c| c.name.into()).collect();
-            check_present(
-                &ParquetReader::new(Cursor::new(data))
-                    .schema()?
-                    .iter_names()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>(),
-                columns,
-            )?;
-            ParquetReader::new(Cursor::new(data))
-                .with_columns(Some(names.iter().map(|n| n.to_string()).collect()))
+            // One reader: the footer read for the column check is reused for the data.
+            let mut reader = ParquetReader::new(Cursor::new(data));
+            let header: Vec<String> = reader
+                .schema()?
+                .iter_names()
+                .map(|n| n.to_string())
+                .collect();
+            check_present(&header, columns)?;
+            reader
+                .with_columns(Some(columns.iter().map(|c| c.name.to_string()).collect()))
                 .finish()?
         }
     };

@@ -203,6 +203,15 @@ fn display_name(dialect: Dialect, target: &TableTarget) -> String {
     }
 }
 
+/// `"a", "b", "c"`: the quoted column names in schema order.
+fn column_list(columns: &[ColumnDef]) -> String {
+    columns
+        .iter()
+        .map(|c| quote_ident(c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn create_table_sql(dialect: Dialect, target: &TableTarget) -> String {
     let columns: Vec<String> = target
         .columns
@@ -396,12 +405,7 @@ async fn write_postgres(
         .execute(&mut *tx)
         .await?;
     }
-    let column_list = target
-        .columns
-        .iter()
-        .map(|c| quote_ident(c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let column_list = column_list(target.columns);
     let mut copy = tx
         .copy_in_raw(&format!(
             "COPY {table} ({column_list}) FROM STDIN (FORMAT csv)"
@@ -510,12 +514,7 @@ async fn write_sqlite(
         .execute(&mut *tx)
         .await?;
     }
-    let column_list = target
-        .columns
-        .iter()
-        .map(|c| quote_ident(c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let column_list = column_list(target.columns);
     let rows_per_statement = (SQLITE_MAX_PARAMETERS / target.columns.len().max(1)).clamp(1, 1000);
     let mut start = 0;
     while start < frame.height() {
