@@ -16,6 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo fmt --all --check
-# The end-to-end tests run the pipeline binaries that `cargo build` produces.
-cargo build --workspace --locked
+# The end-to-end tests run the pipeline binaries that `cargo build` produces. `--all-targets`
+# resolves features exactly as `cargo test` does, so polars is compiled once, not twice.
+cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast

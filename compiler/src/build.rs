@@ -117,6 +117,7 @@ pub fn generate_crate(name: &str) {
         "cargo::rerun-if-changed={}",
         files.root.join(files.rust_display()).display()
     );
+    git_commit(&files.root);
     match files.render() {
         Ok((generated, warnings)) => {
             if let Some(warnings) = warnings {
@@ -141,4 +142,39 @@ pub fn generate_crate(name: &str) {
             std::process::exit(1);
         }
     }
+}
+
+/// Tells rustc the workspace's git commit (`BATON_GIT_COMMIT`), so each run in the ledger
+/// names the code it ran. Outside a git checkout, or without
+/// git, the variable is simply not set.
+fn git_commit(root: &Path) {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "HEAD"]) else {
+        return;
+    };
+    // Rebuild when HEAD moves: HEAD itself changes on checkout, the ref file on commit.
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let git_dir = PathBuf::from(git_dir);
+        println!("cargo::rerun-if-changed={}", git_dir.join("HEAD").display());
+        if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            // A packed ref has no file of its own; watching a missing file would rerun the
+            // build script on every build.
+            let loose = git_dir.join(reference);
+            let watched = if loose.exists() {
+                loose
+            } else {
+                git_dir.join("packed-refs")
+            };
+            println!("cargo::rerun-if-changed={}", watched.display());
+        }
+    }
+    println!("cargo::rustc-env=BATON_GIT_COMMIT={commit}");
 }

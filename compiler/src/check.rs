@@ -11,14 +11,25 @@ use crate::ir::{
 use crate::resolve::Graph;
 use crate::syntax::{
     self, BlockKind, CheckKind, CheckSeverity, ColumnDecl, ExprSource, Located, PipelineFile,
-    StepOp, WriteMode,
+    StepOp, Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
+
+/// The placeholders a callback message may use; the runtime's `callback::PLACEHOLDERS`.
+const CALLBACK_PLACEHOLDERS: [&str; 6] = [
+    "pipeline",
+    "partition",
+    "run_id",
+    "status",
+    "failed_blocks",
+    "error",
+];
 
 /// Default retry and timeout policy when neither the pipeline nor the block says otherwise.
 const DEFAULT_POLICY: Policy = Policy {
     retries: 0,
     retry_delay_ms: 1_000,
+    max_retry_delay_ms: 300_000,
     timeout_ms: 3_600_000,
 };
 
@@ -136,6 +147,10 @@ impl Checker<'_, '_> {
                 .defaults
                 .retry_delay_ms
                 .unwrap_or(DEFAULT_POLICY.retry_delay_ms),
+            max_retry_delay_ms: meta
+                .defaults
+                .max_retry_delay_ms
+                .unwrap_or(DEFAULT_POLICY.max_retry_delay_ms),
             timeout_ms: meta
                 .defaults
                 .timeout_ms
@@ -217,6 +232,23 @@ impl Checker<'_, '_> {
                     Vec::new()
                 }
             };
+            let trigger = self.trigger(block, &graph.inputs[b]);
+            let run_if = block.run_if.as_ref().and_then(|source| {
+                let (expr, ty) = self.typed_expr(source, &Schema::new())?;
+                if ty.base.is_some_and(|b| b != BaseType::Bool) {
+                    self.push(
+                        Diagnostic::error(
+                            "E0009",
+                            "`run_if` must be a condition",
+                            source.span.clone(),
+                            format!("this is {}, not bool", ty.base.map_or("null", BaseType::name)),
+                        )
+                        .with_help("compare parameters or partition fields, e.g. `param.full_refresh` or `partition.month = 1`"),
+                    );
+                    return None;
+                }
+                Some((source.text.clone(), expr))
+            });
             schemas[b] = output.clone();
             position[b] = blocks.len();
             blocks.push(ir::Block {
@@ -224,6 +256,9 @@ impl Checker<'_, '_> {
                 line: self.line(&block.span),
                 description: block.description.clone(),
                 inputs: graph.inputs[b].iter().map(|&i| position[i]).collect(),
+                after: graph.after[b].iter().map(|&i| position[i]).collect(),
+                trigger,
+                run_if,
                 op,
                 output,
                 checks,
@@ -233,6 +268,10 @@ impl Checker<'_, '_> {
                         .policy
                         .retry_delay_ms
                         .unwrap_or(defaults.retry_delay_ms),
+                    max_retry_delay_ms: block
+                        .policy
+                        .max_retry_delay_ms
+                        .unwrap_or(defaults.max_retry_delay_ms),
                     timeout_ms: block.policy.timeout_ms.unwrap_or(defaults.timeout_ms),
                 },
             });
@@ -266,6 +305,7 @@ impl Checker<'_, '_> {
             tags: meta.tags.clone(),
             source_path: self.context.source_path.to_string(),
             source_hash: crate::source_hash(self.context.source),
+            timeout_ms: meta.timeout_ms,
             partitions: meta
                 .partitions
                 .as_ref()
@@ -286,6 +326,56 @@ impl Checker<'_, '_> {
                 .collect(),
             blocks,
             rust_module,
+        }
+    }
+
+    /// The block's trigger rule. A rule other than `all_success` can fire when an upstream
+    /// block failed or was skipped, and then there are no rows to read: such a block must
+    /// wait for its upstream blocks with `after`, not read them with `inputs`.
+    fn trigger(&mut self, block: &syntax::Block, inputs: &[usize]) -> Trigger {
+        let from_kind = match &block.kind {
+            BlockKind::Callback { on, .. } => Some(on),
+            _ => None,
+        };
+        match (&block.trigger, from_kind) {
+            (Some(trigger), Some(on)) => {
+                self.push(
+                    Diagnostic::error(
+                        "E0021",
+                        "a callback takes `on`, not `trigger`",
+                        trigger.span.clone(),
+                        "set by `on` already",
+                    )
+                    .with_label(on.span.clone(), "`on` is here")
+                    .with_help("remove `trigger`: `on = \"failure\"` means `one_failed`, `\"success\"` means `all_success`, `\"always\"` means `all_done`"),
+                );
+                on.value.trigger()
+            }
+            (None, Some(on)) => on.value.trigger(),
+            (Some(trigger), None) => {
+                if trigger.value != Trigger::AllSuccess && !inputs.is_empty() {
+                    let first = &block.inputs[0];
+                    self.push(
+                        Diagnostic::error(
+                            "E0021",
+                            format!(
+                                "trigger `{}` can run `{}` when its input has no rows",
+                                trigger.value.name(),
+                                block.name.value
+                            ),
+                            trigger.span.clone(),
+                            "fires even when an upstream block failed or was skipped",
+                        )
+                        .with_label(first.span.clone(), "but the block reads this block's rows")
+                        .with_help(format!(
+                            "wait for the block without reading it: `after = [\"{}\"]` instead of `inputs`, or use `trigger = \"all_success\"`",
+                            first.value
+                        )),
+                    );
+                }
+                trigger.value
+            }
+            (None, None) => Trigger::AllSuccess,
         }
     }
 
@@ -451,6 +541,26 @@ impl Checker<'_, '_> {
                 };
                 connection_ok.then_some((op, None))
             }
+            BlockKind::Callback {
+                message, webhook, ..
+            } => {
+                let webhook_ok = webhook.as_ref().is_none_or(|w| self.connection(w));
+                let text = message.as_ref().map_or_else(
+                    || {
+                        "{pipeline} run {run_id} [{partition}]: {status} {failed_blocks} {error}"
+                            .to_string()
+                    },
+                    |m| m.value.clone(),
+                );
+                if let Some(message) = message {
+                    self.callback_placeholders(message);
+                }
+                let op = ir::BlockOp::Callback {
+                    message: text,
+                    webhook: webhook.as_ref().map(|w| w.value.clone()),
+                };
+                webhook_ok.then_some((op, None))
+            }
             BlockKind::LakeSink(sink) => {
                 let input = input?;
                 let connection_ok = self.connection(&sink.connection);
@@ -479,6 +589,48 @@ impl Checker<'_, '_> {
                 };
                 connection_ok.then_some((op, None))
             }
+        }
+    }
+
+    /// Every `{name}` in a callback message must be one the runtime fills in.
+    fn callback_placeholders(&mut self, message: &Located<String>) {
+        let text = &message.value;
+        let mut rest = text.as_str();
+        let mut offset = 0;
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
+            let name = &rest[open + 1..open + close];
+            if !CALLBACK_PLACEHOLDERS.contains(&name) {
+                // Point into the string when it is written without escapes, else at all of it.
+                let raw = &self.context.source[message.span.clone()];
+                let span = match raw.find(&format!("{{{name}}}")) {
+                    Some(at) if raw[1..raw.len().saturating_sub(1)] == *text => {
+                        let start = message.span.start + at;
+                        start..start + name.len() + 2
+                    }
+                    _ => message.span.clone(),
+                };
+                self.push(
+                    Diagnostic::error(
+                        "E0022",
+                        format!("unknown placeholder `{{{name}}}` in a callback message"),
+                        span,
+                        "not filled in at run time",
+                    )
+                    .with_optional_help(
+                        did_you_mean(name, CALLBACK_PLACEHOLDERS.iter().copied()).or_else(|| {
+                            Some(format!(
+                                "the placeholders are: {}",
+                                CALLBACK_PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                            ))
+                        }),
+                    ),
+                );
+            }
+            offset += open + close + 1;
+            rest = &text[offset..];
         }
     }
 

@@ -11,7 +11,7 @@ use crate::expr::BinaryOp;
 use crate::ir::{
     Block, BlockOp, Function, PartitionField, Pipeline, StepOp, TemplatePart, TypedExpr,
 };
-use crate::syntax::{CheckSeverity, Compression, FileFormat, SecretRef, WriteMode};
+use crate::syntax::{CheckSeverity, Compression, FileFormat, SecretRef, Trigger, WriteMode};
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
 /// How the generated code reaches the pipeline's hand-written Rust module.
@@ -81,6 +81,17 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
     let tags = &pipeline.tags;
     let source_path = &pipeline.source_path;
     let source_hash = &pipeline.source_hash;
+    let timeout_ms = match pipeline.timeout_ms {
+        Some(ms) => {
+            let ms = proc_macro2::Literal::u64_unsuffixed(ms);
+            quote!(Some(#ms))
+        }
+        None => quote!(None),
+    };
+    let conditions = pipeline
+        .blocks
+        .iter()
+        .filter_map(|block| condition_function(pipeline, block));
     let partitions = match &pipeline.partitions {
         Some((granularity, start)) => {
             let granularity = granularity_tokens(*granularity);
@@ -140,6 +151,9 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
             tags: &[#(#tags),*],
             source_path: #source_path,
             source_hash: #source_hash,
+            // Set by the pipeline crate's build script; absent in a proc-macro expansion.
+            git_commit: option_env!("BATON_GIT_COMMIT"),
+            timeout_ms: #timeout_ms,
             partitions: #partitions,
             params: &[#(#params),*],
             connections: &[#(#connections),*],
@@ -155,6 +169,8 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         #(#targets)*
 
         #(#functions)*
+
+        #(#conditions)*
 
         /// Runs block `index` on its inputs; called by the runtime in dependency order.
         fn run_block(index: usize, ctx: RunContext, #inputs_binding: Vec<DataFrame>) -> BlockFuture {
@@ -308,7 +324,41 @@ fn kind_tokens(op: &BlockOp) -> TokenStream {
         BlockOp::Rust { .. } => quote!(BlockKind::Rust),
         BlockOp::TableSink { .. } => quote!(BlockKind::TableSink),
         BlockOp::LakeSink { .. } => quote!(BlockKind::LakeSink),
+        BlockOp::Callback { .. } => quote!(BlockKind::Callback),
     }
+}
+
+fn trigger_tokens(trigger: Trigger) -> TokenStream {
+    match trigger {
+        Trigger::AllSuccess => quote!(Trigger::AllSuccess),
+        Trigger::AllDone => quote!(Trigger::AllDone),
+        Trigger::OneFailed => quote!(Trigger::OneFailed),
+        Trigger::AllFailed => quote!(Trigger::AllFailed),
+        Trigger::NoneFailed => quote!(Trigger::NoneFailed),
+        Trigger::OneSuccess => quote!(Trigger::OneSuccess),
+    }
+}
+
+fn condition_name(block: &Block) -> Ident {
+    format_ident!("{}_run_if", block.name)
+}
+
+/// A block's `run_if` as a function of the run: the typed expression evaluated once, on no
+/// rows, so it can use parameters and partition fields but no columns.
+fn condition_function(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
+    let (text, expr) = block.run_if.as_ref()?;
+    let name = condition_name(block);
+    let doc = format!(
+        " `run_if` of `{}` ({}:{}): `{text}`.",
+        block.name, pipeline.source_path, block.line
+    );
+    let expr = expr_tokens(expr);
+    Some(quote! {
+        #[doc = #doc]
+        fn #name(ctx: &RunContext) -> BlockResult<bool> {
+            evaluate_condition(#expr)
+        }
+    })
 }
 
 fn block_definition(pipeline: &Pipeline, block: &Block) -> TokenStream {
@@ -336,6 +386,19 @@ fn block_definition(pipeline: &Pipeline, block: &Block) -> TokenStream {
     };
     let retries = proc_macro2::Literal::u32_unsuffixed(block.policy.retries);
     let retry_delay_ms = proc_macro2::Literal::u64_unsuffixed(block.policy.retry_delay_ms);
+    let max_retry_delay_ms = proc_macro2::Literal::u64_unsuffixed(block.policy.max_retry_delay_ms);
+    let after = block
+        .after
+        .iter()
+        .map(|&i| proc_macro2::Literal::usize_unsuffixed(i));
+    let trigger = trigger_tokens(block.trigger);
+    let run_if = match &block.run_if {
+        Some((text, _)) => {
+            let function = condition_name(block);
+            quote!(Some(Condition { text: #text, eval: #function }))
+        }
+        None => quote!(None),
+    };
     let timeout_ms = proc_macro2::Literal::u64_unsuffixed(block.policy.timeout_ms);
     let summary = summary(block);
     let sink = match &block.op {
@@ -357,9 +420,12 @@ fn block_definition(pipeline: &Pipeline, block: &Block) -> TokenStream {
             description: #description,
             summary: #summary,
             inputs: &[#(#inputs),*],
+            after: &[#(#after),*],
+            trigger: #trigger,
+            run_if: #run_if,
             input: #input_schema,
             output: #output,
-            policy: Policy { retries: #retries, retry_delay_ms: #retry_delay_ms, timeout_ms: #timeout_ms },
+            policy: Policy { retries: #retries, retry_delay_ms: #retry_delay_ms, max_retry_delay_ms: #max_retry_delay_ms, timeout_ms: #timeout_ms },
             sink: #sink,
         }
     }
@@ -494,6 +560,19 @@ fn summary(block: &Block) -> String {
             Some(column) => format!("write parquet to {{{connection}}}/{path}/{column}=*/"),
             None => format!("write parquet to {{{connection}}}/{path}/"),
         },
+        BlockOp::Callback { webhook, .. } => {
+            let on = match block.trigger {
+                Trigger::OneFailed => "on failure",
+                Trigger::AllSuccess => "on success",
+                _ => "always",
+            };
+            match webhook {
+                Some(connection) => {
+                    format!("report the run {on}: log and POST to {{{connection}}}")
+                }
+                None => format!("report the run {on}: log"),
+            }
+        }
     }
 }
 
@@ -517,6 +596,7 @@ fn dispatch_arm(index: usize, block: &Block) -> TokenStream {
         BlockOp::TableSink { .. } | BlockOp::LakeSink { .. } => {
             quote!(Box::pin(async move { #function(&ctx, inputs.remove(0)).await.map(|()| None) }))
         }
+        BlockOp::Callback { .. } => quote!(Box::pin(async move { #function(ctx).await })),
     };
     let index = proc_macro2::Literal::usize_unsuffixed(index);
     quote!(#index => #body,)
@@ -536,6 +616,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
         BlockOp::Rust { .. } => "hand-written Rust block",
         BlockOp::TableSink { .. } => "table sink",
         BlockOp::LakeSink { .. } => "lake sink",
+        BlockOp::Callback { .. } => "callback",
     };
     let mut doc = vec![format!(
         " `{}`: {kind}, declared at {}:{}.",
@@ -648,6 +729,19 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 #(#doc)*
                 async fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
                     write_lake(ctx, &#target, input).await
+                }
+            }
+        }
+        BlockOp::Callback { message, webhook } => {
+            let webhook = match webhook {
+                Some(connection) => quote!(Some(#connection)),
+                None => quote!(None),
+            };
+            quote! {
+                #(#doc)*
+                async fn #function(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
+                    static TARGET: CallbackTarget = CallbackTarget { message: #message, webhook: #webhook };
+                    notify(ctx, &TARGET).await
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! every edge carries its exact schema, expressions are typed, templates are split into parts.
 
 use crate::expr::BinaryOp;
-use crate::syntax::{CheckSeverity, Compression, FileFormat, SecretRef, WriteMode};
+use crate::syntax::{CheckSeverity, Compression, FileFormat, SecretRef, Trigger, WriteMode};
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
 /// An ordered list of columns with their types.
@@ -23,8 +23,10 @@ pub struct Pipeline {
     pub tags: Vec<String>,
     /// How the file is named in messages and doc comments (`pipelines/x.toml`).
     pub source_path: String,
-    /// A hash of the pipeline file, recorded with each run.
+    /// A hash of the pipeline file and of the compiler's version, recorded with each run.
     pub source_hash: String,
+    /// How long one whole run may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
     /// Partitioning, if any: granularity and first partition key.
     pub partitions: Option<(Granularity, String)>,
     /// Parameters and their defaults.
@@ -56,6 +58,8 @@ pub struct Policy {
     pub retries: u32,
     /// The first retry delay in milliseconds.
     pub retry_delay_ms: u64,
+    /// The longest delay between two attempts in milliseconds.
+    pub max_retry_delay_ms: u64,
     /// The timeout of one attempt in milliseconds.
     pub timeout_ms: u64,
 }
@@ -71,6 +75,12 @@ pub struct Block {
     pub description: Option<String>,
     /// Indices of the blocks it reads, in `Pipeline::blocks`.
     pub inputs: Vec<usize>,
+    /// Indices of the blocks it waits for without reading them.
+    pub after: Vec<usize>,
+    /// When it runs, given how its upstream blocks ended.
+    pub trigger: Trigger,
+    /// Its `run_if` condition: the text as written and the typed expression.
+    pub run_if: Option<(String, TypedExpr)>,
     /// What it does.
     pub op: BlockOp,
     /// Its output schema; `None` for sinks.
@@ -165,6 +175,13 @@ pub enum BlockOp {
         mode: WriteMode,
         /// The column holding the partition key, for `replace_partition`.
         partition_column: Option<String>,
+    },
+    /// Reports the run's outcome.
+    Callback {
+        /// The message template (placeholders checked).
+        message: String,
+        /// The webhook connection, if any.
+        webhook: Option<String>,
     },
     /// A Parquet lake sink.
     LakeSink {

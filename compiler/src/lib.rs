@@ -77,9 +77,14 @@ pub fn compile(source: &Source<'_>) -> Compilation {
     }
 }
 
-/// A short, stable hash of the pipeline file, recorded with every run so a run can be tied to
-/// the exact pipeline version that produced it.
+/// A short, stable hash of the pipeline file and of the compiler's version, recorded with every
+/// run so a run can be tied to the exact pipeline version that produced it. A new compiler may
+/// generate different code from the same file, so its version is part of the hash.
 pub fn source_hash(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    hasher.update(b"\0baton-compiler ");
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    let digest = hasher.finalize();
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

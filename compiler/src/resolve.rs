@@ -5,16 +5,21 @@ use std::collections::HashMap;
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::syntax::{Block, BlockKind, PipelineFile};
 
-/// The resolved graph: for each block (in file order) the indices of its inputs, and a run order.
+/// The resolved graph: for each block (in file order) the indices of its inputs and of the
+/// blocks it waits for, and a run order.
 #[derive(Clone, Debug)]
 pub struct Graph {
     /// `inputs[b]` are the file-order indices of block `b`'s inputs.
     pub inputs: Vec<Vec<usize>>,
+    /// `after[b]` are the blocks `b` waits for without reading them. A callback without
+    /// `after` waits for every block that is not a callback.
+    pub after: Vec<Vec<usize>>,
     /// Blocks in dependency order; blocks on or after a cycle, or with unresolved inputs, are left out.
     pub order: Vec<usize>,
 }
 
-/// Resolves inputs, reports unknown inputs, wrong input counts and every dependency cycle.
+/// Resolves inputs and `after`, reports unknown names, wrong input counts and every dependency
+/// cycle.
 pub fn resolve(file: &PipelineFile, diagnostics: &mut Vec<Diagnostic>) -> Graph {
     let index: HashMap<&str, usize> = file
         .blocks
@@ -70,9 +75,52 @@ pub fn resolve(file: &PipelineFile, diagnostics: &mut Vec<Diagnostic>) -> Graph 
         }
         inputs.push(resolved);
     }
-    report_cycles(file, &inputs, diagnostics);
-    let order = run_order(&inputs, &broken);
-    Graph { inputs, order }
+    let mut after = Vec::with_capacity(file.blocks.len());
+    for (b, block) in file.blocks.iter().enumerate() {
+        let mut resolved = Vec::new();
+        if block.after.is_empty() && is_callback(block) {
+            resolved.extend((0..file.blocks.len()).filter(|&o| !is_callback(&file.blocks[o])));
+        }
+        for name in &block.after {
+            match index.get(name.value.as_str()) {
+                Some(&i) => resolved.push(i),
+                None => {
+                    broken[b] = true;
+                    let others = file.blocks.iter().map(|o| o.name.value.as_str());
+                    diagnostics.push(
+                        Diagnostic::error(
+                            "E0006",
+                            format!(
+                                "unknown block `{}` in `after` of block `{}`",
+                                name.value, block.name.value
+                            ),
+                            name.span.clone(),
+                            "no block has this name",
+                        )
+                        .with_optional_help(did_you_mean(&name.value, others)),
+                    );
+                }
+            }
+        }
+        after.push(resolved);
+    }
+    // Cycles and the run order follow every dependency, read or waited for.
+    let dependencies: Vec<Vec<usize>> = inputs
+        .iter()
+        .zip(&after)
+        .map(|(i, a)| i.iter().chain(a).copied().collect())
+        .collect();
+    report_cycles(file, &dependencies, diagnostics);
+    let order = run_order(&dependencies, &broken);
+    Graph {
+        inputs,
+        after,
+        order,
+    }
+}
+
+fn is_callback(block: &Block) -> bool {
+    matches!(block.kind, BlockKind::Callback { .. })
 }
 
 fn is_sink(block: &Block) -> bool {
@@ -82,7 +130,7 @@ fn is_sink(block: &Block) -> bool {
 fn check_arity(block: &Block, diagnostics: &mut Vec<Diagnostic>) {
     let is_source = matches!(
         block.kind,
-        BlockKind::HttpSource(_) | BlockKind::FileSource(_)
+        BlockKind::HttpSource(_) | BlockKind::FileSource(_) | BlockKind::Callback { .. }
     );
     let count = block.inputs.len();
     let (ok, expected) = if is_source {
@@ -95,7 +143,9 @@ fn check_arity(block: &Block, diagnostics: &mut Vec<Diagnostic>) {
             .inputs
             .first()
             .map_or(block.name.span.clone(), |i| i.span.clone());
-        let help = if is_source {
+        let help = if is_callback(block) {
+            "a callback reads no rows: list the blocks it reports on in `after` instead of `inputs`"
+        } else if is_source {
             "a source reads from outside the pipeline; remove `inputs`"
         } else {
             "name the block it reads from: `inputs = [\"extract\"]`"
@@ -148,15 +198,24 @@ fn report_cycles(file: &PipelineFile, inputs: &[Vec<usize>], diagnostics: &mut V
         let mut chain = names.join(" → ");
         chain.push_str(" → ");
         chain.push_str(names[0]);
-        // Edge k goes from path[k] into path[k+1]; it is written in path[k+1]'s `inputs`.
+        // Edge k goes from path[k] into path[k+1]; it is written in path[k+1]'s `inputs` or
+        // `after`.
         let edge_span = |from: usize, to: usize| {
             let block = &file.blocks[to];
             block
                 .inputs
                 .iter()
+                .chain(&block.after)
                 .find(|i| i.value == file.blocks[from].name.value)
                 .map(|i| i.span.clone())
                 .unwrap_or(block.name.span.clone())
+        };
+        let verb = |from: usize, to: usize| {
+            let reads = file.blocks[to]
+                .inputs
+                .iter()
+                .any(|i| i.value == file.blocks[from].name.value);
+            if reads { "reads" } else { "waits for" }
         };
         let first_to = path.get(1).copied().unwrap_or(start);
         let mut diagnostic = Diagnostic::error(
@@ -164,8 +223,10 @@ fn report_cycles(file: &PipelineFile, inputs: &[Vec<usize>], diagnostics: &mut V
             format!("dependency cycle: {chain}"),
             edge_span(path[0], first_to),
             format!(
-                "`{}` reads `{}`",
-                file.blocks[first_to].name.value, names[0]
+                "`{}` {} `{}`",
+                file.blocks[first_to].name.value,
+                verb(path[0], first_to),
+                names[0]
             ),
         );
         for k in 1..path.len() {
@@ -174,15 +235,16 @@ fn report_cycles(file: &PipelineFile, inputs: &[Vec<usize>], diagnostics: &mut V
             diagnostic = diagnostic.with_label(
                 edge_span(from, to),
                 format!(
-                    "`{}` reads `{}`",
-                    file.blocks[to].name.value, file.blocks[from].name.value
+                    "`{}` {} `{}`",
+                    file.blocks[to].name.value,
+                    verb(from, to),
+                    file.blocks[from].name.value
                 ),
             );
         }
-        diagnostics
-            .push(diagnostic.with_help(
-                "blocks must form a DAG: remove one of these inputs to break the cycle",
-            ));
+        diagnostics.push(diagnostic.with_help(
+            "blocks must form a DAG: remove one of these dependencies to break the cycle",
+        ));
     }
 }
 

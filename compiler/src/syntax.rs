@@ -53,6 +53,8 @@ pub struct PipelineMeta {
     pub partitions: Option<Partitions>,
     /// Retry and timeout defaults for every block.
     pub defaults: Defaults,
+    /// How long one whole run may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
 }
 
 /// `[pipeline.partitions]`.
@@ -71,6 +73,8 @@ pub struct Defaults {
     pub retries: Option<u32>,
     /// The first retry delay in milliseconds; it doubles on each attempt.
     pub retry_delay_ms: Option<u64>,
+    /// The longest delay between two attempts, in milliseconds.
+    pub max_retry_delay_ms: Option<u64>,
     /// How long one attempt of a block may take, in milliseconds.
     pub timeout_ms: Option<u64>,
 }
@@ -115,6 +119,12 @@ pub struct Block {
     pub description: Option<String>,
     /// The blocks it reads from.
     pub inputs: Vec<Located<String>>,
+    /// Blocks it waits for without reading their rows.
+    pub after: Vec<Located<String>>,
+    /// When it runs, given how its upstream blocks ended (`all_success` when absent).
+    pub trigger: Option<Located<Trigger>>,
+    /// A condition over parameters and the partition; the block is skipped when it is false.
+    pub run_if: Option<ExprSource>,
     /// What the block does.
     pub kind: BlockKind,
     /// Data tests on the block's output.
@@ -152,6 +162,65 @@ pub enum WriteMode {
     ReplacePartition,
 }
 
+/// Trigger rules: when a block runs, given how its upstream blocks ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// Every upstream block succeeded.
+    AllSuccess,
+    /// Every upstream block ended, however.
+    AllDone,
+    /// At least one upstream block failed.
+    OneFailed,
+    /// Every upstream block failed.
+    AllFailed,
+    /// No upstream block failed.
+    NoneFailed,
+    /// At least one upstream block succeeded.
+    OneSuccess,
+}
+
+impl Trigger {
+    /// Every rule with its name in pipeline files.
+    pub const ALL: [(&'static str, Trigger); 6] = [
+        ("all_success", Trigger::AllSuccess),
+        ("all_done", Trigger::AllDone),
+        ("one_failed", Trigger::OneFailed),
+        ("all_failed", Trigger::AllFailed),
+        ("none_failed", Trigger::NoneFailed),
+        ("one_success", Trigger::OneSuccess),
+    ];
+
+    /// The rule's name.
+    pub fn name(self) -> &'static str {
+        Trigger::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("all_success", |(n, _)| n)
+    }
+}
+
+/// When a callback block reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackOn {
+    /// When a block it watches failed.
+    Failure,
+    /// When every block it watches succeeded.
+    Success,
+    /// Whenever the blocks it watches have ended.
+    Always,
+}
+
+impl CallbackOn {
+    /// The trigger rule that implements it.
+    pub fn trigger(self) -> Trigger {
+        match self {
+            CallbackOn::Failure => Trigger::OneFailed,
+            CallbackOn::Success => Trigger::AllSuccess,
+            CallbackOn::Always => Trigger::AllDone,
+        }
+    }
+}
+
 /// The kinds of block.
 #[derive(Clone, Debug)]
 pub enum BlockKind {
@@ -175,6 +244,15 @@ pub enum BlockKind {
     TableSink(TableSink),
     /// Writes partitioned Parquet files into the lake.
     LakeSink(LakeSink),
+    /// Reports the run's outcome when the blocks it watches have ended.
+    Callback {
+        /// On failure, success or always.
+        on: Located<CallbackOn>,
+        /// The message template.
+        message: Option<Located<String>>,
+        /// The connection whose URL receives a JSON POST.
+        webhook: Option<Located<String>>,
+    },
 }
 
 /// A file source (HTTP or local).
@@ -669,6 +747,9 @@ impl Reader<'_, '_> {
                 .unwrap_or_default(),
             None => Defaults::default(),
         };
+        let timeout_ms = cursor
+            .get("timeout")
+            .and_then(|v| self.duration("timeout", v));
         self.finish(cursor);
         Some(PipelineMeta {
             name: name?,
@@ -677,6 +758,7 @@ impl Reader<'_, '_> {
             tags: tags.into_iter().map(|t| t.value).collect(),
             partitions,
             defaults,
+            timeout_ms,
         })
     }
 
@@ -740,12 +822,16 @@ impl Reader<'_, '_> {
         let retry_delay_ms = cursor
             .get("retry_delay")
             .and_then(|v| self.duration("retry_delay", v));
+        let max_retry_delay_ms = cursor
+            .get("max_retry_delay")
+            .and_then(|v| self.duration("max_retry_delay", v));
         let timeout_ms = cursor
             .get("timeout")
             .and_then(|v| self.duration("timeout", v));
         Defaults {
             retries,
             retry_delay_ms,
+            max_retry_delay_ms,
             timeout_ms,
         }
     }
@@ -871,13 +957,28 @@ impl Reader<'_, '_> {
         let kind_value = self.req_string(
             &mut cursor,
             "kind",
-            "one of `http`, `file`, `transform`, `rust`, `table`, `lake`",
+            "one of `http`, `file`, `transform`, `rust`, `table`, `lake`, `callback`",
         );
         let description = self.opt_string(&mut cursor, "description").map(|d| d.value);
         let inputs = cursor
             .get("inputs")
             .map(|v| self.string_list("inputs", v))
             .unwrap_or_default();
+        let after = cursor
+            .get("after")
+            .map(|v| self.string_list("after", v))
+            .unwrap_or_default();
+        let trigger = self.opt_string(&mut cursor, "trigger").and_then(|t| {
+            match Trigger::ALL.iter().find(|(name, _)| *name == t.value) {
+                Some((_, trigger)) => Some(Located::new(*trigger, t.span)),
+                None => {
+                    let names: Vec<&str> = Trigger::ALL.iter().map(|(n, _)| *n).collect();
+                    self.invalid_value("trigger", t.span, &t.value, &names);
+                    None
+                }
+            }
+        });
+        let run_if = cursor.get("run_if").and_then(|v| self.expr("run_if", v));
         let policy = self.policy(&mut cursor);
         let checks = match cursor.get("checks") {
             Some(value) => self
@@ -898,6 +999,9 @@ impl Reader<'_, '_> {
             span,
             description,
             inputs,
+            after,
+            trigger,
+            run_if,
             kind: kind?,
             checks,
             policy,
@@ -916,7 +1020,15 @@ impl Reader<'_, '_> {
         kind: &Located<String>,
         cursor: &mut TableCursor<'_, '_>,
     ) -> Option<BlockKind> {
-        const KINDS: [&str; 6] = ["http", "file", "transform", "rust", "table", "lake"];
+        const KINDS: [&str; 7] = [
+            "http",
+            "file",
+            "transform",
+            "rust",
+            "table",
+            "lake",
+            "callback",
+        ];
         match kind.value.as_str() {
             "http" => self.file_source(cursor, true).map(BlockKind::HttpSource),
             "file" => self.file_source(cursor, false).map(BlockKind::FileSource),
@@ -1011,6 +1123,38 @@ impl Reader<'_, '_> {
                     path: path?,
                     partition_by,
                 }))
+            }
+            "callback" => {
+                let on = self
+                    .req_string(
+                        cursor,
+                        "on",
+                        "when it reports: `on = \"failure\"`, `\"success\"` or `\"always\"`",
+                    )
+                    .and_then(|on| {
+                        let value = match on.value.as_str() {
+                            "failure" => CallbackOn::Failure,
+                            "success" => CallbackOn::Success,
+                            "always" => CallbackOn::Always,
+                            other => {
+                                self.invalid_value(
+                                    "on",
+                                    on.span.clone(),
+                                    other,
+                                    &["failure", "success", "always"],
+                                );
+                                return None;
+                            }
+                        };
+                        Some(Located::new(value, on.span))
+                    });
+                let message = self.opt_string(cursor, "message");
+                let webhook = self.opt_string(cursor, "webhook");
+                Some(BlockKind::Callback {
+                    on: on?,
+                    message,
+                    webhook,
+                })
             }
             other => {
                 self.invalid_value("kind", kind.span.clone(), other, &KINDS);

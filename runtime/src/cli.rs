@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! green_taxi_etl run --partition 2021-01        # one partition
-//! green_taxi_etl backfill --from 2021-01 --to 2021-03
+//! green_taxi_etl run --partition 2021-01 --only clean_green_taxi   # one block, cached inputs
+//! green_taxi_etl backfill --from 2021-01 --to 2021-03   # skips months already loaded
+//! green_taxi_etl resume RUN_ID                  # re-run only what failed or did not run
+//! green_taxi_etl runs                           # run history from the ledger
+//! green_taxi_etl run-info RUN_ID                # blocks, attempts, timings, errors
+//! green_taxi_etl inspect clean_green_taxi --partition 2021-01   # a checkpoint's rows
 //! green_taxi_etl graph --format dot             # or mermaid (default)
 //! green_taxi_etl explain                        # blocks and the schema on every edge
 //! green_taxi_etl validate                       # connections reachable, tables compatible
@@ -12,15 +17,21 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use tracing::warn;
 use tracing_subscriber::EnvFilter;
 
+use crate::checkpoint::{self, Checkpoints};
 use crate::context::{Resources, RunContext, Value, redact};
-use crate::executor::{BlockStatus, RunReport, humanize};
+use crate::executor::{BlockStatus, Directive, RunReport, RunRequest, Services, humanize};
+use crate::history;
+use crate::ledger::{Ledger, TriggerKind};
 use crate::partition::Partition;
 use crate::pipeline::{BlockKind, Pipeline, SinkDef};
 use crate::sink::lake::open_lake;
@@ -32,8 +43,24 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     json_logs: bool,
+    /// The run ledger: sqlite://PATH or postgres://... (shared by replicas).
+    #[arg(long, global = true, env = "BATON_LEDGER_URL", default_value = crate::ledger::DEFAULT_URL)]
+    ledger: String,
+    /// Where block outputs are checkpointed.
+    #[arg(long, global = true, env = "BATON_CHECKPOINT_DIR", default_value = checkpoint::DEFAULT_DIR)]
+    checkpoint_dir: PathBuf,
+    /// Do not checkpoint block outputs (`resume` then re-runs every block it needs).
+    #[arg(long, global = true)]
+    no_checkpoints: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args)]
+struct ParamArgs {
+    /// Override a parameter: --param name=value (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -43,11 +70,18 @@ enum Command {
         /// The partition key, e.g. 2021-01 (monthly), 2021-01-15 (daily), 2021-01-15T07 (hourly).
         #[arg(long)]
         partition: Option<String>,
-        /// Override a parameter: --param name=value (repeatable).
-        #[arg(long = "param", value_name = "NAME=VALUE")]
-        params: Vec<String>,
+        /// Run only this block, on the checkpointed outputs of its inputs from the latest run
+        /// of the partition.
+        #[arg(long, value_name = "BLOCK", conflicts_with = "until")]
+        only: Option<String>,
+        /// Run this block and everything upstream of it, nothing downstream.
+        #[arg(long, value_name = "BLOCK")]
+        until: Option<String>,
+        #[command(flatten)]
+        params: ParamArgs,
     },
-    /// Run every partition from --from to --to (both included), oldest first.
+    /// Run every partition from --from to --to (both included), oldest first, skipping
+    /// partitions that already succeeded with this pipeline version.
     Backfill {
         /// The first partition.
         #[arg(long)]
@@ -55,9 +89,51 @@ enum Command {
         /// The last partition.
         #[arg(long)]
         to: String,
-        /// Override a parameter: --param name=value (repeatable).
-        #[arg(long = "param", value_name = "NAME=VALUE")]
-        params: Vec<String>,
+        /// Skip partitions the ledger shows as succeeded with this version (the default).
+        #[arg(long, conflicts_with = "rerun_all")]
+        missing_only: bool,
+        /// Run every partition, even those that already succeeded.
+        #[arg(long)]
+        rerun_all: bool,
+        /// How many partitions run at the same time.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// List what would run, and why, without running anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+    /// Re-run a failed or abandoned run: only blocks that failed or did not run, reusing the
+    /// checkpointed outputs of those that succeeded.
+    Resume {
+        /// The run to resume (see `runs`).
+        run_id: String,
+    },
+    /// List recent runs, newest first.
+    Runs {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Show one run: its blocks, every attempt, timings and errors.
+    RunInfo {
+        /// The run (see `runs`).
+        run_id: String,
+    },
+    /// Show a block's checkpointed output: schema, row count and first rows.
+    Inspect {
+        /// The block.
+        block: String,
+        /// The partition (default: the newest checkpoint of any partition).
+        #[arg(long)]
+        partition: Option<String>,
+        /// A specific run instead of the newest.
+        #[arg(long)]
+        run: Option<String>,
+        /// How many rows to print.
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
     },
     /// Print the block graph.
     Graph {
@@ -79,46 +155,530 @@ enum GraphFormat {
     Dot,
 }
 
+/// A command's failure: bad arguments (exit 2) or a failure to do the work (exit 1).
+enum Failure {
+    Usage(String),
+    Failed(String),
+}
+
+impl From<crate::ledger::LedgerError> for Failure {
+    fn from(error: crate::ledger::LedgerError) -> Self {
+        Failure::Failed(error.to_string())
+    }
+}
+
 /// Parses the command line and runs the pipeline binary. Called by the generated `main`.
 pub fn main(pipeline: &'static Pipeline) -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.json_logs);
-    match cli.command {
+    let result = match &cli.command {
         Command::Graph { format } => {
-            print!("{}", graph(pipeline, format));
-            ExitCode::SUCCESS
+            print!("{}", graph(pipeline, *format));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Explain => {
             print!("{}", explain(pipeline));
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Validate => block_on(validate(pipeline)),
-        Command::Run { partition, params } => {
-            let (partitions, params) = match (
-                run_partitions(pipeline, partition.as_deref()),
-                parse_params(pipeline, &params),
-            ) {
-                (Ok(partitions), Ok(params)) => (partitions, params),
-                (Err(error), _) | (_, Err(error)) => return usage_error(&error),
-            };
-            block_on(run_all(pipeline, partitions, params))
+        Command::Validate => Ok(block_on(validate(pipeline))),
+        _ => block_on(async { dispatch(pipeline, &cli).await }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
         }
-        Command::Backfill { from, to, params } => {
-            let (partitions, params) = match (
-                backfill_partitions(pipeline, &from, &to),
-                parse_params(pipeline, &params),
-            ) {
-                (Ok(partitions), Ok(params)) => (partitions, params),
-                (Err(error), _) | (_, Err(error)) => return usage_error(&error),
-            };
-            block_on(run_all(pipeline, partitions, params))
+        Err(Failure::Failed(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(2)
+/// The commands that use the ledger.
+async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Failure> {
+    let services = open_services(pipeline, cli).await?;
+    let ledger = services
+        .ledger
+        .as_ref()
+        .expect("the CLI always opens the ledger");
+    match &cli.command {
+        Command::Run {
+            partition,
+            only,
+            until,
+            params,
+        } => {
+            let partitions =
+                run_partitions(pipeline, partition.as_deref()).map_err(Failure::Usage)?;
+            let params = parse_params(pipeline, &params.params).map_err(Failure::Usage)?;
+            let partition = partitions[0];
+            let (trigger, plan) = match (only, until) {
+                (Some(block), _) => (
+                    TriggerKind::Only,
+                    only_plan(pipeline, ledger, partition, block).await?,
+                ),
+                (None, Some(block)) => (TriggerKind::Until, until_plan(pipeline, block)?),
+                (None, None) => (TriggerKind::Run, Vec::new()),
+            };
+            let request = RunRequest {
+                partition,
+                params,
+                trigger,
+                plan,
+                resumed_from: None,
+            };
+            let report = crate::executor::run(pipeline, request, &services).await?;
+            Ok(finish(&[report]))
+        }
+        Command::Backfill {
+            from,
+            to,
+            missing_only: _,
+            rerun_all,
+            concurrency,
+            dry_run,
+            params,
+        } => {
+            let partitions = backfill_partitions(pipeline, from, to).map_err(Failure::Usage)?;
+            let params = parse_params(pipeline, &params.params).map_err(Failure::Usage)?;
+            let plan = backfill_plan(pipeline, ledger, &partitions, *rerun_all).await?;
+            if *dry_run {
+                print!("{}", history::backfill_plan_table(&plan));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let todo: Vec<Partition> = plan.iter().filter(|p| p.run).map(|p| p.partition).collect();
+            let skipped = plan.len() - todo.len();
+            if skipped > 0 {
+                eprintln!(
+                    "{skipped} partition(s) already succeeded with this pipeline version and are skipped (--rerun-all runs them)"
+                );
+            }
+            let mut reports: Vec<RunReport> = futures::stream::iter(todo)
+                .map(|partition| {
+                    let request =
+                        RunRequest::full(Some(partition), params.clone(), TriggerKind::Backfill);
+                    let services = services.clone();
+                    async move { crate::executor::run(pipeline, request, &services).await }
+                })
+                .buffer_unordered(usize::from(*concurrency))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            reports.sort_by_key(|r| r.partition);
+            Ok(finish(&reports))
+        }
+        Command::Resume { run_id } => {
+            let (request, reused) = resume_request(pipeline, ledger, run_id).await?;
+            let Some(request) = request else {
+                println!("run {run_id} succeeded; there is nothing to resume");
+                return Ok(ExitCode::SUCCESS);
+            };
+            eprintln!("resuming {run_id}: {reused} block(s) reused from earlier runs");
+            let report = crate::executor::run(pipeline, request, &services).await?;
+            Ok(finish(&[report]))
+        }
+        Command::Runs { limit } => {
+            let runs = ledger.runs(pipeline.name, (*limit).max(1)).await?;
+            print!("{}", history::runs_table(&runs));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RunInfo { run_id } => {
+            let run = ledger
+                .run(run_id)
+                .await?
+                .filter(|r| r.pipeline == pipeline.name)
+                .ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "no run `{run_id}` of {} in the ledger",
+                        pipeline.name
+                    ))
+                })?;
+            let blocks = ledger.blocks(run_id).await?;
+            let attempts = ledger.attempts(run_id).await?;
+            print!("{}", history::run_info(pipeline, &run, &blocks, &attempts));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect {
+            block,
+            partition,
+            run,
+            rows,
+        } => {
+            inspect(
+                pipeline,
+                ledger,
+                block,
+                partition.as_deref(),
+                run.as_deref(),
+                *rows,
+            )
+            .await
+        }
+        Command::Graph { .. } | Command::Explain | Command::Validate => {
+            unreachable!("handled without the ledger")
+        }
+    }
+}
+
+async fn open_services(pipeline: &'static Pipeline, cli: &Cli) -> Result<Services, Failure> {
+    let ledger = Ledger::open(&cli.ledger).await?;
+    for run in ledger.recover_abandoned(pipeline.name).await? {
+        warn!(
+            run_id = %run.run_id,
+            partition = run.partition.as_deref().unwrap_or("-"),
+            "{}",
+            run.error.as_deref().unwrap_or("abandoned")
+        );
+    }
+    Ok(Services {
+        resources: Arc::new(Resources::default()),
+        ledger: Some(ledger),
+        checkpoints: (!cli.no_checkpoints).then(|| Checkpoints::new(&cli.checkpoint_dir)),
+    })
+}
+
+/// Prints the summary and turns the reports into the exit code.
+fn finish(reports: &[RunReport]) -> ExitCode {
+    eprint!("{}", summary(reports));
+    if reports.iter().all(RunReport::succeeded) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn block_index(pipeline: &Pipeline, name: &str) -> Result<usize, Failure> {
+    pipeline
+        .blocks
+        .iter()
+        .position(|b| b.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = pipeline.blocks.iter().map(|b| b.name).collect();
+            Failure::Usage(format!(
+                "no block `{name}` in {}; its blocks are: {}",
+                pipeline.name,
+                names.join(", ")
+            ))
+        })
+}
+
+/// `--only BLOCK`: the block runs; its inputs come from their newest checkpoints for the
+/// partition, made by this pipeline version; nothing else runs.
+async fn only_plan(
+    pipeline: &Pipeline,
+    ledger: &Ledger,
+    partition: Option<Partition>,
+    block: &str,
+) -> Result<Vec<Directive>, Failure> {
+    let target = block_index(pipeline, block)?;
+    let key = partition.map(|p| p.key());
+    let mut plan = vec![Directive::NotSelected; pipeline.blocks.len()];
+    plan[target] = Directive::Run;
+    for &input in pipeline.blocks[target].inputs {
+        let name = pipeline.blocks[input].name;
+        let found = ledger
+            .latest_checkpoint(pipeline.name, pipeline.source_hash, key.as_deref(), name)
+            .await?
+            .filter(|(_, path)| std::path::Path::new(path).exists());
+        let Some((from_run, path)) = found else {
+            return Err(Failure::Usage(format!(
+                "no checkpoint of `{name}` for partition {} made by this pipeline version; run the pipeline for that partition first (or use --until {block})",
+                key.as_deref().unwrap_or("-")
+            )));
+        };
+        let rows = checkpoint_rows(&path);
+        plan[input] = Directive::Reuse {
+            checkpoint: Some(path.into()),
+            rows,
+            from_run,
+        };
+    }
+    Ok(plan)
+}
+
+fn checkpoint_rows(path: &str) -> usize {
+    checkpoint::read_now(std::path::Path::new(path)).map_or(0, |f| f.height())
+}
+
+/// `--until BLOCK`: the block and everything upstream of it run; nothing else does.
+fn until_plan(pipeline: &Pipeline, block: &str) -> Result<Vec<Directive>, Failure> {
+    let target = block_index(pipeline, block)?;
+    let mut plan = vec![Directive::NotSelected; pipeline.blocks.len()];
+    plan[target] = Directive::Run;
+    // Blocks are in dependency order, so one backward pass reaches every ancestor.
+    for index in (0..=target).rev() {
+        if plan[index] == Directive::Run {
+            let block = &pipeline.blocks[index];
+            for &upstream in block.inputs.iter().chain(block.after) {
+                plan[upstream] = Directive::Run;
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// One partition of a backfill and whether it runs.
+pub(crate) struct PlannedPartition {
+    pub partition: Partition,
+    pub run: bool,
+    pub reason: String,
+}
+
+async fn backfill_plan(
+    pipeline: &Pipeline,
+    ledger: &Ledger,
+    partitions: &[Partition],
+    rerun_all: bool,
+) -> Result<Vec<PlannedPartition>, Failure> {
+    let done = ledger
+        .succeeded_partitions(pipeline.name, pipeline.source_hash)
+        .await?;
+    let mut plan = Vec::new();
+    for &partition in partitions {
+        let key = partition.key();
+        let (run, reason) = if done.contains(&key) {
+            if rerun_all {
+                (true, "succeeded before; --rerun-all".to_string())
+            } else {
+                (false, "succeeded with this pipeline version".to_string())
+            }
+        } else {
+            let reason = match ledger.latest_run(pipeline.name, Some(&key)).await? {
+                None => "never ran".to_string(),
+                Some(run) if run.status == "succeeded" && run.version != pipeline.source_hash => {
+                    format!("succeeded with another pipeline version ({})", run.version)
+                }
+                Some(run) => format!("last run {} {}", run.run_id, run.status),
+            };
+            (true, reason)
+        };
+        plan.push(PlannedPartition {
+            partition,
+            run,
+            reason,
+        });
+    }
+    Ok(plan)
+}
+
+/// What `resume RUN_ID` runs: `None` when the run succeeded. Also returns how many blocks are
+/// reused.
+async fn resume_request(
+    pipeline: &Pipeline,
+    ledger: &Ledger,
+    run_id: &str,
+) -> Result<(Option<RunRequest>, usize), Failure> {
+    let run = ledger
+        .run(run_id)
+        .await?
+        .filter(|r| r.pipeline == pipeline.name)
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "no run `{run_id}` of {} in the ledger",
+                pipeline.name
+            ))
+        })?;
+    match run.status.as_str() {
+        "succeeded" => return Ok((None, 0)),
+        "running" => {
+            return Err(Failure::Usage(format!(
+                "run {run_id} is still running (process {} on {}); wait for it or stop it first",
+                run.pid, run.host
+            )));
+        }
+        _ => {}
+    }
+    if run.version != pipeline.source_hash {
+        return Err(Failure::Usage(format!(
+            "run {run_id} was made by pipeline version {}, this binary is version {}; its checkpoints may not fit, so start a fresh run instead (`run` or `backfill`)",
+            run.version, pipeline.source_hash
+        )));
+    }
+    let partition = match (&run.partition, pipeline.partitions) {
+        (Some(key), Some(spec)) => {
+            Some(Partition::parse(spec.granularity, key).map_err(Failure::Failed)?)
+        }
+        _ => None,
+    };
+    let params = params_from_json(pipeline, &run.params).map_err(Failure::Failed)?;
+    let previous = ledger.blocks(run_id).await?;
+    let blocks = pipeline.blocks;
+    // Every block that succeeded is reusable; its rows come from its checkpoint when the file
+    // is still on disk.
+    let reusable: Vec<Option<Directive>> = blocks
+        .iter()
+        .map(|block| {
+            let record = previous.iter().find(|r| r.block == block.name)?;
+            if !matches!(record.status.as_str(), "succeeded" | "reused") {
+                return None;
+            }
+            let from_run = match record.status.as_str() {
+                "reused" => record
+                    .error
+                    .as_deref()
+                    .and_then(|note| note.strip_prefix("reused from "))
+                    .unwrap_or(run_id)
+                    .to_string(),
+                _ => run_id.to_string(),
+            };
+            let checkpoint = record
+                .checkpoint
+                .as_ref()
+                .filter(|path| std::path::Path::new(path).exists())
+                .map(PathBuf::from);
+            Some(Directive::Reuse {
+                checkpoint,
+                rows: record.rows_out.unwrap_or(0).max(0) as usize,
+                from_run,
+            })
+        })
+        .collect();
+    let mut run_set: Vec<bool> = reusable.iter().map(Option::is_none).collect();
+    // A block that runs needs its inputs' rows: an input without a checkpoint runs again too.
+    // Blocks are in dependency order, so one backward pass settles every chain.
+    for index in (0..blocks.len()).rev() {
+        if run_set[index] {
+            for &input in blocks[index].inputs {
+                if !matches!(
+                    &reusable[input],
+                    Some(Directive::Reuse {
+                        checkpoint: Some(_),
+                        ..
+                    })
+                ) {
+                    run_set[input] = true;
+                }
+            }
+        }
+    }
+    let plan: Vec<Directive> = reusable
+        .into_iter()
+        .zip(&run_set)
+        .map(|(reuse, &runs)| match reuse {
+            Some(directive) if !runs => directive,
+            _ => Directive::Run,
+        })
+        .collect();
+    let reused = run_set.iter().filter(|r| !**r).count();
+    Ok((
+        Some(RunRequest {
+            partition,
+            params,
+            trigger: TriggerKind::Resume,
+            plan,
+            resumed_from: Some(run_id.to_string()),
+        }),
+        reused,
+    ))
+}
+
+fn params_from_json(pipeline: &Pipeline, json: &str) -> Result<HashMap<String, Value>, String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+        .map_err(|e| format!("the run's parameters are unreadable: {e}"))?;
+    let mut params = HashMap::new();
+    for (name, value) in object {
+        let Some(definition) = pipeline.params.iter().find(|p| p.name == name) else {
+            continue;
+        };
+        let text = match value {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        params.insert(name, Value::parse_like(&definition.default, &text)?);
+    }
+    Ok(params)
+}
+
+async fn inspect(
+    pipeline: &Pipeline,
+    ledger: &Ledger,
+    block: &str,
+    partition: Option<&str>,
+    run: Option<&str>,
+    rows: usize,
+) -> Result<ExitCode, Failure> {
+    let index = block_index(pipeline, block)?;
+    let definition = &pipeline.blocks[index];
+    if definition.output.is_none() {
+        let inputs: Vec<&str> = definition
+            .inputs
+            .iter()
+            .map(|&i| pipeline.blocks[i].name)
+            .collect();
+        return Err(Failure::Usage(format!(
+            "`{block}` is a {} block and has no output; inspect its input instead: {}",
+            definition.kind.name(),
+            inputs.join(", ")
+        )));
+    }
+    let partition = match (partition, pipeline.partitions) {
+        (Some(key), Some(spec)) => Some(
+            Partition::parse(spec.granularity, key)
+                .map_err(Failure::Usage)?
+                .key(),
+        ),
+        (Some(_), None) => {
+            return Err(Failure::Usage(format!(
+                "pipeline {} has no partitions",
+                pipeline.name
+            )));
+        }
+        (None, _) => None,
+    };
+    let found = match run {
+        Some(run_id) => ledger
+            .blocks(run_id)
+            .await?
+            .into_iter()
+            .find(|b| b.block == block)
+            .and_then(|b| b.checkpoint.map(|c| (run_id.to_string(), c))),
+        None => match &partition {
+            Some(key) => {
+                ledger
+                    .latest_checkpoint(pipeline.name, pipeline.source_hash, Some(key), block)
+                    .await?
+            }
+            None if pipeline.partitions.is_none() => {
+                ledger
+                    .latest_checkpoint(pipeline.name, pipeline.source_hash, None, block)
+                    .await?
+            }
+            None => {
+                // The newest run that checkpointed this block, whatever its partition.
+                let mut newest = None;
+                for candidate in ledger.runs(pipeline.name, 50).await? {
+                    if let Some(b) = ledger
+                        .blocks(&candidate.run_id)
+                        .await?
+                        .into_iter()
+                        .find(|b| b.block == block && b.checkpoint.is_some())
+                    {
+                        newest = b.checkpoint.map(|c| (candidate.run_id, c));
+                        break;
+                    }
+                }
+                newest
+            }
+        },
+    };
+    let Some((run_id, path)) = found else {
+        return Err(Failure::Failed(format!(
+            "no checkpoint of `{block}`{} in the ledger; run the pipeline first",
+            partition
+                .map(|p| format!(" for partition {p}"))
+                .unwrap_or_default()
+        )));
+    };
+    let frame = checkpoint::read_now(std::path::Path::new(&path))
+        .map_err(|e| Failure::Failed(e.message))?;
+    print!(
+        "{}",
+        history::inspect_view(block, &run_id, &path, &frame, rows)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(json: bool) {
@@ -133,17 +693,12 @@ fn init_logging(json: bool) {
     }
 }
 
-fn block_on(future: impl Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime.block_on(future),
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            ExitCode::FAILURE
-        }
-    }
+        .expect("cannot start the async runtime")
+        .block_on(future)
 }
 
 fn parse_params(pipeline: &Pipeline, raw: &[String]) -> Result<HashMap<String, Value>, String> {
@@ -219,7 +774,7 @@ fn backfill_partitions(
     pipeline: &Pipeline,
     from: &str,
     to: &str,
-) -> Result<Vec<Option<Partition>>, String> {
+) -> Result<Vec<Partition>, String> {
     let spec = pipeline
         .partitions
         .ok_or_else(|| format!("pipeline {} has no partitions to backfill", pipeline.name))?;
@@ -229,25 +784,7 @@ fn backfill_partitions(
         return Err(format!("--to {to} is before --from {from}"));
     }
     check_not_before_start(pipeline, &first)?;
-    Ok(first.range_to(&last).into_iter().map(Some).collect())
-}
-
-async fn run_all(
-    pipeline: &'static Pipeline,
-    partitions: Vec<Option<Partition>>,
-    params: HashMap<String, Value>,
-) -> ExitCode {
-    let resources = Arc::new(Resources::default());
-    let mut reports = Vec::new();
-    for partition in partitions {
-        reports.push(crate::executor::run(pipeline, partition, &params, resources.clone()).await);
-    }
-    eprint!("{}", summary(&reports));
-    if reports.iter().all(RunReport::succeeded) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    Ok(first.range_to(&last))
 }
 
 /// The table printed after runs: one line per partition, then the failures in full.
@@ -270,6 +807,7 @@ pub fn summary(reports: &[RunReport]) -> String {
                 BlockStatus::Succeeded { rows } => format!("{} {rows} rows", b.name),
                 BlockStatus::Failed { .. } => format!("{} failed", b.name),
                 BlockStatus::Skipped { .. } => format!("{} skipped", b.name),
+                BlockStatus::Reused { .. } => format!("{} reused", b.name),
             })
             .collect();
         let _ = writeln!(
@@ -280,13 +818,16 @@ pub fn summary(reports: &[RunReport]) -> String {
         );
     }
     for report in reports {
-        for block in &report.blocks {
-            if let BlockStatus::Failed { error } = &block.status {
-                let partition = report
-                    .partition
-                    .map_or_else(String::new, |p| format!(" [{p}]"));
-                let _ = writeln!(out, "\nerror{partition}: {error}");
-            }
+        let partition = report
+            .partition
+            .map_or_else(String::new, |p| format!(" [{p}]"));
+        if let Some(cause) = &report.root_cause {
+            let _ = writeln!(out, "\nerror{partition}: {cause}");
+            let _ = writeln!(
+                out,
+                "  run {} (details: run-info {0}; retry: resume {0})",
+                report.run_id
+            );
         }
     }
     let failed = reports.iter().filter(|r| !r.succeeded()).count();

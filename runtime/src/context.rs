@@ -7,6 +7,7 @@ use polars::prelude::DataFrame;
 use tokio::sync::Mutex;
 
 use crate::error::{BlockError, BlockResult};
+use crate::executor::BlockOutcome;
 use crate::partition::Partition;
 use crate::pipeline::{BlockFuture, ParamValue, Pipeline, Secret};
 use crate::sink::table::Warehouse;
@@ -107,6 +108,8 @@ struct Inner {
     partition: Option<Partition>,
     params: HashMap<&'static str, Value>,
     resources: Arc<Resources>,
+    /// Blocks that have ended so far, for callbacks that report on the run.
+    outcomes: std::sync::Mutex<Vec<BlockOutcome>>,
 }
 
 /// What a block knows about its run: the pipeline, the partition, parameters and connections.
@@ -145,6 +148,7 @@ impl RunContext {
                 partition,
                 params,
                 resources,
+                outcomes: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -205,6 +209,21 @@ impl RunContext {
                 })?;
                 Ok(parsed.to_string())
             }
+        }
+    }
+
+    /// The blocks of this run that have ended so far, in the order they ended.
+    pub fn outcomes(&self) -> Vec<BlockOutcome> {
+        self.inner
+            .outcomes
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn record_outcome(&self, outcome: BlockOutcome) {
+        if let Ok(mut outcomes) = self.inner.outcomes.lock() {
+            outcomes.push(outcome);
         }
     }
 

@@ -1,19 +1,29 @@
 //! Runs one partition of a pipeline: blocks in dependency order, independent blocks at the same
-//! time, with retries (retryable errors only), exponential backoff and a timeout per attempt.
+//! time, each started when its trigger rule fires, with retries (retryable errors only),
+//! exponential backoff with jitter, a timeout per attempt and per run. Every run, block and
+//! attempt is recorded in the ledger; block outputs are checkpointed so that a later run can
+//! start from the middle of the graph.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use polars::prelude::DataFrame;
+use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::checkpoint::Checkpoints;
 use crate::context::{Resources, RunContext, Value};
 use crate::error::{BlockError, ErrorKind};
+use crate::ledger::{
+    AttemptRecord, BlockRecord, HEARTBEAT_EVERY, Ledger, LedgerError, RunRecord, RunStatus,
+    TriggerKind, now_ms,
+};
 use crate::partition::Partition;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{BlockDef, Pipeline, Trigger};
 
 /// What happened to one block.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,11 +38,31 @@ pub enum BlockStatus {
         /// The error.
         error: String,
     },
-    /// It did not run because an input failed or was skipped.
+    /// It did not run: an input did not succeed, its trigger rule or condition said no, or it
+    /// was not selected.
     Skipped {
-        /// Which input.
+        /// Why.
         because: String,
     },
+    /// It was not run again: its output (or, for a sink, its write) comes from an earlier run.
+    Reused {
+        /// Rows of the reused output.
+        rows: usize,
+        /// The run that produced it.
+        from_run: String,
+    },
+}
+
+impl BlockStatus {
+    /// The status as the ledger stores it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BlockStatus::Succeeded { .. } => "succeeded",
+            BlockStatus::Failed { .. } => "failed",
+            BlockStatus::Skipped { .. } => "skipped",
+            BlockStatus::Reused { .. } => "reused",
+        }
+    }
 }
 
 /// One block's outcome in a run.
@@ -59,15 +89,80 @@ pub struct RunReport {
     pub blocks: Vec<BlockOutcome>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+    /// The first failure, when the run failed.
+    pub root_cause: Option<String>,
 }
 
 impl RunReport {
-    /// Whether every block succeeded.
+    /// Whether no block failed.
     pub fn succeeded(&self) -> bool {
-        self.blocks
+        !self
+            .blocks
             .iter()
-            .all(|b| matches!(b.status, BlockStatus::Succeeded { .. }))
+            .any(|b| matches!(b.status, BlockStatus::Failed { .. }))
     }
+}
+
+/// What to do with one block in a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Directive {
+    /// Run it.
+    Run,
+    /// Do not run it; take its output from a checkpoint (`None` for a sink, whose write
+    /// already happened).
+    Reuse {
+        /// The checkpoint file.
+        checkpoint: Option<PathBuf>,
+        /// Rows it held.
+        rows: usize,
+        /// The run that produced it.
+        from_run: String,
+    },
+    /// Leave it out of this run.
+    NotSelected,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    /// The partition, for a partitioned pipeline.
+    pub partition: Option<Partition>,
+    /// Parameter overrides.
+    pub params: HashMap<String, Value>,
+    /// Why the run happens, as recorded in the ledger.
+    pub trigger: TriggerKind,
+    /// One directive per block; empty means run every block.
+    pub plan: Vec<Directive>,
+    /// The run this one resumes.
+    pub resumed_from: Option<String>,
+}
+
+impl RunRequest {
+    /// Every block of one partition.
+    pub fn full(
+        partition: Option<Partition>,
+        params: HashMap<String, Value>,
+        trigger: TriggerKind,
+    ) -> RunRequest {
+        RunRequest {
+            partition,
+            params,
+            trigger,
+            plan: Vec::new(),
+            resumed_from: None,
+        }
+    }
+}
+
+/// What runs share within one process.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// Connection pools.
+    pub resources: Arc<Resources>,
+    /// Where runs are recorded; `None` records nothing (tests, `validate`).
+    pub ledger: Option<Ledger>,
+    /// Where block outputs are checkpointed; `None` checkpoints nothing.
+    pub checkpoints: Option<Checkpoints>,
 }
 
 enum State {
@@ -76,162 +171,731 @@ enum State {
     Done(Option<DataFrame>),
     Failed,
     Skipped,
+    /// Left out of this run (`run --only`, `--until`): it neither blocks nor counts for the
+    /// trigger rules of the blocks that do run.
+    NotSelected,
 }
 
-/// Runs every block of `pipeline` for one partition.
+impl State {
+    fn ended(&self) -> bool {
+        !matches!(self, State::Pending | State::Running)
+    }
+}
+
+/// Runs one partition of `pipeline` as `request` says, recording it in the ledger.
+///
+/// Fails only when the ledger cannot record the run's start: a run that cannot be recorded is
+/// not started. Block failures are in the report.
 pub async fn run(
     pipeline: &'static Pipeline,
-    partition: Option<Partition>,
-    params: &HashMap<String, Value>,
-    resources: Arc<Resources>,
-) -> RunReport {
+    request: RunRequest,
+    services: &Services,
+) -> Result<RunReport, LedgerError> {
     let started = Instant::now();
-    let run_id = format!(
-        "{}-{}-{}",
-        pipeline.name,
-        partition.map_or_else(|| "all".to_string(), |p| p.key()),
-        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
-    );
-    let ctx = RunContext::new(pipeline, run_id.clone(), partition, params, resources);
+    let run_id = new_run_id(pipeline, request.partition);
     let blocks = pipeline.blocks;
-    let mut state: Vec<State> = blocks.iter().map(|_| State::Pending).collect();
-    let mut outcomes: Vec<Option<BlockOutcome>> = vec![None; blocks.len()];
-    // A frame is dropped as soon as its last consumer has started, so memory holds only what
-    // is still needed.
-    let mut consumers_left: Vec<usize> = (0..blocks.len())
-        .map(|b| {
-            blocks
-                .iter()
-                .filter(|other| other.inputs.contains(&b))
-                .count()
-        })
-        .collect();
-    let mut running = FuturesUnordered::new();
-    let span = info_span!("run", pipeline = pipeline.name, partition = %partition.map(|p| p.key()).unwrap_or_default());
-    async {
-        info!(run_id = %run_id, version = pipeline.source_hash, "run started");
-        loop {
-            for (index, block) in blocks.iter().enumerate() {
-                if !matches!(state[index], State::Pending) {
-                    continue;
+    let plan: Vec<Directive> = if request.plan.is_empty() {
+        vec![Directive::Run; blocks.len()]
+    } else {
+        request.plan.clone()
+    };
+    assert_eq!(plan.len(), blocks.len(), "one directive per block");
+
+    if let Some(ledger) = &services.ledger {
+        ledger
+            .start_run(&RunRecord {
+                run_id: run_id.clone(),
+                pipeline: pipeline.name.into(),
+                partition: request.partition.map(|p| p.key()),
+                status: RunStatus::Running.as_str().into(),
+                trigger: request.trigger.as_str().into(),
+                version: pipeline.source_hash.into(),
+                git_commit: pipeline.git_commit.map(Into::into),
+                params: params_json(&request.params),
+                resumed_from: request.resumed_from.clone(),
+                host: ledger.host().into(),
+                pid: i64::from(std::process::id()),
+                started_at: now_ms(),
+                heartbeat_at: now_ms(),
+                ended_at: None,
+                error: None,
+            })
+            .await?;
+    }
+    let heartbeat = services.ledger.clone().map(|ledger| {
+        let run_id = run_id.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                if let Err(error) = ledger.heartbeat(&run_id).await {
+                    warn!("cannot record the heartbeat: {error}");
                 }
-                if let Some(&bad) = block
-                    .inputs
-                    .iter()
-                    .find(|&&i| matches!(state[i], State::Failed | State::Skipped))
-                {
-                    state[index] = State::Skipped;
-                    outcomes[index] = Some(BlockOutcome {
-                        name: block.name,
-                        status: BlockStatus::Skipped {
-                            because: format!("input `{}` did not succeed", blocks[bad].name),
-                        },
-                        attempts: 0,
-                        elapsed: Duration::ZERO,
-                    });
-                    continue;
-                }
-                if !block
-                    .inputs
-                    .iter()
-                    .all(|&i| matches!(state[i], State::Done(_)))
-                {
-                    continue;
-                }
-                let mut inputs = Vec::with_capacity(block.inputs.len());
-                for &input in block.inputs {
-                    consumers_left[input] -= 1;
-                    let frame = match &mut state[input] {
-                        State::Done(frame) if consumers_left[input] == 0 => frame.take(),
-                        State::Done(frame) => frame.clone(),
-                        _ => None,
-                    };
-                    inputs.push(
-                        frame.expect("a finished non-sink block has an output for each consumer"),
-                    );
-                }
-                state[index] = State::Running;
-                running.push(run_block_with_retries(pipeline, index, ctx.clone(), inputs));
             }
-            let Some((index, result, attempts, elapsed)) = running.next().await else {
-                break;
-            };
-            let block = &blocks[index];
-            let status = match result {
-                Ok((output, rows)) => {
-                    state[index] = State::Done(output);
-                    BlockStatus::Succeeded { rows }
-                }
-                Err(error) => {
-                    error!(block = block.name, attempts, "block failed: {error}");
-                    state[index] = State::Failed;
-                    BlockStatus::Failed {
-                        error: error.message,
-                    }
-                }
-            };
-            outcomes[index] = Some(BlockOutcome {
-                name: block.name,
-                status,
-                attempts,
-                elapsed,
-            });
-        }
+        })
+    });
+
+    let ctx = RunContext::new(
+        pipeline,
+        run_id.clone(),
+        request.partition,
+        &request.params,
+        services.resources.clone(),
+    );
+    let span = info_span!("run", pipeline = pipeline.name, partition = %request.partition.map(|p| p.key()).unwrap_or_default());
+    let mut execution = Execution::new(pipeline, &run_id, request.partition, services, ctx);
+    async {
+        info!(run_id = %run_id, version = pipeline.source_hash, trigger = request.trigger.as_str(), "run started");
+        execution.apply_plan(&plan).await;
+        execution.schedule().await;
     }
     .instrument(span)
     .await;
-    let report = RunReport {
-        run_id,
-        partition,
-        blocks: outcomes
-            .into_iter()
-            .map(|o| o.expect("every block ends succeeded, failed or skipped"))
-            .collect(),
-        elapsed: started.elapsed(),
-    };
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.abort();
+    }
+    let report = execution.finish(started).await;
     if report.succeeded() {
         info!(run_id = %report.run_id, elapsed_ms = report.elapsed.as_millis() as u64, "run succeeded");
     } else {
-        error!(run_id = %report.run_id, "run failed");
+        error!(run_id = %report.run_id, "run failed: {}", report.root_cause.as_deref().unwrap_or("unknown"));
     }
-    report
+    Ok(report)
+}
+
+/// `green_taxi_etl-2021-01-20261123T174512.123Z-3f9a`: readable, sortable, unique across
+/// replicas thanks to the random suffix.
+fn new_run_id(pipeline: &Pipeline, partition: Option<Partition>) -> String {
+    format!(
+        "{}-{}-{}-{:04x}",
+        pipeline.name,
+        partition.map_or_else(|| "all".to_string(), |p| p.key().replace(':', "")),
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        fastrand::u16(..)
+    )
+}
+
+fn params_json(params: &HashMap<String, Value>) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = params
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                Value::Int(i) => serde_json::Value::from(*i),
+                Value::Float(x) => serde_json::Value::from(*x),
+                Value::String(s) => serde_json::Value::from(s.as_str()),
+                Value::Bool(b) => serde_json::Value::from(*b),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+type Finished = (
+    usize,
+    Result<(Option<DataFrame>, usize), BlockError>,
+    u32,
+    Duration,
+    i64,
+);
+
+/// The state of one run while it executes.
+struct Execution<'s> {
+    pipeline: &'static Pipeline,
+    run_id: String,
+    partition: Option<Partition>,
+    services: &'s Services,
+    ctx: RunContext,
+    state: Vec<State>,
+    outcomes: Vec<Option<BlockOutcome>>,
+    /// Consumers of each block's frame that have not started yet: a frame is dropped as soon
+    /// as its last consumer has it, so memory holds only what is still needed.
+    consumers_left: Vec<usize>,
+    /// Checkpoint writes in flight; each records its block in the ledger when done.
+    background: Vec<JoinHandle<()>>,
+    /// Blocks reused from earlier runs keep their checkpoint path in this run's ledger rows.
+    reused_checkpoints: HashMap<usize, PathBuf>,
+    first_failure: Option<(i64, String)>,
+}
+
+impl<'s> Execution<'s> {
+    fn new(
+        pipeline: &'static Pipeline,
+        run_id: &str,
+        partition: Option<Partition>,
+        services: &'s Services,
+        ctx: RunContext,
+    ) -> Self {
+        let blocks = pipeline.blocks;
+        Execution {
+            pipeline,
+            run_id: run_id.into(),
+            partition,
+            services,
+            ctx,
+            state: blocks.iter().map(|_| State::Pending).collect(),
+            outcomes: vec![None; blocks.len()],
+            consumers_left: (0..blocks.len())
+                .map(|b| blocks.iter().filter(|o| o.inputs.contains(&b)).count())
+                .collect(),
+            background: Vec::new(),
+            reused_checkpoints: HashMap::new(),
+            first_failure: None,
+        }
+    }
+
+    /// Settles reused and unselected blocks before anything runs. Checkpoints are read only
+    /// for reused blocks that a block which will run reads.
+    async fn apply_plan(&mut self, plan: &[Directive]) {
+        let blocks = self.pipeline.blocks;
+        for (index, directive) in plan.iter().enumerate() {
+            match directive {
+                Directive::Run => {}
+                Directive::NotSelected => {
+                    self.state[index] = State::NotSelected;
+                    self.settle(
+                        index,
+                        BlockStatus::Skipped {
+                            because: "not selected for this run".into(),
+                        },
+                        0,
+                        Duration::ZERO,
+                        None,
+                    )
+                    .await;
+                }
+                Directive::Reuse {
+                    checkpoint,
+                    rows,
+                    from_run,
+                } => {
+                    let needed = blocks
+                        .iter()
+                        .enumerate()
+                        .any(|(c, b)| b.inputs.contains(&index) && plan[c] == Directive::Run);
+                    let frame = match (needed, checkpoint) {
+                        (true, Some(path)) => Checkpoints::read(path.clone()).await.map(Some),
+                        (true, None) => Err(BlockError::fatal("its output was not checkpointed")),
+                        (false, _) => Ok(None),
+                    };
+                    let frame = match frame {
+                        Ok(frame) => frame,
+                        Err(error) => {
+                            let error = error.context(format!(
+                                "block `{}` cannot reuse the output of run {from_run}",
+                                blocks[index].name
+                            ));
+                            self.fail(index, error.message, 0, Duration::ZERO).await;
+                            continue;
+                        }
+                    };
+                    if let Some(path) = checkpoint {
+                        self.reused_checkpoints.insert(index, path.clone());
+                    }
+                    self.state[index] = State::Done(frame);
+                    self.settle(
+                        index,
+                        BlockStatus::Reused {
+                            rows: *rows,
+                            from_run: from_run.clone(),
+                        },
+                        0,
+                        Duration::ZERO,
+                        None,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Starts blocks as their trigger rules fire, until every block has ended or the run's
+    /// timeout passes.
+    async fn schedule(&mut self) {
+        let pipeline = self.pipeline;
+        let blocks = pipeline.blocks;
+        let deadline = pipeline
+            .timeout_ms
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let mut running = FuturesUnordered::new();
+        loop {
+            for index in 0..blocks.len() {
+                if !matches!(self.state[index], State::Pending) {
+                    continue;
+                }
+                match self.readiness(index) {
+                    Readiness::Wait => continue,
+                    Readiness::Skip(because) => {
+                        self.skip(index, because).await;
+                    }
+                    Readiness::Run => {
+                        let block = &blocks[index];
+                        if let Some(condition) = block.run_if {
+                            match (condition.eval)(&self.ctx) {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    self.skip(
+                                        index,
+                                        format!("run_if `{}` is false", condition.text),
+                                    )
+                                    .await;
+                                    continue;
+                                }
+                                Err(error) => {
+                                    self.fail(
+                                        index,
+                                        format!("run_if `{}`: {error}", condition.text),
+                                        0,
+                                        Duration::ZERO,
+                                    )
+                                    .await;
+                                    continue;
+                                }
+                            }
+                        }
+                        let inputs = self.take_inputs(index);
+                        self.state[index] = State::Running;
+                        if let Some(ledger) = &self.services.ledger {
+                            let record = self.block_record(index, "running", 0, None, None);
+                            if let Err(error) = ledger.record_block(&record).await {
+                                warn!("cannot record block start: {error}");
+                            }
+                        }
+                        running.push(run_block_with_retries(
+                            pipeline,
+                            index,
+                            self.ctx.clone(),
+                            inputs,
+                            self.services.ledger.clone(),
+                        ));
+                    }
+                }
+            }
+            let next = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, running.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        drop(running);
+                        self.time_out().await;
+                        return;
+                    }
+                },
+                None => running.next().await,
+            };
+            let Some((index, result, attempts, elapsed, started_at)) = next else {
+                break;
+            };
+            match result {
+                Ok((output, rows)) => {
+                    self.succeed(index, output, rows, attempts, elapsed, started_at)
+                }
+                Err(error) => {
+                    error!(
+                        block = blocks[index].name,
+                        attempts, "block failed: {error}"
+                    );
+                    self.fail(index, error.message, attempts, elapsed).await;
+                }
+            }
+        }
+    }
+
+    fn readiness(&self, index: usize) -> Readiness {
+        let blocks = self.pipeline.blocks;
+        let block = &blocks[index];
+        let upstream = || {
+            block
+                .inputs
+                .iter()
+                .chain(block.after.iter())
+                .copied()
+                .filter(|&i| !matches!(self.state[i], State::NotSelected))
+        };
+        // A block cannot run without the rows it reads.
+        if let Some(&bad) = block
+            .inputs
+            .iter()
+            .find(|&&i| matches!(self.state[i], State::Failed | State::Skipped))
+        {
+            let how = if matches!(self.state[bad], State::Failed) {
+                "failed"
+            } else {
+                "was skipped"
+            };
+            return Readiness::Skip(format!("input `{}` {how}", blocks[bad].name));
+        }
+        if block.trigger == Trigger::AllSuccess {
+            if let Some(bad) =
+                upstream().find(|&i| matches!(self.state[i], State::Failed | State::Skipped))
+            {
+                let how = if matches!(self.state[bad], State::Failed) {
+                    "failed"
+                } else {
+                    "was skipped"
+                };
+                return Readiness::Skip(format!("upstream `{}` {how}", blocks[bad].name));
+            }
+        }
+        if !upstream().all(|i| self.state[i].ended()) {
+            return Readiness::Wait;
+        }
+        let (mut succeeded, mut failed, mut skipped) = (0, 0, 0);
+        for i in upstream() {
+            match self.state[i] {
+                State::Done(_) => succeeded += 1,
+                State::Failed => failed += 1,
+                _ => skipped += 1,
+            }
+        }
+        if block.trigger.fires(succeeded, failed, skipped) {
+            Readiness::Run
+        } else {
+            Readiness::Skip(format!(
+                "trigger `{}` did not fire ({succeeded} upstream succeeded, {failed} failed, {skipped} skipped)",
+                block.trigger.name()
+            ))
+        }
+    }
+
+    fn take_inputs(&mut self, index: usize) -> Vec<DataFrame> {
+        let block = &self.pipeline.blocks[index];
+        let mut inputs = Vec::with_capacity(block.inputs.len());
+        for &input in block.inputs {
+            self.consumers_left[input] -= 1;
+            let frame = match &mut self.state[input] {
+                State::Done(frame) if self.consumers_left[input] == 0 => frame.take(),
+                State::Done(frame) => frame.clone(),
+                _ => None,
+            };
+            inputs.push(frame.expect("a finished non-sink block has an output for each consumer"));
+        }
+        inputs
+    }
+
+    /// A block that will not run releases its claim on its inputs' frames.
+    fn release_inputs(&mut self, index: usize) {
+        for &input in self.pipeline.blocks[index].inputs {
+            self.consumers_left[input] = self.consumers_left[input].saturating_sub(1);
+            if self.consumers_left[input] == 0
+                && let State::Done(frame) = &mut self.state[input]
+            {
+                frame.take();
+            }
+        }
+    }
+
+    async fn skip(&mut self, index: usize, because: String) {
+        self.state[index] = State::Skipped;
+        self.release_inputs(index);
+        self.settle(
+            index,
+            BlockStatus::Skipped { because },
+            0,
+            Duration::ZERO,
+            None,
+        )
+        .await;
+    }
+
+    async fn fail(&mut self, index: usize, error: String, attempts: u32, elapsed: Duration) {
+        self.state[index] = State::Failed;
+        self.release_inputs(index);
+        let now = now_ms();
+        if self.first_failure.is_none() {
+            self.first_failure = Some((now, error.clone()));
+        }
+        self.settle(
+            index,
+            BlockStatus::Failed { error },
+            attempts,
+            elapsed,
+            Some(now - elapsed.as_millis() as i64),
+        )
+        .await;
+    }
+
+    fn succeed(
+        &mut self,
+        index: usize,
+        output: Option<DataFrame>,
+        rows: usize,
+        attempts: u32,
+        elapsed: Duration,
+        started_at: i64,
+    ) {
+        let block = &self.pipeline.blocks[index];
+        let status = BlockStatus::Succeeded { rows };
+        let outcome = BlockOutcome {
+            name: block.name,
+            status: status.clone(),
+            attempts,
+            elapsed,
+        };
+        self.ctx.record_outcome(outcome.clone());
+        self.outcomes[index] = Some(outcome);
+        // The ledger row, and the checkpoint it points to, are written in the background so
+        // that downstream blocks start at once.
+        let bytes = output.as_ref().map(|f| f.estimated_size() as i64);
+        let mut record = self.block_record(index, status.name(), attempts, None, Some(started_at));
+        record.rows_out = Some(rows as i64);
+        record.bytes = bytes;
+        let checkpoint = match (&self.services.checkpoints, &output) {
+            (Some(checkpoints), Some(frame)) => Some((
+                checkpoints.path(self.pipeline.name, &self.run_id, block.name),
+                frame.clone(),
+            )),
+            _ => None,
+        };
+        let ledger = self.services.ledger.clone();
+        let has_consumers = self.consumers_left[index] > 0;
+        self.state[index] = State::Done(if has_consumers { output } else { None });
+        if ledger.is_none() && checkpoint.is_none() {
+            return;
+        }
+        self.background.push(tokio::spawn(async move {
+            if let Some((path, frame)) = checkpoint {
+                match Checkpoints::write(path.clone(), frame).await {
+                    Ok(_) => record.checkpoint = Some(path.display().to_string()),
+                    Err(error) => warn!(block = record.block, "no checkpoint: {error}"),
+                }
+            }
+            if let Some(ledger) = ledger
+                && let Err(error) = ledger.record_block(&record).await
+            {
+                warn!(block = record.block, "cannot record the block: {error}");
+            }
+        }));
+    }
+
+    /// Records a block's final outcome (except successes, see `succeed`).
+    async fn settle(
+        &mut self,
+        index: usize,
+        status: BlockStatus,
+        attempts: u32,
+        elapsed: Duration,
+        started_at: Option<i64>,
+    ) {
+        let block = &self.pipeline.blocks[index];
+        if let BlockStatus::Skipped { because } = &status {
+            info!(block = block.name, "skipped: {because}");
+        }
+        let outcome = BlockOutcome {
+            name: block.name,
+            status: status.clone(),
+            attempts,
+            elapsed,
+        };
+        self.ctx.record_outcome(outcome.clone());
+        self.outcomes[index] = Some(outcome);
+        if let Some(ledger) = &self.services.ledger {
+            let error = match &status {
+                BlockStatus::Failed { error } => Some(error.clone()),
+                BlockStatus::Skipped { because } => Some(because.clone()),
+                BlockStatus::Reused { from_run, .. } => Some(format!("reused from {from_run}")),
+                BlockStatus::Succeeded { .. } => None,
+            };
+            let mut record = self.block_record(index, status.name(), attempts, error, started_at);
+            if let BlockStatus::Reused { rows, .. } = status {
+                record.rows_out = Some(rows as i64);
+                record.checkpoint = self
+                    .reused_checkpoints
+                    .get(&index)
+                    .map(|p| p.display().to_string());
+            }
+            if let Err(error) = ledger.record_block(&record).await {
+                warn!(block = block.name, "cannot record the block: {error}");
+            }
+        }
+    }
+
+    fn block_record(
+        &self,
+        index: usize,
+        status: &str,
+        attempts: u32,
+        error: Option<String>,
+        started_at: Option<i64>,
+    ) -> BlockRecord {
+        let block: &BlockDef = &self.pipeline.blocks[index];
+        let ended = (status != "running").then(now_ms);
+        BlockRecord {
+            run_id: self.run_id.clone(),
+            block: block.name.into(),
+            position: index as i64,
+            status: status.into(),
+            attempts: i64::from(attempts),
+            rows_in: None,
+            rows_out: None,
+            bytes: None,
+            started_at: started_at.or(if status == "running" {
+                Some(now_ms())
+            } else {
+                ended
+            }),
+            ended_at: ended,
+            error,
+            checkpoint: None,
+        }
+    }
+
+    /// The run's timeout passed: running blocks fail, pending ones are skipped.
+    async fn time_out(&mut self) {
+        let timeout = Duration::from_millis(self.pipeline.timeout_ms.unwrap_or_default());
+        for index in 0..self.state.len() {
+            match self.state[index] {
+                State::Running => {
+                    self.fail(
+                        index,
+                        format!(
+                            "block `{}`: the run timed out after {}",
+                            self.pipeline.blocks[index].name,
+                            humanize(timeout)
+                        ),
+                        1,
+                        timeout,
+                    )
+                    .await;
+                }
+                State::Pending => {
+                    self.skip(
+                        index,
+                        format!("the run timed out after {}", humanize(timeout)),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for checkpoints and ledger rows, records the run's end and prunes checkpoints
+    /// that this run superseded.
+    async fn finish(self, started: Instant) -> RunReport {
+        for task in self.background {
+            let _ = task.await;
+        }
+        let report = RunReport {
+            run_id: self.run_id,
+            partition: self.partition,
+            blocks: self
+                .outcomes
+                .into_iter()
+                .map(|o| o.expect("every block ends succeeded, failed, skipped or reused"))
+                .collect(),
+            elapsed: started.elapsed(),
+            root_cause: self.first_failure.map(|(_, error)| error),
+        };
+        if let Some(ledger) = &self.services.ledger {
+            let status = if report.succeeded() {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            };
+            if let Err(error) = ledger
+                .finish_run(&report.run_id, status, report.root_cause.as_deref())
+                .await
+            {
+                warn!("cannot record the end of the run: {error}");
+            }
+            if self.services.checkpoints.is_some() {
+                prune_checkpoints(ledger, self.pipeline, &report).await;
+            }
+        }
+        report
+    }
+}
+
+enum Readiness {
+    Wait,
+    Run,
+    Skip(String),
+}
+
+/// Deletes checkpoints of older runs of the same partition that this run replaced, keeping
+/// the files this run itself points to (a resumed run reuses its predecessor's files).
+async fn prune_checkpoints(ledger: &Ledger, pipeline: &Pipeline, report: &RunReport) {
+    let partition = report.partition.map(|p| p.key());
+    let Ok(current) = ledger.blocks(&report.run_id).await else {
+        return;
+    };
+    for block in current.iter().filter(|b| b.checkpoint.is_some()) {
+        let Ok(older) = ledger
+            .superseded_checkpoints(
+                pipeline.name,
+                partition.as_deref(),
+                &block.block,
+                &report.run_id,
+            )
+            .await
+        else {
+            continue;
+        };
+        for (run_id, path) in older {
+            if Some(&path) != block.checkpoint.as_ref() {
+                Checkpoints::remove(std::path::Path::new(&path));
+            }
+            if let Err(error) = ledger.clear_checkpoint(&run_id, &block.block).await {
+                warn!("cannot forget checkpoint {path}: {error}");
+            }
+        }
+    }
 }
 
 /// Runs one block until it succeeds, fails with a non-retryable error or runs out of retries.
+/// Returns the block's index, its result, the attempts made, the time taken and its start.
 async fn run_block_with_retries(
     pipeline: &'static Pipeline,
     index: usize,
     ctx: RunContext,
     inputs: Vec<DataFrame>,
-) -> (
-    usize,
-    Result<(Option<DataFrame>, usize), BlockError>,
-    u32,
-    Duration,
-) {
+    ledger: Option<Ledger>,
+) -> Finished {
     let block = &pipeline.blocks[index];
     let policy = block.policy;
     let rows_in: usize = inputs.iter().map(DataFrame::height).sum();
     let started = Instant::now();
+    let started_at = now_ms();
     let span = info_span!("block", block = block.name);
     async {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let attempt_started = Instant::now();
+            let attempt_started_at = now_ms();
             let future = (pipeline.run_block)(index, ctx.clone(), inputs.clone());
-            let result = match tokio::time::timeout(
-                Duration::from_millis(policy.timeout_ms),
-                future,
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(BlockError::retryable(format!(
-                    "timed out after {}",
-                    humanize(Duration::from_millis(policy.timeout_ms))
-                ))),
+            let timeout = Duration::from_millis(policy.timeout_ms);
+            let (result, timed_out) = match tokio::time::timeout(timeout, future).await {
+                Ok(result) => (result, false),
+                Err(_) => (
+                    Err(BlockError::retryable(format!(
+                        "timed out after {}",
+                        humanize(timeout)
+                    ))),
+                    true,
+                ),
             };
+            if let Some(ledger) = &ledger {
+                let record = AttemptRecord {
+                    run_id: ctx.run_id().into(),
+                    block: block.name.into(),
+                    attempt: i64::from(attempt),
+                    status: match (&result, timed_out) {
+                        (Ok(_), _) => "succeeded",
+                        (Err(_), true) => "timed_out",
+                        (Err(_), false) => "failed",
+                    }
+                    .into(),
+                    retryable: result
+                        .as_ref()
+                        .is_err_and(|e| e.kind == ErrorKind::Retryable),
+                    started_at: attempt_started_at,
+                    ended_at: now_ms(),
+                    error: result.as_ref().err().map(|e| e.message.clone()),
+                };
+                if let Err(error) = ledger.record_attempt(&record).await {
+                    warn!("cannot record the attempt: {error}");
+                }
+            }
             match result {
                 Ok(output) => {
                     let rows_out = output.as_ref().map(DataFrame::height);
@@ -248,10 +912,16 @@ async fn run_block_with_retries(
                         Ok((output, rows_out.unwrap_or(rows_in))),
                         attempt,
                         started.elapsed(),
+                        started_at,
                     );
                 }
                 Err(error) if error.kind == ErrorKind::Retryable && attempt <= policy.retries => {
-                    let delay = backoff(policy.retry_delay_ms, attempt);
+                    let delay = backoff(
+                        policy.retry_delay_ms,
+                        policy.max_retry_delay_ms,
+                        attempt,
+                        fastrand::f64(),
+                    );
                     warn!(attempt, retry_in = %humanize(delay), "retryable error: {error}");
                     tokio::time::sleep(delay).await;
                 }
@@ -269,6 +939,7 @@ async fn run_block_with_retries(
                         ))),
                         attempt,
                         started.elapsed(),
+                        started_at,
                     );
                 }
             }
@@ -278,22 +949,15 @@ async fn run_block_with_retries(
     .await
 }
 
-/// Exponential backoff: the first delay, doubled per attempt, capped at five minutes, with up to
-/// a quarter of random-looking jitter so replicas retrying together spread out.
-fn backoff(first_ms: u64, attempt: u32) -> Duration {
-    const MAX_MS: u64 = 300_000;
+/// Exponential backoff: the first delay doubled per attempt, capped at `max_ms`, plus up to a
+/// quarter of random jitter (`unit` in [0, 1)) so that replicas retrying together spread out.
+/// The jitter never lifts the delay above the cap.
+fn backoff(first_ms: u64, max_ms: u64, attempt: u32, unit: f64) -> Duration {
     let base = first_ms
-        .saturating_mul(1u64 << (attempt - 1).min(20))
-        .min(MAX_MS);
-    let jitter_source = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    let jitter = if base >= 4 {
-        jitter_source % (base / 4)
-    } else {
-        0
-    };
-    Duration::from_millis(base + jitter)
+        .saturating_mul(1u64 << (attempt.saturating_sub(1)).min(30))
+        .min(max_ms);
+    let jitter = (base as f64 / 4.0 * unit.clamp(0.0, 1.0)) as u64;
+    Duration::from_millis(base.saturating_add(jitter).min(max_ms.max(first_ms)))
 }
 
 /// `1m30s`-style text for a duration.
@@ -311,15 +975,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
+    fn backoff_doubles_with_bounded_jitter_and_cap() {
         for attempt in 1..=4 {
-            let delay = backoff(1_000, attempt).as_millis() as u64;
-            let base = 1_000 * (1 << (attempt - 1));
-            assert!(
-                delay >= base && delay < base + base / 4 + 1,
-                "attempt {attempt}: {delay}"
+            let base = 1_000u64 * (1 << (attempt - 1));
+            assert_eq!(
+                backoff(1_000, 60_000, attempt, 0.0).as_millis() as u64,
+                base
             );
+            let high = backoff(1_000, 60_000, attempt, 0.999).as_millis() as u64;
+            assert!(high >= base && high <= base + base / 4, "{attempt}: {high}");
         }
-        assert!(backoff(1_000, 40).as_millis() as u64 <= 300_000 + 75_000);
+        // The cap holds for huge attempt numbers and with full jitter.
+        assert_eq!(backoff(1_000, 30_000, 40, 0.999).as_millis(), 30_000);
+        assert_eq!(backoff(1_000, 30_000, u32::MAX, 0.5).as_millis(), 30_000);
+    }
+
+    #[test]
+    fn trigger_rules() {
+        use Trigger::*;
+        // (succeeded, failed, skipped)
+        let cases = [
+            (AllSuccess, (2, 0, 0), true),
+            (AllSuccess, (1, 1, 0), false),
+            (AllSuccess, (1, 0, 1), false),
+            (AllDone, (0, 2, 1), true),
+            (OneFailed, (1, 1, 0), true),
+            (OneFailed, (2, 0, 1), false),
+            (AllFailed, (0, 2, 0), true),
+            (AllFailed, (1, 1, 0), false),
+            (NoneFailed, (1, 0, 1), true),
+            (NoneFailed, (1, 1, 0), false),
+            (OneSuccess, (1, 1, 1), true),
+            (OneSuccess, (0, 1, 1), false),
+        ];
+        for (rule, (s, f, k), expected) in cases {
+            assert_eq!(rule.fires(s, f, k), expected, "{rule:?} {s} {f} {k}");
+        }
     }
 }

@@ -3,6 +3,8 @@
 use chrono::NaiveDate;
 use polars::prelude::*;
 
+use crate::error::BlockResult;
+
 /// A date literal; the compiler has already checked that the date exists.
 pub fn date_lit(year: i32, month: u32, day: u32) -> Expr {
     // polars turns a chrono date literal into a datetime; cast it back to a date.
@@ -28,4 +30,15 @@ pub fn string_list(values: &[&str]) -> Expr {
 /// An `in (...)` list of booleans.
 pub fn bool_list(values: &[bool]) -> Expr {
     lit(Series::new("list".into(), values)).implode(false)
+}
+
+/// Evaluates a condition that uses no columns (a `run_if`): once, on a frame of one row. A
+/// null result counts as false, as in a SQL `WHERE`.
+pub fn evaluate_condition(condition: Expr) -> BlockResult<bool> {
+    let frame = DataFrame::empty_with_height(1)
+        .lazy()
+        .select([condition.alias("condition")])
+        .collect()?;
+    let column = frame.column("condition")?.cast(&DataType::Boolean)?;
+    Ok(column.bool()?.get(0).unwrap_or(false))
 }

@@ -3,16 +3,20 @@
 //! It knows nothing about TOML. The compiler has already resolved, checked and typed the
 //! pipeline; what arrives here is a static [`Pipeline`] description and one compiled function
 //! per block. The runtime schedules those functions in dependency order, moves polars frames
-//! between them, reads sources, writes sinks, runs data checks and provides each pipeline
-//! binary's command line.
+//! between them, reads sources, writes sinks, runs data checks, records every run in the
+//! ledger, checkpoints block outputs and provides each pipeline binary's command line.
 
+pub mod callback;
 pub mod check;
+pub mod checkpoint;
 pub mod cli;
 pub mod context;
 pub mod env;
 pub mod error;
 pub mod executor;
 pub mod exprs;
+pub mod history;
+pub mod ledger;
 pub mod partition;
 pub mod pipeline;
 pub mod schema;
@@ -21,14 +25,17 @@ pub mod source;
 
 /// Everything generated code uses, in one import.
 pub mod prelude {
+    pub use crate::callback::{CallbackTarget, notify};
     pub use crate::check::{CheckDef, CheckSeverity, run_check};
     pub use crate::context::RunContext;
     pub use crate::error::{BlockError, BlockResult};
-    pub use crate::exprs::{bool_list, date_lit, float_list, int_list, string_list};
+    pub use crate::exprs::{
+        bool_list, date_lit, evaluate_condition, float_list, int_list, string_list,
+    };
     pub use crate::partition::Granularity;
     pub use crate::pipeline::{
-        BaseType, BlockDef, BlockFuture, BlockKind, Column, ConnectionDef, ParamDef, ParamValue,
-        PartitionSpec, Pipeline, Policy, Secret, SinkDef,
+        BaseType, BlockDef, BlockFuture, BlockKind, Column, Condition, ConnectionDef, ParamDef,
+        ParamValue, PartitionSpec, Pipeline, Policy, Secret, SinkDef, Trigger,
     };
     pub use crate::schema::conform;
     pub use crate::sink::lake::{LakeTarget, write_lake};

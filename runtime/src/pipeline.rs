@@ -28,8 +28,13 @@ pub struct Pipeline {
     pub tags: &'static [&'static str],
     /// The TOML it was compiled from, relative to the workspace.
     pub source_path: &'static str,
-    /// A hash of that TOML: the pipeline version recorded with each run.
+    /// A hash of that TOML and of the compiler that compiled it: the pipeline version recorded
+    /// with each run.
     pub source_hash: &'static str,
+    /// The git commit the binary was built from, when the build knew it.
+    pub git_commit: Option<&'static str>,
+    /// How long one whole run may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
     /// How runs are partitioned, if they are.
     pub partitions: Option<PartitionSpec>,
     /// Parameters with their defaults.
@@ -108,6 +113,8 @@ pub enum BlockKind {
     TableSink,
     /// Writes Parquet files to the lake.
     LakeSink,
+    /// Reports the run's outcome (log line, webhook) when its trigger rule fires.
+    Callback,
 }
 
 impl BlockKind {
@@ -120,6 +127,7 @@ impl BlockKind {
             BlockKind::Rust => "rust",
             BlockKind::TableSink => "table",
             BlockKind::LakeSink => "lake",
+            BlockKind::Callback => "callback",
         }
     }
 }
@@ -137,8 +145,14 @@ pub struct BlockDef {
     pub description: &'static str,
     /// One line saying what it does.
     pub summary: &'static str,
-    /// Indices of its inputs in `Pipeline::blocks`.
+    /// Indices of its inputs in `Pipeline::blocks`: the blocks whose rows it reads.
     pub inputs: &'static [usize],
+    /// Indices of blocks it waits for without reading their rows (`after = [...]`).
+    pub after: &'static [usize],
+    /// When it runs, given how its upstream blocks (inputs and `after`) ended.
+    pub trigger: Trigger,
+    /// A condition over parameters and the partition; when false the block is skipped.
+    pub run_if: Option<Condition>,
     /// The schema flowing in, if it has an input.
     pub input: Option<&'static [Column]>,
     /// The schema flowing out; `None` for sinks.
@@ -147,6 +161,60 @@ pub struct BlockDef {
     pub policy: Policy,
     /// Where a sink writes, for `validate` and `explain`; `None` for other blocks.
     pub sink: Option<SinkDef>,
+}
+
+/// When a block runs, given the outcomes of its upstream blocks (like Airflow's trigger rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// Every upstream block succeeded (the default).
+    AllSuccess,
+    /// Every upstream block finished, however it ended: cleanup.
+    AllDone,
+    /// At least one upstream block failed: failure handling and alerts.
+    OneFailed,
+    /// Every upstream block failed.
+    AllFailed,
+    /// No upstream block failed (succeeded or skipped).
+    NoneFailed,
+    /// At least one upstream block succeeded.
+    OneSuccess,
+}
+
+impl Trigger {
+    /// The rule's name as written in pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::AllSuccess => "all_success",
+            Trigger::AllDone => "all_done",
+            Trigger::OneFailed => "one_failed",
+            Trigger::AllFailed => "all_failed",
+            Trigger::NoneFailed => "none_failed",
+            Trigger::OneSuccess => "one_success",
+        }
+    }
+
+    /// Whether a block with this rule runs, given how many upstream blocks succeeded, failed
+    /// and were skipped. Only called once every upstream block has ended.
+    pub fn fires(self, succeeded: usize, failed: usize, skipped: usize) -> bool {
+        let total = succeeded + failed + skipped;
+        match self {
+            Trigger::AllSuccess => succeeded == total,
+            Trigger::AllDone => true,
+            Trigger::OneFailed => failed > 0,
+            Trigger::AllFailed => total > 0 && failed == total,
+            Trigger::NoneFailed => failed == 0,
+            Trigger::OneSuccess => succeeded > 0,
+        }
+    }
+}
+
+/// A compiled `run_if` condition.
+#[derive(Clone, Copy, Debug)]
+pub struct Condition {
+    /// The expression as written, for messages.
+    pub text: &'static str,
+    /// Evaluates it for a run.
+    pub eval: fn(&RunContext) -> Result<bool, BlockError>,
 }
 
 /// A sink's target.
@@ -165,6 +233,8 @@ pub struct Policy {
     pub retries: u32,
     /// The first retry delay in milliseconds; it doubles each time.
     pub retry_delay_ms: u64,
+    /// The longest delay between two attempts in milliseconds.
+    pub max_retry_delay_ms: u64,
     /// The timeout of one attempt in milliseconds.
     pub timeout_ms: u64,
 }

@@ -46,27 +46,48 @@ pub fn wait_for_port(port: u16, limit: Duration) -> bool {
     false
 }
 
-/// A static file server (Python's http.server) on 127.0.0.1, stopped on drop.
+/// How the loopback HTTP peer misbehaves.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// The first N GETs of each file answer 503.
+    pub fail_first: u32,
+    /// GETs of files whose name contains this text stall for two minutes.
+    pub stall: Option<String>,
+}
+
+/// A loopback HTTP peer (`tests/support/test_server.py`): serves a folder's files, fails or
+/// stalls on purpose, accepts webhook POSTs and logs every request. Stopped on drop.
 pub struct HttpServer {
     child: Child,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
     /// The base URL, `http://127.0.0.1:PORT`.
     pub url: String,
 }
 
 impl HttpServer {
-    /// Serves `dir`.
+    /// Serves `dir` faithfully.
     pub fn serve(dir: &Path) -> HttpServer {
+        HttpServer::start(dir, ServerOptions::default())
+    }
+
+    /// Serves `dir` with the given failures.
+    pub fn start(dir: &Path, options: ServerOptions) -> HttpServer {
         let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
+        let log_dir = tempfile::tempdir().expect("a temporary folder for the request log");
+        let log = log_dir.path().join("requests.log");
+        let mut command = Command::new("python3");
+        command
+            .arg(workspace_root().join("tests/support/test_server.py"))
+            .args(["--port", &port.to_string(), "--dir"])
             .arg(dir)
+            .arg("--log")
+            .arg(&log)
+            .args(["--fail-first", &options.fail_first.to_string()]);
+        if let Some(stall) = &options.stall {
+            command.args(["--stall", stall]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -77,8 +98,19 @@ impl HttpServer {
         );
         HttpServer {
             child,
+            log,
+            _log_dir: log_dir,
             url: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Every request so far, one line each: `GET /path STATUS` or `POST /path BODY`.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 

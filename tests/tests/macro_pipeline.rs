@@ -3,10 +3,10 @@
 //! inline and run against a SQLite warehouse.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use baton_runtime::context::{Resources, Value};
-use baton_runtime::executor::{BlockStatus, run};
+use baton_runtime::context::Value;
+use baton_runtime::executor::{BlockStatus, RunRequest, Services, run};
+use baton_runtime::ledger::TriggerKind;
 use baton_runtime::partition::{Granularity, Partition};
 
 mod trips {
@@ -31,13 +31,14 @@ async fn a_macro_expanded_pipeline_with_a_rust_block_runs() {
     unsafe { std::env::set_var("DATABASE_URL", format!("sqlite://{}", db.display())) };
     let partition = Partition::parse(Granularity::Daily, "2024-01-01").unwrap();
 
+    let services = Services::default();
     let report = run(
         &trips::PIPELINE,
-        Some(partition),
-        &HashMap::new(),
-        Arc::new(Resources::default()),
+        RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Run),
+        &services,
     )
-    .await;
+    .await
+    .unwrap();
     let statuses: Vec<_> = report
         .blocks
         .iter()
@@ -54,11 +55,11 @@ async fn a_macro_expanded_pipeline_with_a_rust_block_runs() {
     let strict = HashMap::from([("min_fare".to_string(), Value::Float(20.0))]);
     let report = run(
         &trips::PIPELINE,
-        Some(partition),
-        &strict,
-        Arc::new(Resources::default()),
+        RunRequest::full(Some(partition), strict, TriggerKind::Run),
+        &services,
     )
-    .await;
+    .await
+    .unwrap();
     assert!(report.succeeded());
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
         .await

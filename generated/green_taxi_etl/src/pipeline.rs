@@ -13,7 +13,9 @@ pub static PIPELINE: Pipeline = Pipeline {
     owner: "data-engineering",
     tags: &["nyc-tlc", "zoomcamp", "green-taxi"],
     source_path: "pipelines/green_taxi_etl.toml",
-    source_hash: "69dc1d710c4fc866",
+    source_hash: "c6352022f025c87c",
+    git_commit: option_env!("BATON_GIT_COMMIT"),
+    timeout_ms: None,
     partitions: Some(PartitionSpec {
         granularity: Granularity::Monthly,
         start: "2019-01",
@@ -35,25 +37,34 @@ pub static PIPELINE: Pipeline = Pipeline {
             url: "${LAKE_URL:-./lake}",
             password: None,
         },
+        ConnectionDef {
+            name: "alerts",
+            url: "${ALERT_WEBHOOK_URL:-}",
+            password: None,
+        },
     ],
     blocks: &BLOCKS,
     run_block,
 };
 
 /// The blocks in dependency order; `inputs` are indices into this array.
-static BLOCKS: [BlockDef; 4] = [
+static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "extract_green_taxi",
         kind: BlockKind::HttpSource,
-        line: 28,
+        line: 30,
         description: "Download one month of green taxi trips (gzip CSV) with the course's column types.",
         summary: "read csv (gzip) from {tlc}/green_tripdata_{partition.year}-{partition.month}.csv.gz",
         inputs: &[],
+        after: &[],
+        trigger: Trigger::AllSuccess,
+        run_if: None,
         input: None,
         output: Some(EXTRACT_GREEN_TAXI_OUTPUT),
         policy: Policy {
             retries: 3,
             retry_delay_ms: 2000,
+            max_retry_delay_ms: 300000,
             timeout_ms: 600000,
         },
         sink: None,
@@ -61,15 +72,19 @@ static BLOCKS: [BlockDef; 4] = [
     BlockDef {
         name: "clean_green_taxi",
         kind: BlockKind::Transform,
-        line: 57,
+        line: 59,
         description: "Drop trips without passengers or distance, add the pickup date, snake_case the id columns.",
         summary: "3 steps",
         inputs: &[0],
+        after: &[],
+        trigger: Trigger::AllSuccess,
+        run_if: None,
         input: Some(EXTRACT_GREEN_TAXI_OUTPUT),
         output: Some(CLEAN_GREEN_TAXI_OUTPUT),
         policy: Policy {
             retries: 3,
             retry_delay_ms: 2000,
+            max_retry_delay_ms: 300000,
             timeout_ms: 600000,
         },
         sink: None,
@@ -77,15 +92,19 @@ static BLOCKS: [BlockDef; 4] = [
     BlockDef {
         name: "load_warehouse",
         kind: BlockKind::TableSink,
-        line: 84,
+        line: 86,
         description: "Replace this month's rows of green_taxi in one transaction.",
         summary: "write table mage.green_taxi on {warehouse} (replace_partition by partition_month)",
         inputs: &[1],
+        after: &[],
+        trigger: Trigger::AllSuccess,
+        run_if: None,
         input: Some(CLEAN_GREEN_TAXI_OUTPUT),
         output: None,
         policy: Policy {
             retries: 3,
             retry_delay_ms: 2000,
+            max_retry_delay_ms: 300000,
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Table(LOAD_WAREHOUSE_TARGET)),
@@ -93,22 +112,46 @@ static BLOCKS: [BlockDef; 4] = [
     BlockDef {
         name: "load_lake",
         kind: BlockKind::LakeSink,
-        line: 119,
+        line: 121,
         description: "Write Parquet files partitioned hive-style by pickup date.",
         summary: "write parquet to {lake}/green_taxi/lpep_pickup_date=*/",
         inputs: &[1],
+        after: &[],
+        trigger: Trigger::AllSuccess,
+        run_if: None,
         input: Some(CLEAN_GREEN_TAXI_OUTPUT),
         output: None,
         policy: Policy {
             retries: 3,
             retry_delay_ms: 2000,
+            max_retry_delay_ms: 300000,
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Lake(LOAD_LAKE_TARGET)),
     },
+    BlockDef {
+        name: "report_failure",
+        kind: BlockKind::Callback,
+        line: 129,
+        description: "Say which block failed and why; with ALERT_WEBHOOK_URL set, also POST it as JSON.",
+        summary: "report the run on failure: log and POST to {alerts}",
+        inputs: &[],
+        after: &[0, 1, 2, 3],
+        trigger: Trigger::OneFailed,
+        run_if: None,
+        input: None,
+        output: None,
+        policy: Policy {
+            retries: 3,
+            retry_delay_ms: 2000,
+            max_retry_delay_ms: 300000,
+            timeout_ms: 600000,
+        },
+        sink: None,
+    },
 ];
 
-/// Columns leaving `extract_green_taxi` (pipelines/green_taxi_etl.toml:28).
+/// Columns leaving `extract_green_taxi` (pipelines/green_taxi_etl.toml:30).
 pub const EXTRACT_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("VendorID", BaseType::Int64),
     Column::required("lpep_pickup_datetime", BaseType::Timestamp),
@@ -132,7 +175,7 @@ pub const EXTRACT_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("congestion_surcharge", BaseType::Float64),
 ];
 
-/// Columns leaving `clean_green_taxi` (pipelines/green_taxi_etl.toml:57).
+/// Columns leaving `clean_green_taxi` (pipelines/green_taxi_etl.toml:59).
 pub const CLEAN_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("vendor_id", BaseType::Int64),
     Column::required("lpep_pickup_datetime", BaseType::Timestamp),
@@ -158,7 +201,7 @@ pub const CLEAN_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::required("partition_month", BaseType::Date),
 ];
 
-/// Where `load_warehouse` writes (pipelines/green_taxi_etl.toml:84).
+/// Where `load_warehouse` writes (pipelines/green_taxi_etl.toml:86).
 const LOAD_WAREHOUSE_TARGET: TableTarget = TableTarget {
     connection: "warehouse",
     schema: Some("mage"),
@@ -169,7 +212,7 @@ const LOAD_WAREHOUSE_TARGET: TableTarget = TableTarget {
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 
-/// Where `load_lake` writes (pipelines/green_taxi_etl.toml:119).
+/// Where `load_lake` writes (pipelines/green_taxi_etl.toml:121).
 const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     connection: "lake",
     path: "green_taxi",
@@ -177,7 +220,7 @@ const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 
-/// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_etl.toml:28.
+/// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_etl.toml:30.
 ///
 /// Download one month of green taxi trips (gzip CSV) with the course's column types.
 async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<DataFrame> {
@@ -199,23 +242,23 @@ async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<DataFrame> {
     Ok(frame)
 }
 
-/// `clean_green_taxi`: transform, declared at pipelines/green_taxi_etl.toml:57.
+/// `clean_green_taxi`: transform, declared at pipelines/green_taxi_etl.toml:59.
 ///
 /// Drop trips without passengers or distance, add the pickup date, snake_case the id columns.
 fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
     let frame = input.lazy();
-    // pipelines/green_taxi_etl.toml:64: filter = "passenger_count > 0 and trip_distance > 0"
+    // pipelines/green_taxi_etl.toml:66: filter = "passenger_count > 0 and trip_distance > 0"
     let frame = frame
         .filter(
             col("passenger_count").gt(lit(0i64)).and(col("trip_distance").gt(lit(0i64))),
         );
-    // pipelines/green_taxi_etl.toml:69: derive = { lpep_pickup_date = "date(lpep_pickup_datetime)", partition_month = "partition.start" }
+    // pipelines/green_taxi_etl.toml:71: derive = { lpep_pickup_date = "date(lpep_pickup_datetime)", partition_month = "partition.start" }
     let frame = frame
         .with_columns([
             col("lpep_pickup_datetime").dt().date().alias("lpep_pickup_date"),
             ctx.partition()?.start().alias("partition_month"),
         ]);
-    // pipelines/green_taxi_etl.toml:72: rename = { VendorID = "vendor_id", RatecodeID = "ratecode_id", PULocationID = "pu_location_id", DOLocationI...
+    // pipelines/green_taxi_etl.toml:74: rename = { VendorID = "vendor_id", RatecodeID = "ratecode_id", PULocationID = "pu_location_id", DOLocationI...
     let frame = frame
         .rename(
             ["VendorID", "RatecodeID", "PULocationID", "DOLocationID"],
@@ -228,7 +271,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "vendor_id in (1, 2)",
-            location: "pipelines/green_taxi_etl.toml:74",
+            location: "pipelines/green_taxi_etl.toml:76",
             severity: CheckSeverity::Fail,
         },
         col("vendor_id").is_in(int_list(&[1i64, 2i64]), false),
@@ -238,7 +281,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "passenger_count > 0",
-            location: "pipelines/green_taxi_etl.toml:78",
+            location: "pipelines/green_taxi_etl.toml:80",
             severity: CheckSeverity::Fail,
         },
         col("passenger_count").gt(lit(0i64)),
@@ -248,7 +291,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "trip_distance > 0",
-            location: "pipelines/green_taxi_etl.toml:81",
+            location: "pipelines/green_taxi_etl.toml:83",
             severity: CheckSeverity::Fail,
         },
         col("trip_distance").gt(lit(0i64)),
@@ -256,18 +299,29 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
     Ok(frame)
 }
 
-/// `load_warehouse`: table sink, declared at pipelines/green_taxi_etl.toml:84.
+/// `load_warehouse`: table sink, declared at pipelines/green_taxi_etl.toml:86.
 ///
 /// Replace this month's rows of green_taxi in one transaction.
 async fn load_warehouse(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
     write_table(ctx, &LOAD_WAREHOUSE_TARGET, input).await
 }
 
-/// `load_lake`: lake sink, declared at pipelines/green_taxi_etl.toml:119.
+/// `load_lake`: lake sink, declared at pipelines/green_taxi_etl.toml:121.
 ///
 /// Write Parquet files partitioned hive-style by pickup date.
 async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
     write_lake(ctx, &LOAD_LAKE_TARGET, input).await
+}
+
+/// `report_failure`: callback, declared at pipelines/green_taxi_etl.toml:129.
+///
+/// Say which block failed and why; with ALERT_WEBHOOK_URL set, also POST it as JSON.
+async fn report_failure(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
+    static TARGET: CallbackTarget = CallbackTarget {
+        message: "green_taxi_etl failed for {partition} in {failed_blocks}: {error}",
+        webhook: Some("alerts"),
+    };
+    notify(ctx, &TARGET).await
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
@@ -285,6 +339,7 @@ fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> Block
                 load_lake(&ctx, inputs.remove(0)).await.map(|()| None)
             })
         }
+        4 => Box::pin(async move { report_failure(ctx).await }),
         _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),
     }
 }

@@ -1,0 +1,115 @@
+//! Checkpoints: each block's output saved as a Parquet file, keyed by pipeline, run and block,
+//! so that `resume` and `run --only` can start from the middle of the graph.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::{DataFrame, ParquetCompression, ParquetReader, ParquetWriter, SerReader};
+
+use crate::error::{BlockError, BlockResult};
+
+/// Where checkpoints live when nothing is configured.
+pub const DEFAULT_DIR: &str = ".baton/checkpoints";
+
+/// A folder of checkpoints.
+#[derive(Clone, Debug)]
+pub struct Checkpoints {
+    root: PathBuf,
+}
+
+impl Checkpoints {
+    /// Checkpoints under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Checkpoints {
+        Checkpoints { root: root.into() }
+    }
+
+    /// The file holding one block's output in one run.
+    pub fn path(&self, pipeline: &str, run_id: &str, block: &str) -> PathBuf {
+        self.root
+            .join(pipeline)
+            .join(run_id)
+            .join(format!("{block}.parquet"))
+    }
+
+    /// Writes a frame to `path` on the blocking pool and returns the file's size.
+    ///
+    /// The file is written under a temporary name and renamed into place, so a crash never
+    /// leaves a truncated checkpoint that a later `resume` would trust.
+    pub async fn write(path: PathBuf, mut frame: DataFrame) -> BlockResult<u64> {
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    BlockError::fatal(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            let partial = path.with_extension("parquet.partial");
+            let file = File::create(&partial).map_err(|e| {
+                BlockError::fatal(format!("cannot create {}: {e}", partial.display()))
+            })?;
+            // LZ4 costs little CPU: checkpoints are written on every run and read rarely.
+            ParquetWriter::new(file)
+                .with_compression(ParquetCompression::Lz4Raw)
+                .finish(&mut frame)
+                .map_err(|e| {
+                    BlockError::fatal(format!("cannot write checkpoint {}: {e}", path.display()))
+                })?;
+            std::fs::rename(&partial, &path).map_err(|e| {
+                BlockError::fatal(format!("cannot publish checkpoint {}: {e}", path.display()))
+            })?;
+            Ok(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0))
+        })
+        .await
+        .map_err(|e| BlockError::fatal(format!("checkpoint writer panicked: {e}")))?
+    }
+
+    /// Reads a checkpoint back.
+    pub async fn read(path: PathBuf) -> BlockResult<DataFrame> {
+        tokio::task::spawn_blocking(move || read_now(&path))
+            .await
+            .map_err(|e| BlockError::fatal(format!("checkpoint reader panicked: {e}")))?
+    }
+
+    /// Deletes a checkpoint and its run folder when that becomes empty. A file that is already
+    /// gone is not an error.
+    pub fn remove(path: &Path) {
+        let _ = std::fs::remove_file(path);
+        if let Some(parent) = path.parent() {
+            // Fails, harmlessly, while other blocks' checkpoints remain in the folder.
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Reads a checkpoint on the current thread.
+pub fn read_now(path: &Path) -> BlockResult<DataFrame> {
+    let file = File::open(path).map_err(|e| {
+        BlockError::fatal(format!("cannot open checkpoint {}: {e}", path.display()))
+    })?;
+    ParquetReader::new(file)
+        .finish()
+        .map_err(|e| BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::prelude::*;
+
+    #[tokio::test]
+    async fn round_trip_and_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpoints::new(dir.path());
+        let path = checkpoints.path("p", "run-1", "clean");
+        let frame = df!("a" => [1i64, 2, 3], "b" => ["x", "y", "z"]).unwrap();
+        let size = Checkpoints::write(path.clone(), frame.clone())
+            .await
+            .unwrap();
+        assert!(size > 0);
+        assert!(!path.with_extension("parquet.partial").exists());
+        let back = Checkpoints::read(path.clone()).await.unwrap();
+        assert!(back.equals(&frame));
+        Checkpoints::remove(&path);
+        assert!(!path.exists());
+        assert!(!path.parent().unwrap().exists());
+    }
+}

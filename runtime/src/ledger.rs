@@ -1,0 +1,835 @@
+//! The run ledger: every run, every block of a run and every attempt of a block, recorded in
+//! SQLite (the default, a local file) or PostgreSQL (shared by several replicas).
+//!
+//! Both databases get the same schema through sqlx migrations embedded in the binary. A running
+//! run writes a heartbeat every few seconds; a run whose process died without finishing is
+//! detected by the next process that opens the ledger and marked `abandoned`, so no run stays
+//! "running" forever.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row, SqlSafeStr};
+
+/// How often a running run proves it is alive.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a run may go without a heartbeat before another process declares it abandoned.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// The ledger used when nothing is configured: a SQLite file next to the warehouse's default.
+pub const DEFAULT_URL: &str = "sqlite://.baton/ledger.db";
+
+/// An error reading or writing the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerError(pub String);
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "run ledger: {}", self.0)
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(error: sqlx::Error) -> Self {
+        LedgerError(error.to_string())
+    }
+}
+
+/// What a run is doing or how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Its process is working on it.
+    Running,
+    /// No block failed.
+    Succeeded,
+    /// At least one block failed.
+    Failed,
+    /// Its process stopped (crash, `kill -9`, lost machine) without finishing it.
+    Abandoned,
+}
+
+impl RunStatus {
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// Why a run was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// `run`: one partition, every block.
+    Run,
+    /// `backfill`: one partition of a range, every block.
+    Backfill,
+    /// `resume RUN_ID`: only what failed or did not run.
+    Resume,
+    /// `run --only BLOCK`: one block on checkpointed inputs.
+    Only,
+    /// `run --until BLOCK`: a block and everything upstream of it.
+    Until,
+}
+
+impl TriggerKind {
+    /// The kind as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Run => "run",
+            TriggerKind::Backfill => "backfill",
+            TriggerKind::Resume => "resume",
+            TriggerKind::Only => "only",
+            TriggerKind::Until => "until",
+        }
+    }
+
+    /// Whether a successful run of this kind completed its whole partition, so that a backfill
+    /// may skip the partition.
+    pub fn completes_partition(self) -> bool {
+        matches!(
+            self,
+            TriggerKind::Run | TriggerKind::Backfill | TriggerKind::Resume
+        )
+    }
+}
+
+/// A run as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRecord {
+    /// Unique id.
+    pub run_id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The partition key; `None` for a pipeline without partitions.
+    pub partition: Option<String>,
+    /// `running`, `succeeded`, `failed` or `abandoned`.
+    pub status: String,
+    /// `run`, `backfill`, `resume`, `only` or `until`.
+    pub trigger: String,
+    /// The compiled pipeline's version.
+    pub version: String,
+    /// The git commit the binary was built from, when known.
+    pub git_commit: Option<String>,
+    /// Parameter values as a JSON object.
+    pub params: String,
+    /// The run this one resumed, if any.
+    pub resumed_from: Option<String>,
+    /// The machine that ran it.
+    pub host: String,
+    /// Its process id there.
+    pub pid: i64,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_at: i64,
+    /// Last sign of life, milliseconds since the Unix epoch.
+    pub heartbeat_at: i64,
+    /// End, milliseconds since the Unix epoch.
+    pub ended_at: Option<i64>,
+    /// The root cause of a failure.
+    pub error: Option<String>,
+}
+
+/// One block's final outcome in a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockRecord {
+    /// The run.
+    pub run_id: String,
+    /// The block's name.
+    pub block: String,
+    /// The block's position in the pipeline, for display order.
+    pub position: i64,
+    /// `succeeded`, `failed`, `skipped` or `reused`.
+    pub status: String,
+    /// Attempts made (0 when skipped or reused).
+    pub attempts: i64,
+    /// Rows read.
+    pub rows_in: Option<i64>,
+    /// Rows produced (for sinks: rows written).
+    pub rows_out: Option<i64>,
+    /// In-memory size of the block's output (for sinks: of its input), in bytes.
+    pub bytes: Option<i64>,
+    /// Start of the first attempt.
+    pub started_at: Option<i64>,
+    /// End of the last attempt.
+    pub ended_at: Option<i64>,
+    /// The error of a failed block, why it was skipped, or which run it was reused from.
+    pub error: Option<String>,
+    /// Where its output was checkpointed, if it was.
+    pub checkpoint: Option<String>,
+}
+
+/// One attempt of a block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// The run.
+    pub run_id: String,
+    /// The block.
+    pub block: String,
+    /// 1 for the first attempt.
+    pub attempt: i64,
+    /// `succeeded`, `failed` or `timed_out`.
+    pub status: String,
+    /// Whether the error was classified retryable.
+    pub retryable: bool,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_at: i64,
+    /// End, milliseconds since the Unix epoch.
+    pub ended_at: i64,
+    /// The error, if it failed.
+    pub error: Option<String>,
+}
+
+/// A connection to the run ledger.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    pool: AnyPool,
+    host: String,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "runs, blocks and attempts".into(),
+        MigrationType::Simple,
+        include_str!("../migrations/ledger/0001_runs.sql").into_sql_str(),
+        false,
+    )])
+}
+
+impl Ledger {
+    /// Opens (and creates or migrates) the ledger at `url`: `sqlite://PATH` or `postgres://...`.
+    pub async fn open(url: &str) -> Result<Ledger, LedgerError> {
+        install_default_drivers();
+        let url = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or_default();
+            if let Some(parent) = std::path::Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| LedgerError(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            if url.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.to_string()
+        } else {
+            return Err(LedgerError(format!(
+                "unsupported ledger URL `{}`; use sqlite://PATH or postgres://...",
+                crate::context::redact(url)
+            )));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    if connection.backend_name().eq_ignore_ascii_case("sqlite") {
+                        // Several processes (a backfill and an `inspect`, say) share the file:
+                        // WAL lets readers proceed during writes, and writers wait their turn.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *connection)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| {
+                LedgerError(format!("cannot open {}: {e}", crate::context::redact(&url)))
+            })?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| LedgerError(format!("cannot migrate the ledger schema: {e}")))?;
+        Ok(Ledger {
+            pool,
+            host: hostname(),
+        })
+    }
+
+    /// This machine's name, as recorded with each run.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Records the start of a run.
+    pub async fn start_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO baton_runs (run_id, pipeline, partition_key, status, trigger_kind, \
+             version, git_commit, params, resumed_from, host, pid, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&run.run_id)
+        .bind(&run.pipeline)
+        .bind(&run.partition)
+        .bind(&run.status)
+        .bind(&run.trigger)
+        .bind(&run.version)
+        .bind(&run.git_commit)
+        .bind(&run.params)
+        .bind(&run.resumed_from)
+        .bind(&run.host)
+        .bind(run.pid)
+        .bind(run.started_at)
+        .bind(run.heartbeat_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Proves that a run is still alive.
+    pub async fn heartbeat(&self, run_id: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE baton_runs SET heartbeat_at = $1 WHERE run_id = $2 AND status = 'running'",
+        )
+        .bind(now_ms())
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records one attempt of a block.
+    pub async fn record_attempt(&self, attempt: &AttemptRecord) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO baton_attempts (run_id, block, attempt, status, retryable, started_at, \
+             ended_at, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&attempt.run_id)
+        .bind(&attempt.block)
+        .bind(attempt.attempt)
+        .bind(&attempt.status)
+        .bind(i64::from(attempt.retryable))
+        .bind(attempt.started_at)
+        .bind(attempt.ended_at)
+        .bind(&attempt.error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records (or updates) a block's final outcome in a run.
+    pub async fn record_block(&self, block: &BlockRecord) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO baton_block_runs (run_id, block, position, status, attempts, rows_in, \
+             rows_out, bytes, started_at, ended_at, error, checkpoint) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (run_id, block) DO UPDATE SET status = excluded.status, \
+             attempts = excluded.attempts, rows_in = excluded.rows_in, \
+             rows_out = excluded.rows_out, bytes = excluded.bytes, \
+             started_at = excluded.started_at, ended_at = excluded.ended_at, \
+             error = excluded.error, checkpoint = excluded.checkpoint",
+        )
+        .bind(&block.run_id)
+        .bind(&block.block)
+        .bind(block.position)
+        .bind(&block.status)
+        .bind(block.attempts)
+        .bind(block.rows_in)
+        .bind(block.rows_out)
+        .bind(block.bytes)
+        .bind(block.started_at)
+        .bind(block.ended_at)
+        .bind(&block.error)
+        .bind(&block.checkpoint)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records how a run ended.
+    pub async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE baton_runs SET status = $1, ended_at = $2, heartbeat_at = $2, error = $3 \
+             WHERE run_id = $4",
+        )
+        .bind(status.as_str())
+        .bind(now)
+        .bind(error)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the pipeline's runs whose process is gone as abandoned, and returns them.
+    ///
+    /// A run is gone when its process id no longer exists on this machine, or when it has not
+    /// sent a heartbeat for longer than [`LEASE`] (a run on another machine, or a reused pid).
+    pub async fn recover_abandoned(&self, pipeline: &str) -> Result<Vec<RunRecord>, LedgerError> {
+        let running = self
+            .select_runs(
+                "WHERE pipeline = $1 AND status = 'running' ORDER BY started_at",
+                &[pipeline],
+            )
+            .await?;
+        let now = now_ms();
+        let lease = LEASE.as_millis() as i64;
+        let mut abandoned = Vec::new();
+        for run in running {
+            let dead_here = run.host == self.host
+                && i32::try_from(run.pid).is_ok_and(|pid| !process_alive(pid as u32))
+                && run.pid != i64::from(std::process::id());
+            let lease_expired = now - run.heartbeat_at > lease;
+            if !(dead_here || lease_expired) {
+                continue;
+            }
+            let reason = format!(
+                "abandoned: process {} on {} stopped without finishing the run (last heartbeat {})",
+                run.pid,
+                run.host,
+                format_ms(run.heartbeat_at)
+            );
+            // The status guard makes this safe when two processes recover at the same time.
+            let updated = sqlx::query(
+                "UPDATE baton_runs SET status = 'abandoned', ended_at = heartbeat_at, error = $1 \
+                 WHERE run_id = $2 AND status = 'running'",
+            )
+            .bind(&reason)
+            .bind(&run.run_id)
+            .execute(&self.pool)
+            .await?;
+            if updated.rows_affected() == 1 {
+                sqlx::query(
+                    "UPDATE baton_block_runs SET status = 'abandoned', error = $1 \
+                     WHERE run_id = $2 AND status = 'running'",
+                )
+                .bind("its process stopped while the block was running")
+                .bind(&run.run_id)
+                .execute(&self.pool)
+                .await?;
+                abandoned.push(RunRecord {
+                    status: RunStatus::Abandoned.as_str().into(),
+                    error: Some(reason),
+                    ..run
+                });
+            }
+        }
+        Ok(abandoned)
+    }
+
+    /// Partitions with a successful complete run of this pipeline version.
+    pub async fn succeeded_partitions(
+        &self,
+        pipeline: &str,
+        version: &str,
+    ) -> Result<HashSet<String>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT partition_key FROM baton_runs WHERE pipeline = $1 AND version = $2 \
+             AND status = 'succeeded' AND trigger_kind IN ('run', 'backfill', 'resume') \
+             AND partition_key IS NOT NULL",
+        )
+        .bind(pipeline)
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0).map_err(LedgerError::from))
+            .collect()
+    }
+
+    /// The pipeline's most recent runs, newest first.
+    pub async fn runs(&self, pipeline: &str, limit: i64) -> Result<Vec<RunRecord>, LedgerError> {
+        // The limit is an integer, so formatting it into the statement is safe.
+        self.select_runs(
+            &format!("WHERE pipeline = $1 ORDER BY started_at DESC, run_id DESC LIMIT {limit}"),
+            &[pipeline],
+        )
+        .await
+    }
+
+    /// One run, by id.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, LedgerError> {
+        Ok(self
+            .select_runs("WHERE run_id = $1", &[run_id])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// The newest run of a partition (`None`: the pipeline has no partitions).
+    pub async fn latest_run(
+        &self,
+        pipeline: &str,
+        partition: Option<&str>,
+    ) -> Result<Option<RunRecord>, LedgerError> {
+        Ok(self
+            .select_runs(
+                "WHERE pipeline = $1 AND COALESCE(partition_key, '') = $2 \
+                 ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                &[pipeline, partition.unwrap_or_default()],
+            )
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn select_runs(
+        &self,
+        clause: &str,
+        binds: &[&str],
+    ) -> Result<Vec<RunRecord>, LedgerError> {
+        let sql = format!(
+            "SELECT run_id, pipeline, partition_key, status, trigger_kind, version, git_commit, \
+             params, resumed_from, host, pid, started_at, heartbeat_at, ended_at, error \
+             FROM baton_runs {clause}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RunRecord {
+                    run_id: row.try_get(0)?,
+                    pipeline: row.try_get(1)?,
+                    partition: row.try_get(2)?,
+                    status: row.try_get(3)?,
+                    trigger: row.try_get(4)?,
+                    version: row.try_get(5)?,
+                    git_commit: row.try_get(6)?,
+                    params: row.try_get(7)?,
+                    resumed_from: row.try_get(8)?,
+                    host: row.try_get(9)?,
+                    pid: row.try_get(10)?,
+                    started_at: row.try_get(11)?,
+                    heartbeat_at: row.try_get(12)?,
+                    ended_at: row.try_get(13)?,
+                    error: row.try_get(14)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(LedgerError::from)
+    }
+
+    /// A run's blocks in pipeline order.
+    pub async fn blocks(&self, run_id: &str) -> Result<Vec<BlockRecord>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT run_id, block, position, status, attempts, rows_in, rows_out, bytes, \
+             started_at, ended_at, error, checkpoint FROM baton_block_runs WHERE run_id = $1 \
+             ORDER BY position",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BlockRecord {
+                    run_id: row.try_get(0)?,
+                    block: row.try_get(1)?,
+                    position: row.try_get(2)?,
+                    status: row.try_get(3)?,
+                    attempts: row.try_get(4)?,
+                    rows_in: row.try_get(5)?,
+                    rows_out: row.try_get(6)?,
+                    bytes: row.try_get(7)?,
+                    started_at: row.try_get(8)?,
+                    ended_at: row.try_get(9)?,
+                    error: row.try_get(10)?,
+                    checkpoint: row.try_get(11)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(LedgerError::from)
+    }
+
+    /// A run's attempts, in the order they started.
+    pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT run_id, block, attempt, status, retryable, started_at, ended_at, error \
+             FROM baton_attempts WHERE run_id = $1 ORDER BY started_at, block, attempt",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AttemptRecord {
+                    run_id: row.try_get(0)?,
+                    block: row.try_get(1)?,
+                    attempt: row.try_get(2)?,
+                    status: row.try_get(3)?,
+                    retryable: row.try_get::<i64, _>(4)? != 0,
+                    started_at: row.try_get(5)?,
+                    ended_at: row.try_get(6)?,
+                    error: row.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(LedgerError::from)
+    }
+
+    /// The newest checkpoint of a block's output for a partition, from any run of `version`:
+    /// `(run id, path)`.
+    pub async fn latest_checkpoint(
+        &self,
+        pipeline: &str,
+        version: &str,
+        partition: Option<&str>,
+        block: &str,
+    ) -> Result<Option<(String, String)>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT b.run_id, b.checkpoint FROM baton_block_runs b \
+             JOIN baton_runs r ON r.run_id = b.run_id \
+             WHERE r.pipeline = $1 AND r.version = $2 AND COALESCE(r.partition_key, '') = $3 \
+             AND b.block = $4 AND b.status IN ('succeeded', 'reused') \
+             AND b.checkpoint IS NOT NULL \
+             ORDER BY b.ended_at DESC, r.started_at DESC LIMIT 1",
+        )
+        .bind(pipeline)
+        .bind(version)
+        .bind(partition.unwrap_or_default())
+        .bind(block)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
+            .map_err(LedgerError::from)
+    }
+
+    /// Checkpoints of a block and partition held by runs other than `keep_run`, whose files
+    /// differ from `keep_path`: what a newer checkpoint has superseded.
+    pub async fn superseded_checkpoints(
+        &self,
+        pipeline: &str,
+        partition: Option<&str>,
+        block: &str,
+        keep_run: &str,
+    ) -> Result<Vec<(String, String)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT b.run_id, b.checkpoint FROM baton_block_runs b \
+             JOIN baton_runs r ON r.run_id = b.run_id \
+             WHERE r.pipeline = $1 AND COALESCE(r.partition_key, '') = $2 AND b.block = $3 \
+             AND b.run_id <> $4 AND b.checkpoint IS NOT NULL AND r.status <> 'running'",
+        )
+        .bind(pipeline)
+        .bind(partition.unwrap_or_default())
+        .bind(block)
+        .bind(keep_run)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(LedgerError::from)
+    }
+
+    /// Forgets a block's checkpoint (after its file was deleted).
+    pub async fn clear_checkpoint(&self, run_id: &str, block: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE baton_block_runs SET checkpoint = NULL WHERE run_id = $1 AND block = $2",
+        )
+        .bind(run_id)
+        .bind(block)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `2021-01-31 12:00:00 UTC` for a ledger timestamp.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// Whether a process exists on this machine. Without `/proc` the answer is "yes", so that only
+/// the heartbeat lease decides.
+fn process_alive(pid: u32) -> bool {
+    let proc = std::path::Path::new("/proc");
+    !proc.exists() || proc.join(pid.to_string()).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(run_id: &str, partition: &str, pid: i64, heartbeat_at: i64) -> RunRecord {
+        RunRecord {
+            run_id: run_id.into(),
+            pipeline: "p".into(),
+            partition: Some(partition.into()),
+            status: "running".into(),
+            trigger: "backfill".into(),
+            version: "v1".into(),
+            git_commit: None,
+            params: "{}".into(),
+            resumed_from: None,
+            host: hostname(),
+            pid,
+            started_at: heartbeat_at,
+            heartbeat_at,
+            ended_at: None,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_runs_and_recovers_dead_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/ledger.db", dir.path().display());
+        let ledger = Ledger::open(&url).await.unwrap();
+        // Opening twice runs the migrations once.
+        let ledger_again = Ledger::open(&url).await.unwrap();
+
+        // Alive: this very process, heartbeat now.
+        let mine = run("mine", "2021-01", i64::from(std::process::id()), now_ms());
+        // Dead: a pid that cannot exist on Linux (above pid_max).
+        let dead = run("dead", "2021-02", 4_194_400, now_ms());
+        // Silent: another host's run whose lease expired.
+        let mut silent = run("silent", "2021-03", 1, now_ms() - 60_000);
+        silent.host = "elsewhere".into();
+        for record in [&mine, &dead, &silent] {
+            ledger.start_run(record).await.unwrap();
+        }
+        let mut recovered: Vec<String> = ledger_again
+            .recover_abandoned("p")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        recovered.sort();
+        assert_eq!(recovered, ["dead", "silent"]);
+        assert_eq!(ledger.run("mine").await.unwrap().unwrap().status, "running");
+        assert_eq!(
+            ledger.run("dead").await.unwrap().unwrap().status,
+            "abandoned"
+        );
+
+        ledger
+            .finish_run("mine", RunStatus::Succeeded, None)
+            .await
+            .unwrap();
+        let done = ledger.succeeded_partitions("p", "v1").await.unwrap();
+        assert_eq!(done, HashSet::from(["2021-01".to_string()]));
+        assert!(
+            ledger
+                .succeeded_partitions("p", "v2")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(ledger.runs("p", 2).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn blocks_attempts_and_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/ledger.db", dir.path().display());
+        let ledger = Ledger::open(&url).await.unwrap();
+        for (id, at) in [("old", 1_000), ("new", 2_000)] {
+            let mut record = run(id, "2021-01", i64::from(std::process::id()), at);
+            record.started_at = at;
+            ledger.start_run(&record).await.unwrap();
+            let block = BlockRecord {
+                run_id: id.into(),
+                block: "extract".into(),
+                position: 0,
+                status: "succeeded".into(),
+                attempts: 3,
+                rows_in: Some(0),
+                rows_out: Some(10),
+                bytes: Some(80),
+                started_at: Some(at),
+                ended_at: Some(at + 5),
+                error: None,
+                checkpoint: Some(format!("/cp/{id}.parquet")),
+            };
+            ledger.record_block(&block).await.unwrap();
+            // Recording again updates rather than duplicates.
+            ledger.record_block(&block).await.unwrap();
+            ledger
+                .finish_run(id, RunStatus::Succeeded, None)
+                .await
+                .unwrap();
+        }
+        for attempt in 1..=3 {
+            ledger
+                .record_attempt(&AttemptRecord {
+                    run_id: "new".into(),
+                    block: "extract".into(),
+                    attempt,
+                    status: if attempt < 3 { "failed" } else { "succeeded" }.into(),
+                    retryable: attempt < 3,
+                    started_at: 2_000 + attempt,
+                    ended_at: 2_001 + attempt,
+                    error: (attempt < 3).then(|| "HTTP 503".to_string()),
+                })
+                .await
+                .unwrap();
+        }
+        let attempts = ledger.attempts("new").await.unwrap();
+        assert_eq!(attempts.len(), 3);
+        assert!(attempts[0].retryable && !attempts[2].retryable);
+        assert_eq!(ledger.blocks("new").await.unwrap().len(), 1);
+        let latest = ledger
+            .latest_checkpoint("p", "v1", Some("2021-01"), "extract")
+            .await
+            .unwrap();
+        assert_eq!(
+            latest,
+            Some(("new".to_string(), "/cp/new.parquet".to_string()))
+        );
+        let superseded = ledger
+            .superseded_checkpoints("p", Some("2021-01"), "extract", "new")
+            .await
+            .unwrap();
+        assert_eq!(
+            superseded,
+            [("old".to_string(), "/cp/old.parquet".to_string())]
+        );
+        ledger.clear_checkpoint("old", "extract").await.unwrap();
+        assert!(
+            ledger
+                .superseded_checkpoints("p", Some("2021-01"), "extract", "new")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
