@@ -418,7 +418,7 @@ impl<'s> Execution<'s> {
             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
         let mut running = FuturesUnordered::new();
         loop {
-            for index in 0..blocks.len() {
+            for (index, block) in blocks.iter().enumerate() {
                 if !matches!(self.state[index], State::Pending) {
                     continue;
                 }
@@ -428,7 +428,6 @@ impl<'s> Execution<'s> {
                         self.skip(index, because).await;
                     }
                     Readiness::Run => {
-                        let block = &blocks[index];
                         if let Some(condition) = block.run_if {
                             match (condition.eval)(&self.ctx) {
                                 Ok(true) => {}
@@ -523,17 +522,16 @@ impl<'s> Execution<'s> {
             };
             return Readiness::Skip(format!("input `{}` {how}", blocks[bad].name));
         }
-        if block.trigger == Trigger::AllSuccess {
-            if let Some(bad) =
+        if block.trigger == Trigger::AllSuccess
+            && let Some(bad) =
                 upstream().find(|&i| matches!(self.state[i], State::Failed | State::Skipped))
-            {
-                let how = if matches!(self.state[bad], State::Failed) {
-                    "failed"
-                } else {
-                    "was skipped"
-                };
-                return Readiness::Skip(format!("upstream `{}` {how}", blocks[bad].name));
-            }
+        {
+            let how = if matches!(self.state[bad], State::Failed) {
+                "failed"
+            } else {
+                "was skipped"
+            };
+            return Readiness::Skip(format!("upstream `{}` {how}", blocks[bad].name));
         }
         if !upstream().all(|i| self.state[i].ended()) {
             return Readiness::Wait;
