@@ -113,16 +113,40 @@ fn backfill_into_sqlite_matches_an_independent_count_and_is_idempotent() {
     );
     let files_before = lake_files(&work.path().join("lake"));
 
-    // Running the same backfill again replaces, never duplicates.
+    // The same backfill again skips the months the ledger shows as loaded by this version.
     let again = run(
         work.path(),
         &env,
         &["backfill", "--from", "2021-01", "--to", "2021-03"],
     );
+    assert!(again.status.success(), "{}", stderr(&again));
     assert!(
-        again.status.success(),
-        "second backfill failed:\n{}",
+        stderr(&again).contains("3 partition(s) already succeeded"),
+        "{}",
         stderr(&again)
+    );
+    // Forcing it re-runs every month, and the sinks replace rather than duplicate.
+    let forced = run(
+        work.path(),
+        &env,
+        &[
+            "backfill",
+            "--from",
+            "2021-01",
+            "--to",
+            "2021-03",
+            "--rerun-all",
+        ],
+    );
+    assert!(
+        forced.status.success(),
+        "forced backfill failed:\n{}",
+        stderr(&forced)
+    );
+    assert!(
+        stderr(&forced).contains("3 run(s): 3 succeeded"),
+        "{}",
+        stderr(&forced)
     );
     assert_eq!(
         sqlite_count(&db, "SELECT count(*) FROM green_taxi") as usize,
@@ -144,12 +168,12 @@ fn backfill_into_postgres_creates_typed_columns_and_is_idempotent() {
         ("TLC_BASE_URL", server.url.as_str()),
         ("DATABASE_URL", postgres.url.as_str()),
     ];
-    for attempt in 1..=2 {
-        let output = run(
-            work.path(),
-            &env,
-            &["backfill", "--from", "2021-01", "--to", "2021-03"],
-        );
+    // The second backfill is forced, so the sink really replaces every month once more.
+    for args in [&[][..], &["--rerun-all"][..]] {
+        let attempt = if args.is_empty() { 1 } else { 2 };
+        let mut all = vec!["backfill", "--from", "2021-01", "--to", "2021-03"];
+        all.extend_from_slice(args);
+        let output = run(work.path(), &env, &all);
         assert!(
             output.status.success(),
             "backfill {attempt} failed:\n{}",
