@@ -15,6 +15,17 @@ use crate::syntax::{
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
+/// Block kinds, as written in `kind = "..."`.
+const BLOCK_KINDS: [&str; 7] = [
+    "http",
+    "file",
+    "transform",
+    "rust",
+    "table",
+    "lake",
+    "callback",
+];
+
 /// The placeholders a callback message may use; the runtime's `callback::PLACEHOLDERS`.
 const CALLBACK_PLACEHOLDERS: [&str; 6] = [
     "pipeline",
@@ -306,6 +317,7 @@ impl Checker<'_, '_> {
             source_path: self.context.source_path.to_string(),
             source_hash: crate::source_hash(self.context.source),
             timeout_ms: meta.timeout_ms,
+            limits: self.limits(),
             partitions: meta
                 .partitions
                 .as_ref()
@@ -377,6 +389,37 @@ impl Checker<'_, '_> {
             }
             (None, None) => Trigger::AllSuccess,
         }
+    }
+
+    /// `[pipeline.concurrency]`: its keys must be block kinds, each given once.
+    fn limits(&mut self) -> Vec<(String, u32)> {
+        let mut limits: Vec<(String, u32)> = Vec::new();
+        for (kind, limit) in &self.file.pipeline.concurrency {
+            if !BLOCK_KINDS.contains(&kind.value.as_str()) {
+                self.push(
+                    Diagnostic::error(
+                        "E0003",
+                        format!(
+                            "unknown block kind `{}` in `[pipeline.concurrency]`",
+                            kind.value
+                        ),
+                        kind.span.clone(),
+                        "not a block kind",
+                    )
+                    .with_optional_help(
+                        did_you_mean(&kind.value, BLOCK_KINDS.iter().copied()).or_else(|| {
+                            Some(format!(
+                                "limits are per block kind: {}",
+                                BLOCK_KINDS.join(", ")
+                            ))
+                        }),
+                    ),
+                );
+            } else {
+                limits.push((kind.value.clone(), limit.value));
+            }
+        }
+        limits
     }
 
     fn connections(&mut self) {

@@ -88,6 +88,11 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         }
         None => quote!(None),
     };
+    let limits = pipeline.limits.iter().map(|(kind, limit)| {
+        let kind = kind_name_tokens(kind);
+        let limit = proc_macro2::Literal::usize_unsuffixed(*limit as usize);
+        quote!((#kind, #limit))
+    });
     let conditions = pipeline
         .blocks
         .iter()
@@ -154,6 +159,7 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
             // Set by the pipeline crate's build script; absent in a proc-macro expansion.
             git_commit: option_env!("BATON_GIT_COMMIT"),
             timeout_ms: #timeout_ms,
+            limits: &[#(#limits),*],
             partitions: #partitions,
             params: &[#(#params),*],
             connections: &[#(#connections),*],
@@ -325,6 +331,20 @@ fn kind_tokens(op: &BlockOp) -> TokenStream {
         BlockOp::TableSink { .. } => quote!(BlockKind::TableSink),
         BlockOp::LakeSink { .. } => quote!(BlockKind::LakeSink),
         BlockOp::Callback { .. } => quote!(BlockKind::Callback),
+    }
+}
+
+/// A block kind as written in pipeline files (checked already) as the runtime's `BlockKind`.
+fn kind_name_tokens(kind: &str) -> TokenStream {
+    match kind {
+        "http" => quote!(BlockKind::HttpSource),
+        "file" => quote!(BlockKind::FileSource),
+        "transform" => quote!(BlockKind::Transform),
+        "rust" => quote!(BlockKind::Rust),
+        "table" => quote!(BlockKind::TableSink),
+        "lake" => quote!(BlockKind::LakeSink),
+        "callback" => quote!(BlockKind::Callback),
+        other => unreachable!("the checker rejects block kind `{other}`"),
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Pipeline {
     pub source_hash: String,
     /// How long one whole run may take, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// At most this many blocks of a kind (`table`, `http`, ...) at once in one process.
+    pub limits: Vec<(String, u32)>,
     /// Partitioning, if any: granularity and first partition key.
     pub partitions: Option<(Granularity, String)>,
     /// Parameters and their defaults.

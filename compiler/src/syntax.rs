@@ -55,6 +55,8 @@ pub struct PipelineMeta {
     pub defaults: Defaults,
     /// How long one whole run may take, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// `[pipeline.concurrency]`: at most this many blocks of a kind at once in the process.
+    pub concurrency: Vec<(Located<String>, Located<u32>)>,
 }
 
 /// `[pipeline.partitions]`.
@@ -750,6 +752,13 @@ impl Reader<'_, '_> {
         let timeout_ms = cursor
             .get("timeout")
             .and_then(|v| self.duration("timeout", v));
+        let concurrency = match cursor.get("concurrency") {
+            Some(value) => self
+                .table("concurrency", value)
+                .map(|t| self.concurrency(t))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         self.finish(cursor);
         Some(PipelineMeta {
             name: name?,
@@ -759,6 +768,7 @@ impl Reader<'_, '_> {
             partitions,
             defaults,
             timeout_ms,
+            concurrency,
         })
     }
 
@@ -792,6 +802,31 @@ impl Reader<'_, '_> {
             granularity: granularity?,
             start: start?,
         })
+    }
+
+    fn concurrency(&mut self, table: &DeTable<'_>) -> Vec<(Located<String>, Located<u32>)> {
+        let mut limits = Vec::new();
+        for (key, value) in table.iter() {
+            let kind = Located::new(key.get_ref().to_string(), key.span());
+            let limit = match value.get_ref() {
+                DeValue::Integer(i) => i.as_str().parse::<u32>().ok(),
+                _ => None,
+            };
+            match limit {
+                Some(0) => self.error(
+                    Diagnostic::error(
+                        "E0003",
+                        format!("the limit for `{}` must be at least 1", kind.value),
+                        value.span(),
+                        "0 would never run these blocks",
+                    )
+                    .with_help("remove the line to leave the kind unlimited"),
+                ),
+                Some(limit) => limits.push((kind, Located::new(limit, value.span()))),
+                None => self.wrong_type(&kind.value, value, "a positive integer"),
+            }
+        }
+        limits
     }
 
     fn defaults(&mut self, table: &DeTable<'_>, span: Span, what: &str) -> Defaults {

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use polars::prelude::DataFrame;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{BlockError, BlockResult};
 use crate::executor::BlockOutcome;
 use crate::partition::Partition;
-use crate::pipeline::{BlockFuture, ParamValue, Pipeline, Secret};
+use crate::pipeline::{BlockFuture, BlockKind, ParamValue, Pipeline, Secret};
 use crate::sink::table::Warehouse;
 
 /// A parameter's value for this run.
@@ -96,10 +96,32 @@ impl Value {
     }
 }
 
-/// Resources shared by every run of one process: connection pools, opened once.
+/// Resources shared by every run of one process: connection pools, opened once, and the
+/// per-kind concurrency limits.
 #[derive(Default)]
 pub struct Resources {
     warehouses: Mutex<HashMap<String, Warehouse>>,
+    limits: std::sync::Mutex<HashMap<BlockKind, Arc<Semaphore>>>,
+}
+
+impl Resources {
+    /// Waits for a slot when the pipeline limits how many blocks of this kind run at once;
+    /// the slot is freed when the returned permit is dropped. `None` when there is no limit.
+    pub async fn slot(&self, pipeline: &Pipeline, kind: BlockKind) -> Option<OwnedSemaphorePermit> {
+        let limit = pipeline
+            .limits
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, n)| *n)?;
+        let semaphore = self
+            .limits
+            .lock()
+            .ok()?
+            .entry(kind)
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone();
+        semaphore.acquire_owned().await.ok()
+    }
 }
 
 struct Inner {
@@ -225,6 +247,11 @@ impl RunContext {
         if let Ok(mut outcomes) = self.inner.outcomes.lock() {
             outcomes.push(outcome);
         }
+    }
+
+    /// The process's shared resources.
+    pub fn resources(&self) -> &Resources {
+        &self.inner.resources
     }
 
     /// The warehouse behind a connection, connected once per process.

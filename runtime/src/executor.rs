@@ -858,6 +858,9 @@ async fn run_block_with_retries(
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Waiting for a slot under `[pipeline.concurrency]` is not part of the attempt, so
+            // it does not count against the block's timeout.
+            let slot = ctx.resources().slot(pipeline, block.kind).await;
             let attempt_started = Instant::now();
             let attempt_started_at = now_ms();
             let future = (pipeline.run_block)(index, ctx.clone(), inputs.clone());
@@ -872,6 +875,7 @@ async fn run_block_with_retries(
                     true,
                 ),
             };
+            drop(slot);
             if let Some(ledger) = &ledger {
                 let record = AttemptRecord {
                     run_id: ctx.run_id().into(),

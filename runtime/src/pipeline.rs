@@ -35,6 +35,9 @@ pub struct Pipeline {
     pub git_commit: Option<&'static str>,
     /// How long one whole run may take, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// At most this many blocks of a kind run at once in one process (across the partitions of
+    /// a concurrent backfill too).
+    pub limits: &'static [(BlockKind, usize)],
     /// How runs are partitioned, if they are.
     pub partitions: Option<PartitionSpec>,
     /// Parameters with their defaults.
@@ -99,7 +102,7 @@ pub enum Secret {
 }
 
 /// Kinds of block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BlockKind {
     /// Reads a file over HTTP.
     HttpSource,

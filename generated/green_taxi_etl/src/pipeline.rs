@@ -16,6 +16,7 @@ pub static PIPELINE: Pipeline = Pipeline {
     source_hash: "c6352022f025c87c",
     git_commit: option_env!("BATON_GIT_COMMIT"),
     timeout_ms: None,
+    limits: &[],
     partitions: Some(PartitionSpec {
         granularity: Granularity::Monthly,
         start: "2019-01",
