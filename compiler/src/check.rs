@@ -10,8 +10,8 @@ use crate::ir::{
 };
 use crate::resolve::Graph;
 use crate::syntax::{
-    self, BlockKind, CheckKind, CheckSeverity, ColumnDecl, ExprSource, Located, PipelineFile,
-    StepOp, Trigger, WriteMode,
+    self, BlockKind, CheckKind, CheckSeverity, ColumnDecl, ExprSource, ForEach, Located,
+    PipelineFile, StepOp, Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -490,8 +490,10 @@ impl Checker<'_, '_> {
                     .connection
                     .as_ref()
                     .is_none_or(|c| self.connection(c));
-                let path = self.template(&source.path);
+                let path = self.template(&source.path, source.for_each.is_some());
                 self.unique_columns(&source.schema);
+                let mut schema = decls_to_schema(&source.schema);
+                let fan_out = self.fan_out(source, path.as_deref(), &mut schema);
                 // The declared schema is known even when the path or connection is wrong, so
                 // downstream blocks are still checked; the errors above keep the pipeline from
                 // being emitted.
@@ -501,8 +503,9 @@ impl Checker<'_, '_> {
                     path: path.unwrap_or_default(),
                     format: source.format,
                     compression: source.compression,
+                    fan_out,
                 };
-                Some((op, Some(decls_to_schema(&source.schema))))
+                Some((op, Some(schema)))
             }
             BlockKind::Transform { steps } => {
                 let mut schema = input?.clone();
@@ -792,7 +795,110 @@ impl Checker<'_, '_> {
             + ".rs"
     }
 
-    fn template(&mut self, path: &Located<String>) -> Option<Vec<TemplatePart>> {
+    /// A source's fan-out: items that fit the partitioning, a path that names the item, an
+    /// item column that collides with no file column (it is appended to `schema`).
+    fn fan_out(
+        &mut self,
+        source: &syntax::FileSource,
+        path: Option<&[TemplatePart]>,
+        schema: &mut Schema,
+    ) -> Option<ir::FanOut> {
+        let Some(for_each) = &source.for_each else {
+            for (key, span) in [
+                (
+                    "item_column",
+                    source.item_column.as_ref().map(|c| c.span.clone()),
+                ),
+                (
+                    "concurrency",
+                    source.concurrency.as_ref().map(|c| c.span.clone()),
+                ),
+            ] {
+                if let Some(span) = span {
+                    self.push(
+                        Diagnostic::error("E0004", format!("`{key}` needs `for_each`"), span, "this source reads one file")
+                            .with_help("add `for_each = \"partition.days\"` (or a list) and use `{item}` in `path`, or remove this key"),
+                    );
+                }
+            }
+            return None;
+        };
+        let needed = match for_each.value {
+            ForEach::Days => Some((Granularity::Monthly, "partition.days", "monthly")),
+            ForEach::Hours => Some((Granularity::Daily, "partition.hours", "daily")),
+            ForEach::Values(ref values) => {
+                if values.is_empty() {
+                    self.push(
+                        Diagnostic::error(
+                            "E0003",
+                            "`for_each` has no items",
+                            for_each.span.clone(),
+                            "empty list",
+                        )
+                        .with_help("list the items, e.g. `for_each = [\"green\", \"yellow\"]`"),
+                    );
+                }
+                None
+            }
+        };
+        if let Some((granularity, name, granularity_name)) = needed
+            && self.granularity != Some(granularity)
+        {
+            self.push(
+                Diagnostic::error("E0011", format!("`{name}` needs a {granularity_name} pipeline"), for_each.span.clone(), match self.granularity {
+                    Some(g) => format!("this pipeline is {}", g.name()),
+                    None => "this pipeline has no partitions".to_string(),
+                })
+                .with_help(format!("set `granularity = \"{granularity_name}\"` in `[pipeline.partitions]`, or list the items")),
+            );
+        }
+        if let Some(parts) = path
+            && !parts.contains(&TemplatePart::Item)
+        {
+            self.push(
+                Diagnostic::error(
+                    "E0011",
+                    "a fanned-out source's path does not use `{item}`",
+                    source.path.span.clone(),
+                    "every item would read this same file",
+                )
+                .with_label(for_each.span.clone(), "items come from here")
+                .with_help("put `{item}` where the item goes, e.g. `path = \"trips_{item}.csv\"`"),
+            );
+        }
+        if let Some(column) = &source.item_column {
+            if find(schema, &column.value).is_some() {
+                self.push(
+                    Diagnostic::error(
+                        "E0017",
+                        format!("the item column `{}` is also a file column", column.value),
+                        column.span.clone(),
+                        "two columns would get this name",
+                    )
+                    .with_help("choose another name for the item column"),
+                );
+            } else {
+                schema.push((
+                    column.value.clone(),
+                    ColumnType {
+                        base: BaseType::String,
+                        nullable: false,
+                    },
+                ));
+            }
+        }
+        Some(ir::FanOut {
+            items: for_each.value.clone(),
+            concurrency: source.concurrency.as_ref().map_or(4, |c| c.value),
+            item_column: source.item_column.as_ref().map(|c| c.value.clone()),
+        })
+    }
+
+    fn template(
+        &mut self,
+        path: &Located<String>,
+        item_allowed: bool,
+    ) -> Option<Vec<TemplatePart>> {
         let raw = &self.context.source[path.span.clone()];
         let offset = (raw.len() == path.value.len() + 2 && raw[1..raw.len() - 1] == path.value)
             .then_some(path.span.start + 1);
@@ -820,9 +926,21 @@ impl Checker<'_, '_> {
             };
             let inner = &rest[open + 1..open + close];
             let span = locate(position + open..position + open + close + 1);
-            match self.template_variable(inner, span) {
-                Some(part) => parts.push(part),
-                None => ok = false,
+            if inner.trim() == "item" {
+                if item_allowed {
+                    parts.push(TemplatePart::Item);
+                } else {
+                    ok = false;
+                    self.push(
+                        Diagnostic::error("E0011", "`{item}` is used but the source has no `for_each`", span, "no item to fill in")
+                            .with_help("add `for_each = \"partition.days\"` (or a list of strings) to read one file per item"),
+                    );
+                }
+            } else {
+                match self.template_variable(inner, span) {
+                    Some(part) => parts.push(part),
+                    None => ok = false,
+                }
             }
             position += open + close + 1;
             rest = &rest[open + close + 1..];

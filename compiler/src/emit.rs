@@ -11,7 +11,9 @@ use crate::expr::BinaryOp;
 use crate::ir::{
     Block, BlockOp, Function, PartitionField, Pipeline, StepOp, TemplatePart, TypedExpr,
 };
-use crate::syntax::{CheckSeverity, Compression, FileFormat, SecretRef, Trigger, WriteMode};
+use crate::syntax::{
+    CheckSeverity, Compression, FileFormat, ForEach, SecretRef, Trigger, WriteMode,
+};
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
 /// How the generated code reaches the pipeline's hand-written Rust module.
@@ -530,10 +532,17 @@ fn summary(block: &Block) -> String {
             path,
             format,
             compression,
+            fan_out,
         } => {
             let format = match format {
                 FileFormat::Csv => "csv",
                 FileFormat::Parquet => "parquet",
+            };
+            let each = match fan_out.as_ref().map(|f| &f.items) {
+                None => String::new(),
+                Some(ForEach::Days) => " for each day".to_string(),
+                Some(ForEach::Hours) => " for each hour".to_string(),
+                Some(ForEach::Values(values)) => format!(" for each of {}", values.join(", ")),
             };
             let gzip = if *compression == Compression::Gzip {
                 " (gzip)"
@@ -544,7 +553,7 @@ fn summary(block: &Block) -> String {
                 Some(connection) => format!("{{{connection}}}/{}", template_text(path)),
                 None => template_text(path),
             };
-            format!("read {format}{gzip} from {location}")
+            format!("read {format}{gzip} from {location}{each}")
         }
         BlockOp::Transform { steps } => format!(
             "{} step{}",
@@ -602,6 +611,7 @@ fn template_text(parts: &[TemplatePart]) -> String {
         .map(|part| match part {
             TemplatePart::Text(text) => text.clone(),
             TemplatePart::Field { field, .. } => format!("{{partition.{}}}", field.name()),
+            TemplatePart::Item => "{item}".to_string(),
         })
         .collect()
 }
@@ -654,6 +664,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             path,
             format,
             compression,
+            fan_out,
         } => {
             let output = schema_const(block);
             let (literal, args) = template_format(path);
@@ -679,14 +690,55 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 Compression::None => quote!(Compression::None),
                 Compression::Gzip => quote!(Compression::Gzip),
             };
+            let Some(fan_out) = fan_out else {
+                return quote! {
+                    #(#doc)*
+                    async fn #function(ctx: &RunContext) -> BlockResult<DataFrame> {
+                        #partition
+                        let path = #path_value;
+                        let frame = read_source(ctx, #location, #format, #compression, #output).await?;
+                        #checks
+                        Ok(frame)
+                    }
+                };
+            };
+            // The item column, when there is one, is the last output column; the files hold
+            // the others.
+            let file_columns = match &fan_out.item_column {
+                Some(_) => {
+                    let count = block.output.as_ref().map_or(0, Vec::len) - 1;
+                    let count = proc_macro2::Literal::usize_unsuffixed(count);
+                    quote!(&#output[..#count])
+                }
+                None => quote!(#output),
+            };
+            let items = match &fan_out.items {
+                ForEach::Days => quote!(FanOut::Days),
+                ForEach::Hours => quote!(FanOut::Hours),
+                ForEach::Values(values) => quote!(FanOut::Values(&[#(#values),*])),
+            };
+            let name = &block.name;
+            let concurrency = proc_macro2::Literal::usize_unsuffixed(fan_out.concurrency as usize);
+            let item_column = match &fan_out.item_column {
+                Some(column) => quote!(Some(#column)),
+                None => quote!(None),
+            };
+            let item_function = format_ident!("{}_item", block.name);
+            let item_doc = format!(" One item of `{}`'s fan-out.", block.name);
             quote! {
                 #(#doc)*
                 async fn #function(ctx: &RunContext) -> BlockResult<DataFrame> {
-                    #partition
-                    let path = #path_value;
-                    let frame = read_source(ctx, #location, #format, #compression, #output).await?;
+                    let items = fan_out_items(ctx, #items)?;
+                    let frame = read_each(ctx, #name, items, #concurrency, #item_column, |item| #item_function(ctx, item)).await?;
                     #checks
                     Ok(frame)
+                }
+
+                #[doc = #item_doc]
+                async fn #item_function(ctx: &RunContext, item: String) -> BlockResult<DataFrame> {
+                    #partition
+                    let path = #path_value;
+                    read_source(ctx, #location, #format, #compression, #file_columns).await
                 }
             }
         }
@@ -776,6 +828,10 @@ fn template_format(parts: &[TemplatePart]) -> (String, Vec<TokenStream>) {
         match part {
             TemplatePart::Text(text) => {
                 literal.push_str(&text.replace('{', "{{").replace('}', "}}"))
+            }
+            TemplatePart::Item => {
+                literal.push_str("{}");
+                args.push(quote!(item));
             }
             TemplatePart::Field { field, width } => {
                 if *width > 0 {

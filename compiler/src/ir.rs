@@ -4,7 +4,9 @@
 //! every edge carries its exact schema, expressions are typed, templates are split into parts.
 
 use crate::expr::BinaryOp;
-use crate::syntax::{CheckSeverity, Compression, FileFormat, SecretRef, Trigger, WriteMode};
+use crate::syntax::{
+    CheckSeverity, Compression, FileFormat, ForEach, SecretRef, Trigger, WriteMode,
+};
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
 /// An ordered list of columns with their types.
@@ -98,6 +100,8 @@ pub struct Block {
 pub enum TemplatePart {
     /// Text copied as it is.
     Text(String),
+    /// The current item of a fanned-out source (`{item}`).
+    Item,
     /// A partition field, zero-padded to `width` digits.
     Field {
         /// The field.
@@ -154,6 +158,8 @@ pub enum BlockOp {
         format: FileFormat,
         /// Compression.
         compression: Compression,
+        /// One file per item, unioned.
+        fan_out: Option<FanOut>,
     },
     /// Column operations.
     Transform {
@@ -194,6 +200,17 @@ pub enum BlockOp {
         /// The hive partition column.
         partition_by: Option<String>,
     },
+}
+
+/// A checked fan-out of a source.
+#[derive(Clone, Debug)]
+pub struct FanOut {
+    /// The items.
+    pub items: ForEach,
+    /// How many items are read at once.
+    pub concurrency: u32,
+    /// The column recording each row's item, if any (the last column of the output).
+    pub item_column: Option<String>,
 }
 
 /// A checked transform step.

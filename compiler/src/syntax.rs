@@ -272,6 +272,23 @@ pub struct FileSource {
     pub schema: Vec<ColumnDecl>,
     /// The span of the `schema` table.
     pub schema_span: Span,
+    /// Read one file per item instead of one file, and union them.
+    pub for_each: Option<Located<ForEach>>,
+    /// A column that records which item each row came from.
+    pub item_column: Option<Located<String>>,
+    /// How many items are read at the same time.
+    pub concurrency: Option<Located<u32>>,
+}
+
+/// The items a fanned-out source reads, one file each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForEach {
+    /// Every day of the run's (monthly) partition, as `2021-01-15`.
+    Days,
+    /// Every hour of the run's (daily) partition, as `2021-01-15T07`.
+    Hours,
+    /// A fixed list.
+    Values(Vec<String>),
 }
 
 /// A table sink.
@@ -1242,6 +1259,43 @@ impl Reader<'_, '_> {
             },
             None => inferred_compression,
         };
+        let for_each = cursor.get("for_each").and_then(|value| {
+            let items = match value.get_ref() {
+                DeValue::String(text) if text.as_ref() == "partition.days" => ForEach::Days,
+                DeValue::String(text) if text.as_ref() == "partition.hours" => ForEach::Hours,
+                DeValue::Array(_) => ForEach::Values(
+                    self.string_list("for_each", value)
+                        .into_iter()
+                        .map(|item| item.value)
+                        .collect(),
+                ),
+                _ => {
+                    self.wrong_type(
+                        "for_each",
+                        value,
+                        "`\"partition.days\"`, `\"partition.hours\"` or a list of strings",
+                    );
+                    return None;
+                }
+            };
+            Some(Located::new(items, value.span()))
+        });
+        let item_column = self.opt_string(cursor, "item_column");
+        let concurrency = cursor
+            .get("concurrency")
+            .and_then(|value| match value.get_ref() {
+                DeValue::Integer(i) => match i.as_str().parse::<u32>() {
+                    Ok(n) if (1..=256).contains(&n) => Some(Located::new(n, value.span())),
+                    _ => {
+                        self.wrong_type("concurrency", value, "an integer from 1 to 256");
+                        None
+                    }
+                },
+                _ => {
+                    self.wrong_type("concurrency", value, "an integer from 1 to 256");
+                    None
+                }
+            });
         let (schema, schema_span) = match cursor.get("schema") {
             Some(value) => (self.column_table("schema", value)?, value.span()),
             None => {
@@ -1256,6 +1310,9 @@ impl Reader<'_, '_> {
             compression,
             schema,
             schema_span,
+            for_each,
+            item_column,
+            concurrency,
         })
     }
 

@@ -132,6 +132,9 @@ struct Inner {
     resources: Arc<Resources>,
     /// Blocks that have ended so far, for callbacks that report on the run.
     outcomes: std::sync::Mutex<Vec<BlockOutcome>>,
+    /// Items of fanned-out sources already read in this run, by block and item, so that a
+    /// retry reads only the items that failed.
+    items: std::sync::Mutex<HashMap<(&'static str, String), DataFrame>>,
 }
 
 /// What a block knows about its run: the pipeline, the partition, parameters and connections.
@@ -171,6 +174,7 @@ impl RunContext {
                 params,
                 resources,
                 outcomes: std::sync::Mutex::new(Vec::new()),
+                items: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -241,6 +245,23 @@ impl RunContext {
             .lock()
             .map(|o| o.clone())
             .unwrap_or_default()
+    }
+
+    pub(crate) fn cached_item(&self, block: &'static str, item: &str) -> Option<DataFrame> {
+        let items = self.inner.items.lock().ok()?;
+        items.get(&(block, item.to_string())).cloned()
+    }
+
+    pub(crate) fn cache_item(&self, block: &'static str, item: &str, frame: DataFrame) {
+        if let Ok(mut items) = self.inner.items.lock() {
+            items.insert((block, item.to_string()), frame);
+        }
+    }
+
+    pub(crate) fn forget_items(&self, block: &'static str) {
+        if let Ok(mut items) = self.inner.items.lock() {
+            items.retain(|(b, _), _| *b != block);
+        }
     }
 
     pub(crate) fn record_outcome(&self, outcome: BlockOutcome) {

@@ -15,6 +15,7 @@ pub mod env;
 pub mod error;
 pub mod executor;
 pub mod exprs;
+pub mod fan_out;
 pub mod history;
 pub mod ledger;
 pub mod partition;
@@ -32,6 +33,7 @@ pub mod prelude {
     pub use crate::exprs::{
         bool_list, date_lit, evaluate_condition, float_list, int_list, string_list,
     };
+    pub use crate::fan_out::{FanOut, fan_out_items, read_each};
     pub use crate::partition::Granularity;
     pub use crate::pipeline::{
         BaseType, BlockDef, BlockFuture, BlockKind, Column, Condition, ConnectionDef, ParamDef,

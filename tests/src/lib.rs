@@ -14,6 +14,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `../shared/data/tlc/yellow`, real yellow-taxi samples of 2019 (10,000 rows a month). Panics
+/// with an explanation when absent.
+pub fn yellow_data_dir() -> PathBuf {
+    let dir = workspace_root().join("../shared/data/tlc/yellow");
+    assert!(
+        dir.join("yellow_tripdata_sample_2019-12.csv").exists(),
+        "this test needs the real NYC TLC yellow samples in {} (the project's shared data folder); it is absent",
+        dir.display()
+    );
+    dir
+}
+
 /// `../shared/data/tlc/green`, the real NYC TLC files. Panics with an explanation when absent,
 /// because the tests that call this check real data and must not pass without it.
 pub fn green_data_dir() -> PathBuf {
@@ -51,6 +63,8 @@ pub fn wait_for_port(port: u16, limit: Duration) -> bool {
 pub struct ServerOptions {
     /// The first N GETs of each file answer 503.
     pub fail_first: u32,
+    /// Only files whose name contains this text fail (all files when `None`).
+    pub fail_only: Option<String>,
     /// GETs of files whose name contains this text stall for two minutes.
     pub stall: Option<String>,
 }
@@ -86,6 +100,9 @@ impl HttpServer {
             .args(["--fail-first", &options.fail_first.to_string()]);
         if let Some(stall) = &options.stall {
             command.args(["--stall", stall]);
+        }
+        if let Some(only) = &options.fail_only {
+            command.args(["--fail-only", only]);
         }
         let child = command
             .stdout(Stdio::null())

@@ -4,6 +4,7 @@ purpose, and receives webhooks.
     python3 test_server.py --port P --dir D [--fail-first N] [--stall NAME] [--log FILE]
 
 --fail-first N  the first N GETs of each file answer 503, like an overloaded server.
+--fail-only S   ... but only for files whose name contains S.
 --stall NAME    GETs of files whose name contains NAME wait 120 s before answering, so a test
                 can kill the client in the middle of a run.
 --log FILE      one line per request: `GET /path STATUS` or `POST /path <json body>`.
@@ -22,6 +23,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--dir", required=True)
 parser.add_argument("--fail-first", type=int, default=0)
+parser.add_argument("--fail-only", default=None)
 parser.add_argument("--stall", default=None)
 parser.add_argument("--log", default=None)
 args = parser.parse_args()
@@ -47,7 +49,8 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         with lock:
             gets[self.path] += 1
             count = gets[self.path]
-        if count <= args.fail_first:
+        targeted = args.fail_only is None or args.fail_only in self.path
+        if targeted and count <= args.fail_first:
             log(f"GET {self.path} 503")
             self.send_response(503)
             self.send_header("Content-Length", "0")

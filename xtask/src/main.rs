@@ -100,24 +100,9 @@ fn main() -> ExitCode {
         Command::Generate { names } => {
             let mut failed = false;
             for name in pipeline_names(&root, names) {
-                let files = PipelineFiles::new(&root, &name);
-                match files.render() {
-                    Ok((generated, _)) => {
-                        for (path, code) in generated {
-                            match write_if_changed(&path, &code) {
-                                Ok(true) => eprintln!("wrote {}", path.display()),
-                                Ok(false) => eprintln!("unchanged {}", path.display()),
-                                Err(error) => {
-                                    eprintln!("error: {}: {error}", path.display());
-                                    failed = true;
-                                }
-                            }
-                        }
-                    }
-                    Err(diagnostics) => {
-                        eprint!("{diagnostics}");
-                        failed = true;
-                    }
+                if let Err(error) = generate(&root, &name) {
+                    eprint!("{error}");
+                    failed = true;
                 }
             }
             if failed {
@@ -126,36 +111,52 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        // The crate's code is generated right away: a workspace member without `src/main.rs`
+        // would break every cargo command.
         Command::New { name } => match scaffold(&root, &name) {
             Ok(()) => {
-                eprintln!(
-                    "created generated/{name}/; run `cargo build -p {name}` to generate its code"
-                );
+                eprintln!("created generated/{name}/; `cargo build --workspace` builds its binary");
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                eprintln!("error: {error}");
+                eprint!("{error}");
                 ExitCode::FAILURE
             }
         },
     }
 }
 
-/// Writes the two hand-maintained files of a generated pipeline crate; its `src/main.rs` is
-/// written by the build script.
+/// Compiles a pipeline and writes its generated sources when they changed. The error is the
+/// rendered diagnostics or the write failure, ready to print.
+fn generate(root: &Path, name: &str) -> Result<(), String> {
+    let (generated, _) = PipelineFiles::new(root, name).render()?;
+    for (path, code) in generated {
+        match write_if_changed(&path, &code) {
+            Ok(true) => eprintln!("wrote {}", path.display()),
+            Ok(false) => eprintln!("unchanged {}", path.display()),
+            Err(error) => return Err(format!("error: {}: {error}\n", path.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Creates a pipeline's crate: its Cargo.toml and build.rs, and its generated sources (which
+/// its build script keeps up to date from then on). Nothing is written when the pipeline does
+/// not compile.
 fn scaffold(root: &Path, name: &str) -> Result<(), String> {
     if !root.join("pipelines").join(format!("{name}.toml")).exists() {
         return Err(format!(
-            "pipelines/{name}.toml does not exist; write it first"
+            "error: pipelines/{name}.toml does not exist; write it first\n"
         ));
     }
+    PipelineFiles::new(root, name).render()?;
     let dir = root.join("generated").join(name);
     let write = |path: PathBuf, text: String| {
-        write_if_changed(&path, &text).map_err(|e| format!("{}: {e}", path.display()))
+        write_if_changed(&path, &text).map_err(|e| format!("error: {}: {e}\n", path.display()))
     };
     write(dir.join("Cargo.toml"), crate_manifest(name))?;
     write(dir.join("build.rs"), build_script(name))?;
-    Ok(())
+    generate(root, name)
 }
 
 /// The Cargo.toml of a generated pipeline crate.
