@@ -391,6 +391,80 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// `upsert` needs key columns that exist, are never null and are not floats; `key` means
+    /// nothing in other modes.
+    fn upsert_key(&mut self, sink: &syntax::TableSink, input: &Schema) {
+        let upsert = sink.mode.value == WriteMode::Upsert;
+        let Some(key) = &sink.key else {
+            if upsert {
+                self.push(
+                    Diagnostic::error("E0004", "`upsert` needs `key`", sink.mode.span.clone(), "which columns identify a row?")
+                        .with_help("add `key = [\"trip_id\"]`: the columns whose values identify a row, so a re-run updates it instead of adding it again"),
+                );
+            }
+            return;
+        };
+        if !upsert {
+            self.push(
+                Diagnostic::error(
+                    "E0004",
+                    "`key` is only used by `mode = \"upsert\"`",
+                    key.span.clone(),
+                    "ignored in this mode",
+                )
+                .with_label(sink.mode.span.clone(), "the mode is set here")
+                .with_help("set `mode = \"upsert\"`, or remove `key`"),
+            );
+            return;
+        }
+        if key.value.is_empty() {
+            self.push(
+                Diagnostic::error(
+                    "E0004",
+                    "`key` names no column",
+                    key.span.clone(),
+                    "empty list",
+                )
+                .with_help("list the columns that identify a row"),
+            );
+        }
+        if let Some(column) = &sink.partition_column {
+            self.push(
+                Diagnostic::error(
+                    "E0004",
+                    "`partition_column` is only used by `replace_partition`",
+                    column.span.clone(),
+                    "ignored by `upsert`",
+                )
+                .with_help("remove it: `upsert` replaces rows by `key`"),
+            );
+        }
+        let mut seen = HashSet::new();
+        for column in &key.value {
+            if !seen.insert(column.value.as_str()) {
+                self.push(Diagnostic::error(
+                    "E0005",
+                    format!("key column `{}` is listed twice", column.value),
+                    column.span.clone(),
+                    "listed again here",
+                ));
+                continue;
+            }
+            match find(input, &column.value) {
+                None => self.unknown_column(&column.value, column.span.clone(), input, "flowing into this sink"),
+                Some(ty) if ty.base == BaseType::Float64 => self.push(
+                    Diagnostic::error("E0010", "a float column cannot be a key", column.span.clone(), "float64 column")
+                        .with_help("use an integer, string, date or timestamp column"),
+                ),
+                Some(ty) if ty.nullable => self.push(
+                    Diagnostic::error("E0010", format!("key column `{}` may be null", column.value), column.span.clone(), format!("{ty} flows in here"))
+                        .with_help(format!("filter out the nulls first (`filter = \"{} is not null\"`) or derive a non-null value with `coalesce`", column.value)),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
     /// `[pipeline.concurrency]`: its keys must be block kinds, each given once.
     fn limits(&mut self) -> Vec<(String, u32)> {
         let mut limits: Vec<(String, u32)> = Vec::new();
@@ -565,6 +639,13 @@ impl Checker<'_, '_> {
                     ),
                     (None, _) => {}
                 }
+                self.upsert_key(sink, input);
+                if sink.mode.value == WriteMode::Append && self.granularity.is_some() {
+                    self.push(
+                        Diagnostic::warning("W0002", "`append` in a partitioned pipeline adds a partition's rows again when it is re-run", sink.mode.span.clone(), "re-running a partition (`run`, `backfill --rerun-all`) inserts its rows twice")
+                            .with_help("use `replace_partition` (with `partition_column`) or `upsert` (with `key`) so that re-runs are idempotent"),
+                    );
+                }
                 for name in [Some(&sink.table), sink.db_schema.as_ref()]
                     .into_iter()
                     .flatten()
@@ -584,6 +665,11 @@ impl Checker<'_, '_> {
                     db_schema: sink.db_schema.as_ref().map(|s| s.value.clone()),
                     mode: sink.mode.value,
                     partition_column: sink.partition_column.as_ref().map(|c| c.value.clone()),
+                    key: sink
+                        .key
+                        .as_ref()
+                        .map(|k| k.value.iter().map(|c| c.value.clone()).collect())
+                        .unwrap_or_default(),
                 };
                 connection_ok.then_some((op, None))
             }

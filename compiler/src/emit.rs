@@ -475,6 +475,7 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             db_schema,
             mode,
             partition_column,
+            key,
         } => {
             let db_schema = match db_schema {
                 Some(schema) => quote!(Some(#schema)),
@@ -486,6 +487,7 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
                 (WriteMode::ReplacePartition, Some(column)) => {
                     quote!(WriteMode::ReplacePartition { column: #column })
                 }
+                (WriteMode::Upsert, _) => quote!(WriteMode::Upsert { key: &[#(#key),*] }),
                 (WriteMode::ReplacePartition, None) => {
                     unreachable!("the checker requires partition_column")
                 }
@@ -567,6 +569,7 @@ fn summary(block: &Block) -> String {
             db_schema,
             mode,
             partition_column,
+            key,
         } => {
             let table = match db_schema {
                 Some(schema) => format!("{schema}.{table}"),
@@ -578,6 +581,7 @@ fn summary(block: &Block) -> String {
                 (WriteMode::ReplacePartition, column) => {
                     format!("replace_partition by {}", column.as_deref().unwrap_or("?"))
                 }
+                (WriteMode::Upsert, _) => format!("upsert on {}", key.join(", ")),
             };
             format!("write table {table} on {{{connection}}} ({mode})")
         }

@@ -183,6 +183,8 @@ pub enum BlockOp {
         mode: WriteMode,
         /// The column holding the partition key, for `replace_partition`.
         partition_column: Option<String>,
+        /// The columns identifying a row, for `upsert`.
+        key: Vec<String>,
     },
     /// Reports the run's outcome.
     Callback {

@@ -162,6 +162,8 @@ pub enum WriteMode {
     Append,
     /// Delete the rows of this run's partition, then insert, in one transaction.
     ReplacePartition,
+    /// Insert rows, updating those whose key columns match an existing row, in one transaction.
+    Upsert,
 }
 
 /// Trigger rules: when a block runs, given how its upstream blocks ended.
@@ -304,6 +306,8 @@ pub struct TableSink {
     pub mode: Located<WriteMode>,
     /// The column identifying a run's partition (required by `replace_partition`).
     pub partition_column: Option<Located<String>>,
+    /// The columns identifying a row (required by `upsert`).
+    pub key: Option<Located<Vec<Located<String>>>>,
     /// The table's declared columns; when present they must match what flows in.
     pub columns: Option<Vec<ColumnDecl>>,
 }
@@ -1126,19 +1130,20 @@ impl Reader<'_, '_> {
                     .req_string(
                         cursor,
                         "mode",
-                        "one of `replace`, `append`, `replace_partition`",
+                        "one of `replace`, `append`, `replace_partition`, `upsert`",
                     )
                     .and_then(|m| {
                         let mode = match m.value.as_str() {
                             "replace" => WriteMode::Replace,
                             "append" => WriteMode::Append,
                             "replace_partition" => WriteMode::ReplacePartition,
+                            "upsert" => WriteMode::Upsert,
                             other => {
                                 self.invalid_value(
                                     "mode",
                                     m.span.clone(),
                                     other,
-                                    &["replace", "append", "replace_partition"],
+                                    &["replace", "append", "replace_partition", "upsert"],
                                 );
                                 return None;
                             }
@@ -1146,6 +1151,9 @@ impl Reader<'_, '_> {
                         Some(Located::new(mode, m.span))
                     });
                 let partition_column = self.opt_string(cursor, "partition_column");
+                let key = cursor
+                    .get("key")
+                    .map(|v| Located::new(self.string_list("key", v), v.span()));
                 let columns = cursor
                     .get("columns")
                     .and_then(|v| self.column_table("columns", v));
@@ -1155,6 +1163,7 @@ impl Reader<'_, '_> {
                     db_schema,
                     mode: mode?,
                     partition_column,
+                    key,
                     columns,
                 }))
             }

@@ -2,7 +2,9 @@
 //!
 //! Every write is one transaction. `replace_partition` deletes the run's partition and inserts
 //! the new rows in that transaction, so a failure at any point leaves the old rows, never a
-//! mix and never duplicates. Postgres is loaded with `COPY ... FROM STDIN`, not INSERTs.
+//! mix and never duplicates. `upsert` inserts rows and updates those whose key already exists,
+//! through a unique index on the key. Postgres is loaded with `COPY ... FROM STDIN` (into a
+//! staging table for `upsert`), not INSERTs.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use polars::prelude::*;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
@@ -28,6 +30,11 @@ pub enum WriteMode {
     ReplacePartition {
         /// The column holding the partition (a date holds `partition.start`, a string `partition.key`).
         column: &'static str,
+    },
+    /// Insert rows; a row whose `key` columns match an existing row replaces it.
+    Upsert {
+        /// The columns identifying a row (never null; the compiler checked).
+        key: &'static [&'static str],
     },
 }
 
@@ -351,6 +358,29 @@ pub async fn write_table(
             )));
         }
     }
+    // Two rows with one key in a batch would make the upsert ambiguous (Postgres refuses it):
+    // the last one wins, as it would had they arrived one after the other.
+    let frame = match target.mode {
+        WriteMode::Upsert { key } => {
+            let before = frame.height();
+            let unique = frame
+                .lazy()
+                .unique_stable_generic(
+                    Some(key.iter().map(|k| col(*k)).collect()),
+                    UniqueKeepStrategy::Last,
+                )
+                .collect()?;
+            if unique.height() < before {
+                warn!(
+                    table = %name,
+                    duplicates = before - unique.height(),
+                    "rows with the same key in one load: the last of each is kept"
+                );
+            }
+            unique
+        }
+        _ => frame,
+    };
     let rows = frame.height();
     let started = std::time::Instant::now();
     match &warehouse {
@@ -362,6 +392,94 @@ pub async fn write_table(
     Ok(())
 }
 
+/// A statement of the preamble every write starts with, and its one bound value if any.
+struct Statement {
+    sql: String,
+    bind: Option<String>,
+}
+
+/// What runs before the rows go in, in the write's transaction: the schema and table created,
+/// the table dropped first for `replace`, the unique key index for `upsert`, the partition's
+/// rows deleted for `replace_partition`.
+fn preamble(
+    dialect: Dialect,
+    target: &TableTarget,
+    partition: Option<&(&str, String)>,
+) -> Vec<Statement> {
+    let table = qualified(dialect, target);
+    let plain = |sql: String| Statement { sql, bind: None };
+    let mut statements = Vec::new();
+    if let (Dialect::Postgres, Some(schema)) = (dialect, target.schema) {
+        statements.push(plain(format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(schema)
+        )));
+    }
+    if target.mode == WriteMode::Replace {
+        statements.push(plain(format!("DROP TABLE IF EXISTS {table}")));
+    }
+    statements.push(plain(create_table_sql(dialect, target)));
+    if let WriteMode::Upsert { key } = target.mode {
+        statements.push(plain(format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({})",
+            quote_ident(&format!("{}_baton_key", target.table)),
+            key.iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if let Some((column, value)) = partition {
+        let placeholder = match dialect {
+            Dialect::Sqlite => "?",
+            Dialect::Postgres => {
+                match target
+                    .columns
+                    .iter()
+                    .find(|c| c.name == *column)
+                    .map(|c| c.ty)
+                {
+                    Some(BaseType::Date) => "$1::date",
+                    Some(BaseType::Timestamp) => "$1::timestamp",
+                    _ => "$1",
+                }
+            }
+        };
+        statements.push(Statement {
+            sql: format!(
+                "DELETE FROM {table} WHERE {} = {placeholder}",
+                quote_ident(column)
+            ),
+            bind: Some(value.clone()),
+        });
+    }
+    statements
+}
+
+/// ` ON CONFLICT (key) DO UPDATE SET ...` for `upsert` (the same in SQLite and Postgres);
+/// empty in other modes.
+fn conflict_clause(target: &TableTarget) -> String {
+    let WriteMode::Upsert { key } = target.mode else {
+        return String::new();
+    };
+    let keys: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+    let updates: Vec<String> = target
+        .columns
+        .iter()
+        .filter(|c| !key.contains(&c.name))
+        .map(|c| format!("{0} = excluded.{0}", quote_ident(c.name)))
+        .collect();
+    if updates.is_empty() {
+        format!(" ON CONFLICT ({}) DO NOTHING", keys.join(", "))
+    } else {
+        format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            keys.join(", "),
+            updates.join(", ")
+        )
+    }
+}
+
 async fn write_postgres(
     pool: &PgPool,
     target: &TableTarget,
@@ -370,45 +488,28 @@ async fn write_postgres(
 ) -> BlockResult<()> {
     let table = qualified(Dialect::Postgres, target);
     let mut tx = pool.begin().await?;
-    if let Some(schema) = target.schema {
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE SCHEMA IF NOT EXISTS {}",
-            quote_ident(schema)
-        )))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if target.mode == WriteMode::Replace {
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
-            .execute(&mut *tx)
-            .await?;
-    }
-    sqlx::query(AssertSqlSafe(create_table_sql(Dialect::Postgres, target)))
-        .execute(&mut *tx)
-        .await?;
-    if let Some((column, value)) = &partition {
-        let cast = match target
-            .columns
-            .iter()
-            .find(|c| c.name == *column)
-            .map(|c| c.ty)
-        {
-            Some(BaseType::Date) => "::date",
-            Some(BaseType::Timestamp) => "::timestamp",
-            _ => "",
-        };
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE {} = $1{cast}",
-            quote_ident(column)
-        )))
-        .bind(value)
-        .execute(&mut *tx)
-        .await?;
+    for statement in preamble(Dialect::Postgres, target, partition.as_ref()) {
+        let mut query = sqlx::query(AssertSqlSafe(statement.sql));
+        if let Some(value) = statement.bind {
+            query = query.bind(value);
+        }
+        query.execute(&mut *tx).await?;
     }
     let column_list = column_list(target.columns);
+    // An upsert is COPYed into a staging table that disappears at commit, then merged.
+    let copy_into = if matches!(target.mode, WriteMode::Upsert { .. }) {
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TEMP TABLE baton_stage (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        "baton_stage".to_string()
+    } else {
+        table.clone()
+    };
     let mut copy = tx
         .copy_in_raw(&format!(
-            "COPY {table} ({column_list}) FROM STDIN (FORMAT csv)"
+            "COPY {copy_into} ({column_list}) FROM STDIN (FORMAT csv)"
         ))
         .await?;
     let mut offset = 0;
@@ -432,6 +533,14 @@ async fn write_postgres(
         copy.send(buffer).await?;
     }
     copy.finish().await?;
+    if copy_into != table {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {copy_into}{}",
+            conflict_clause(target)
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -497,24 +606,15 @@ async fn write_sqlite(
     let table = qualified(Dialect::Sqlite, target);
     let values = sqlite_columns(frame, target.columns)?;
     let mut tx = pool.begin().await?;
-    if target.mode == WriteMode::Replace {
-        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
-            .execute(&mut *tx)
-            .await?;
-    }
-    sqlx::query(AssertSqlSafe(create_table_sql(Dialect::Sqlite, target)))
-        .execute(&mut *tx)
-        .await?;
-    if let Some((column, value)) = &partition {
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE {} = ?",
-            quote_ident(column)
-        )))
-        .bind(value)
-        .execute(&mut *tx)
-        .await?;
+    for statement in preamble(Dialect::Sqlite, target, partition.as_ref()) {
+        let mut query = sqlx::query(AssertSqlSafe(statement.sql));
+        if let Some(value) = statement.bind {
+            query = query.bind(value);
+        }
+        query.execute(&mut *tx).await?;
     }
     let column_list = column_list(target.columns);
+    let conflict = conflict_clause(target);
     let rows_per_statement = (SQLITE_MAX_PARAMETERS / target.columns.len().max(1)).clamp(1, 1000);
     let mut start = 0;
     while start < frame.height() {
@@ -531,6 +631,7 @@ async fn write_sqlite(
                 };
             }
         });
+        builder.push(&conflict);
         builder.build().execute(&mut *tx).await?;
         start = end;
     }
