@@ -10,21 +10,10 @@ use crate::ir::{
 };
 use crate::resolve::Graph;
 use crate::syntax::{
-    self, BlockKind, CheckKind, CheckSeverity, ColumnDecl, ExprSource, ForEach, Located,
-    PipelineFile, StepOp, Trigger, WriteMode,
+    self, BLOCK_KINDS, BlockKind, CheckKind, CheckSeverity, ColumnDecl, ExprSource, ForEach,
+    Located, PipelineFile, StepOp, Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
-
-/// Block kinds, as written in `kind = "..."`.
-const BLOCK_KINDS: [&str; 7] = [
-    "http",
-    "file",
-    "transform",
-    "rust",
-    "table",
-    "lake",
-    "callback",
-];
 
 /// The placeholders a callback message may use; the runtime's `callback::PLACEHOLDERS`.
 const CALLBACK_PLACEHOLDERS: [&str; 6] = [

@@ -166,6 +166,17 @@ pub enum WriteMode {
     Upsert,
 }
 
+/// Block kinds, as written in `kind = "..."`.
+pub const BLOCK_KINDS: [&str; 7] = [
+    "http",
+    "file",
+    "transform",
+    "rust",
+    "table",
+    "lake",
+    "callback",
+];
+
 /// Trigger rules: when a block runs, given how its upstream blocks ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -1076,15 +1087,6 @@ impl Reader<'_, '_> {
         kind: &Located<String>,
         cursor: &mut TableCursor<'_, '_>,
     ) -> Option<BlockKind> {
-        const KINDS: [&str; 7] = [
-            "http",
-            "file",
-            "transform",
-            "rust",
-            "table",
-            "lake",
-            "callback",
-        ];
         match kind.value.as_str() {
             "http" => self.file_source(cursor, true).map(BlockKind::HttpSource),
             "file" => self.file_source(cursor, false).map(BlockKind::FileSource),
@@ -1218,7 +1220,7 @@ impl Reader<'_, '_> {
                 })
             }
             other => {
-                self.invalid_value("kind", kind.span.clone(), other, &KINDS);
+                self.invalid_value("kind", kind.span.clone(), other, &BLOCK_KINDS);
                 None
             }
         }

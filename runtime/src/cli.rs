@@ -286,16 +286,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
             Ok(ExitCode::SUCCESS)
         }
         Command::RunInfo { run_id } => {
-            let run = ledger
-                .run(run_id)
-                .await?
-                .filter(|r| r.pipeline == pipeline.name)
-                .ok_or_else(|| {
-                    Failure::Usage(format!(
-                        "no run `{run_id}` of {} in the ledger",
-                        pipeline.name
-                    ))
-                })?;
+            let run = find_run(pipeline, ledger, run_id).await?;
             let blocks = ledger.blocks(run_id).await?;
             let attempts = ledger.attempts(run_id).await?;
             print!("{}", history::run_info(pipeline, &run, &blocks, &attempts));
@@ -361,6 +352,24 @@ fn block_index(pipeline: &Pipeline, name: &str) -> Result<usize, Failure> {
                 "no block `{name}` in {}; its blocks are: {}",
                 pipeline.name,
                 names.join(", ")
+            ))
+        })
+}
+
+/// A run of this pipeline by id; a usage error when the ledger has none.
+async fn find_run(
+    pipeline: &Pipeline,
+    ledger: &Ledger,
+    run_id: &str,
+) -> Result<crate::ledger::RunRecord, Failure> {
+    ledger
+        .run(run_id)
+        .await?
+        .filter(|r| r.pipeline == pipeline.name)
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "no run `{run_id}` of {} in the ledger (see `runs`)",
+                pipeline.name
             ))
         })
 }
@@ -471,16 +480,7 @@ async fn resume_request(
     ledger: &Ledger,
     run_id: &str,
 ) -> Result<(Option<RunRequest>, usize), Failure> {
-    let run = ledger
-        .run(run_id)
-        .await?
-        .filter(|r| r.pipeline == pipeline.name)
-        .ok_or_else(|| {
-            Failure::Usage(format!(
-                "no run `{run_id}` of {} in the ledger",
-                pipeline.name
-            ))
-        })?;
+    let run = find_run(pipeline, ledger, run_id).await?;
     match run.status.as_str() {
         "succeeded" => return Ok((None, 0)),
         "running" => {

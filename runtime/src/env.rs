@@ -33,6 +33,25 @@ pub fn interpolate(
     Ok(out)
 }
 
+/// Creates the folder of a `sqlite:PATH` (or `sqlite://PATH?...`) database file, so that a
+/// fresh checkout can open `.baton/warehouse.db` or `.baton/ledger.db` without setup.
+pub fn create_sqlite_folder(url: &str) -> Result<(), String> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    match std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        Some(parent) => std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display())),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::interpolate;

@@ -622,14 +622,7 @@ impl<'s> Execution<'s> {
     ) {
         let block = &self.pipeline.blocks[index];
         let status = BlockStatus::Succeeded { rows };
-        let outcome = BlockOutcome {
-            name: block.name,
-            status: status.clone(),
-            attempts,
-            elapsed,
-        };
-        self.ctx.record_outcome(outcome.clone());
-        self.outcomes[index] = Some(outcome);
+        self.remember(index, status.clone(), attempts, elapsed);
         // The ledger row, and the checkpoint it points to, are written in the background so
         // that downstream blocks start at once.
         let bytes = output.as_ref().map(|f| f.estimated_size() as i64);
@@ -664,6 +657,18 @@ impl<'s> Execution<'s> {
         }));
     }
 
+    /// Keeps a block's outcome for the report and for callbacks of this run.
+    fn remember(&mut self, index: usize, status: BlockStatus, attempts: u32, elapsed: Duration) {
+        let outcome = BlockOutcome {
+            name: self.pipeline.blocks[index].name,
+            status,
+            attempts,
+            elapsed,
+        };
+        self.ctx.record_outcome(outcome.clone());
+        self.outcomes[index] = Some(outcome);
+    }
+
     /// Records a block's final outcome (except successes, see `succeed`).
     async fn settle(
         &mut self,
@@ -677,14 +682,7 @@ impl<'s> Execution<'s> {
         if let BlockStatus::Skipped { because } = &status {
             info!(block = block.name, "skipped: {because}");
         }
-        let outcome = BlockOutcome {
-            name: block.name,
-            status: status.clone(),
-            attempts,
-            elapsed,
-        };
-        self.ctx.record_outcome(outcome.clone());
-        self.outcomes[index] = Some(outcome);
+        self.remember(index, status.clone(), attempts, elapsed);
         if let Some(ledger) = &self.services.ledger {
             let error = match &status {
                 BlockStatus::Failed { error } => Some(error.clone()),

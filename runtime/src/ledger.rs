@@ -209,19 +209,8 @@ impl Ledger {
     /// Opens (and creates or migrates) the ledger at `url`: `sqlite://PATH` or `postgres://...`.
     pub async fn open(url: &str) -> Result<Ledger, LedgerError> {
         install_default_drivers();
-        let url = if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest
-                .trim_start_matches("//")
-                .split('?')
-                .next()
-                .unwrap_or_default();
-            if let Some(parent) = std::path::Path::new(path)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| LedgerError(format!("cannot create {}: {e}", parent.display())))?;
-            }
+        let url = if url.starts_with("sqlite:") {
+            crate::env::create_sqlite_folder(url).map_err(LedgerError)?;
             if url.contains('?') {
                 url.to_string()
             } else {

@@ -278,6 +278,71 @@ impl Drop for Postgres {
     }
 }
 
+/// Variables the pipelines read, removed from every pipeline command so that a developer's own
+/// settings never leak into a test.
+const PIPELINE_VARIABLES: [&str; 6] = [
+    "DATABASE_URL",
+    "LAKE_URL",
+    "BATON_LEDGER_URL",
+    "BATON_CHECKPOINT_DIR",
+    "ALERT_WEBHOOK_URL",
+    "BATON_LOG",
+];
+
+/// A command running the workspace's pipeline binary `name` in `workdir` with `args`, the
+/// pipeline variables cleared and `env` set.
+pub fn pipeline_command(
+    name: &str,
+    workdir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Command {
+    let mut command = Command::new(workspace_binary(name));
+    command.current_dir(workdir).args(args).env("NO_COLOR", "1");
+    for variable in PIPELINE_VARIABLES {
+        command.env_remove(variable);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Runs a pipeline binary (see [`pipeline_command`]) to the end.
+pub fn run_pipeline(name: &str, workdir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    pipeline_command(name, workdir, env, args)
+        .output()
+        .expect("the pipeline binary runs")
+}
+
+/// Everything a command printed: stdout, then stderr.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The rows of a query on a SQLite file, through the `sqlite3` command line (an independent
+/// reader), one `|`-separated line per row.
+pub fn sqlite_rows(db: &Path, sql: &str) -> Vec<String> {
+    let output = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 is installed");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// The path of a workspace binary built by `cargo build` (next to the test executable's folder).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");

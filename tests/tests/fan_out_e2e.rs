@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use baton_tests::{HttpServer, ServerOptions, workspace_binary, yellow_data_dir};
+use baton_tests::{
+    HttpServer, ServerOptions, output_text, run_pipeline, sqlite_rows, yellow_data_dir,
+};
 
 /// Rows of the samples that the pipeline keeps, counted with Python's standard library only:
 /// passengers > 0, distance > 0, dropoff after pickup.
@@ -46,16 +48,13 @@ fn twelve_months_fan_out_and_a_failing_month_is_refetched_alone() {
         },
     );
     let work = tempfile::tempdir().unwrap();
-    let output = Command::new(workspace_binary("yellow_taxi_2019"))
-        .current_dir(work.path())
-        .arg("run")
-        .env("YELLOW_BASE_URL", &server.url)
-        .env_remove("DATABASE_URL")
-        .env_remove("BATON_LEDGER_URL")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let output = run_pipeline(
+        "yellow_taxi_2019",
+        work.path(),
+        &[("YELLOW_BASE_URL", server.url.as_str())],
+        &["run"],
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
 
     let gets: Vec<String> = server
         .requests()
@@ -74,24 +73,19 @@ fn twelve_months_fan_out_and_a_failing_month_is_refetched_alone() {
         );
     }
 
-    let counts = Command::new("sqlite3")
-        .arg(work.path().join(".baton/warehouse.db"))
-        .arg("SELECT source_month, count(*) FROM yellow_taxi_2019 GROUP BY 1 ORDER BY 1")
-        .output()
-        .unwrap();
-    let counts: Vec<String> = String::from_utf8_lossy(&counts.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let counts = sqlite_rows(
+        &work.path().join(".baton/warehouse.db"),
+        "SELECT source_month, count(*) FROM yellow_taxi_2019 GROUP BY 1 ORDER BY 1",
+    );
     assert_eq!(counts, independent_counts());
 
     // The ledger shows three attempts of the extract, the first two naming July.
-    let attempts = Command::new("sqlite3")
-        .arg(work.path().join(".baton/ledger.db"))
-        .arg("SELECT attempt || ' ' || status || ' ' || coalesce(error, '') FROM baton_attempts WHERE block = 'extract_months' ORDER BY attempt")
-        .output()
-        .unwrap();
-    let attempts = String::from_utf8_lossy(&attempts.stdout).to_string();
+    let attempts = sqlite_rows(
+        &work.path().join(".baton/ledger.db"),
+        "SELECT attempt || ' ' || status || ' ' || coalesce(error, '') FROM baton_attempts \
+         WHERE block = 'extract_months' ORDER BY attempt",
+    )
+    .join("\n");
     let lines: Vec<&str> = attempts
         .lines()
         .filter(|l| l.starts_with(char::is_numeric))

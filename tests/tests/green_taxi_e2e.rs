@@ -2,27 +2,16 @@
 //! NYC TLC files, loading SQLite (the default) and a throwaway PostgreSQL cluster.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use baton_tests::{
-    HttpServer, Postgres, green_data_dir, independent_green_counts, workspace_binary,
+    HttpServer, Postgres, green_data_dir, independent_green_counts, run_pipeline, sqlite_rows,
 };
 
 const MONTHS: [&str; 3] = ["2021-01", "2021-02", "2021-03"];
 
-/// Runs the pipeline binary in `workdir` with the given environment.
 fn run(workdir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut command = Command::new(workspace_binary("green_taxi_etl"));
-    command
-        .current_dir(workdir)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("LAKE_URL")
-        .env("NO_COLOR", "1");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("the pipeline binary runs")
+    run_pipeline("green_taxi_etl", workdir, env, args)
 }
 
 fn stderr(output: &Output) -> String {
@@ -30,19 +19,9 @@ fn stderr(output: &Output) -> String {
 }
 
 fn sqlite_count(db: &Path, sql: &str) -> i64 {
-    let output = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 is installed");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
+    sqlite_rows(db, sql)
+        .first()
+        .and_then(|row| row.parse().ok())
         .expect("a number")
 }
 

@@ -2,30 +2,16 @@
 //! migrations create the schema, a run of the real pipeline is recorded with its version and
 //! git commit, and a run whose process died is marked abandoned by the next command.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use baton_tests::{HttpServer, Postgres, green_data_dir, workspace_binary};
+use baton_tests::{HttpServer, Postgres, green_data_dir, output_text, run_pipeline};
 
 fn run(workdir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut command = Command::new(workspace_binary("green_taxi_etl"));
-    command
-        .current_dir(workdir)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("LAKE_URL")
-        .env("NO_COLOR", "1");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("the pipeline binary runs")
+    run_pipeline("green_taxi_etl", workdir, env, args)
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    output_text(output)
 }
 
 #[test]

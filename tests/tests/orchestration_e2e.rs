@@ -7,53 +7,20 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_tests::{
-    HttpServer, ServerOptions, green_data_dir, independent_green_counts, workspace_binary,
+    HttpServer, ServerOptions, green_data_dir, independent_green_counts, output_text,
+    pipeline_command, run_pipeline, sqlite_rows,
 };
 
 fn command(workdir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut command = Command::new(workspace_binary("green_taxi_etl"));
-    command
-        .current_dir(workdir)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("LAKE_URL")
-        .env_remove("BATON_LEDGER_URL")
-        .env("NO_COLOR", "1");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
+    pipeline_command("green_taxi_etl", workdir, env, args)
 }
 
 fn run(workdir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    command(workdir, env, args)
-        .output()
-        .expect("the pipeline binary runs")
+    run_pipeline("green_taxi_etl", workdir, env, args)
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn sqlite_rows(db: &Path, sql: &str) -> Vec<String> {
-    let output = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 is installed");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    output_text(output)
 }
 
 /// The id of the newest run in the ledger.

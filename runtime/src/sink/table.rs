@@ -70,20 +70,8 @@ const SQLITE_MAX_PARAMETERS: usize = 32_766;
 impl Warehouse {
     /// Connects to `sqlite:PATH` (creating the file and its folder) or `postgres://...`.
     pub async fn connect(url: &str) -> BlockResult<Warehouse> {
-        if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest
-                .trim_start_matches("//")
-                .split('?')
-                .next()
-                .unwrap_or_default();
-            if let Some(parent) = std::path::Path::new(path)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    BlockError::fatal(format!("cannot create {}: {e}", parent.display()))
-                })?;
-            }
+        if url.starts_with("sqlite:") {
+            crate::env::create_sqlite_folder(url).map_err(BlockError::fatal)?;
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
