@@ -314,6 +314,8 @@ struct Execution<'s> {
     background: Vec<JoinHandle<()>>,
     /// Blocks reused from earlier runs keep their checkpoint path in this run's ledger rows.
     reused_checkpoints: HashMap<usize, PathBuf>,
+    /// Rows each started block received, for the ledger.
+    rows_in: Vec<Option<usize>>,
     first_failure: Option<(i64, String)>,
 }
 
@@ -339,6 +341,7 @@ impl<'s> Execution<'s> {
                 .collect(),
             background: Vec::new(),
             reused_checkpoints: HashMap::new(),
+            rows_in: vec![None; blocks.len()],
             first_failure: None,
         }
     }
@@ -452,6 +455,7 @@ impl<'s> Execution<'s> {
                             }
                         }
                         let inputs = self.take_inputs(index);
+                        self.rows_in[index] = Some(inputs.iter().map(DataFrame::height).sum());
                         self.state[index] = State::Running;
                         if let Some(ledger) = &self.services.ledger {
                             let record = self.block_record(index, "running", 0, None, None);
@@ -720,7 +724,7 @@ impl<'s> Execution<'s> {
             position: index as i64,
             status: status.into(),
             attempts: i64::from(attempts),
-            rows_in: None,
+            rows_in: self.rows_in[index].map(|rows| rows as i64),
             rows_out: None,
             bytes: None,
             started_at: started_at.or(if status == "running" {

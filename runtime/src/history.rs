@@ -113,19 +113,19 @@ pub fn run_info(
         .max(5);
     let _ = writeln!(
         out,
-        "\n{:<width$}  {:<10}  {:>8}  {:>10}  {:>8}  note",
-        "block", "status", "attempts", "rows", "time"
+        "\n{:<width$}  {:<10}  {:>8}  {:>10}  {:>10}  {:>8}  note",
+        "block", "status", "attempts", "rows in", "rows out", "time"
     );
+    let count = |rows: Option<i64>| rows.map_or_else(|| "-".to_string(), |r| r.to_string());
     for block in blocks {
         let _ = writeln!(
             out,
-            "{:<width$}  {:<10}  {:>8}  {:>10}  {:>8}  {}",
+            "{:<width$}  {:<10}  {:>8}  {:>10}  {:>10}  {:>8}  {}",
             block.block,
             block.status,
             block.attempts,
-            block
-                .rows_out
-                .map_or_else(|| "-".to_string(), |r| r.to_string()),
+            count(block.rows_in),
+            count(block.rows_out),
             duration_between(block.started_at, block.ended_at),
             one_line(block.error.as_deref().unwrap_or_default(), 100)
         );

@@ -76,6 +76,19 @@ fn a_flaky_source_succeeds_after_two_retries_visible_in_run_info() {
         .unwrap_or_else(|| panic!("no extract row in:\n{info}"));
     let columns: Vec<&str> = extract.split_whitespace().collect();
     assert_eq!(&columns[1..3], ["succeeded", "3"], "{extract}");
+    // The clean block's row counts: the whole month in, the rows with passengers and distance out.
+    let clean: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("clean_green_taxi "))
+        .unwrap_or_else(|| panic!("no clean row in:\n{info}"))
+        .split_whitespace()
+        .collect();
+    let kept = month_count("2021-01").to_string();
+    assert_eq!(
+        &clean[1..5],
+        ["succeeded", "1", "76518", kept.as_str()],
+        "{info}"
+    );
     let failed_attempts = info
         .lines()
         .filter(|l| l.contains("extract_green_taxi #") && l.contains("failed"))
