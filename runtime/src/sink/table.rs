@@ -3,8 +3,8 @@
 //! Every write is one transaction. `replace_partition` deletes the run's partition and inserts
 //! the new rows in that transaction, so a failure at any point leaves the old rows, never a
 //! mix and never duplicates. `upsert` inserts rows and updates those whose key already exists,
-//! through a unique index on the key. Postgres is loaded with `COPY ... FROM STDIN` (into a
-//! staging table for `upsert`), not INSERTs.
+//! through a unique index on the key. Postgres is loaded with binary `COPY ... FROM STDIN` (into
+//! a staging table for `upsert`), not INSERTs.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::{BaseType, Column as ColumnDef};
+use crate::sink::pgcopy;
 
 /// How rows are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub enum Warehouse {
     Postgres(PgPool),
 }
 
-/// Rows per COPY message sent to Postgres; bounds the memory of one CSV chunk.
+/// Rows per COPY message sent to Postgres; bounds the memory of one encoded chunk.
 const COPY_CHUNK_ROWS: usize = 50_000;
 /// SQLite allows 32766 bound parameters per statement.
 const SQLITE_MAX_PARAMETERS: usize = 32_766;
@@ -497,29 +498,22 @@ async fn write_postgres(
     };
     let mut copy = tx
         .copy_in_raw(&format!(
-            "COPY {copy_into} ({column_list}) FROM STDIN (FORMAT csv)"
+            "COPY {copy_into} ({column_list}) FROM STDIN (FORMAT binary)"
         ))
         .await?;
+    copy.send(pgcopy::header()).await?;
     let mut offset = 0;
     while offset < frame.height() {
-        let mut chunk = frame.slice(offset as i64, COPY_CHUNK_ROWS);
+        let chunk = frame.slice(offset as i64, COPY_CHUNK_ROWS);
         offset += chunk.height();
-        let mut buffer = Vec::with_capacity(chunk.height() * 200);
-        // Strings are always quoted, so an empty string stays distinct from the unquoted empty
-        // field that CSV COPY reads as NULL.
-        let written = CsvWriter::new(&mut buffer)
-            .include_header(false)
-            .with_quote_style(QuoteStyle::NonNumeric)
-            .with_null_value(PlSmallStr::EMPTY)
-            .with_datetime_format(Some("%Y-%m-%d %H:%M:%S%.f".into()))
-            .with_date_format(Some("%Y-%m-%d".into()))
-            .finish(&mut chunk);
-        if let Err(error) = written {
+        let mut buffer = Vec::new();
+        if let Err(error) = pgcopy::encode_rows(&chunk, target.columns, &mut buffer) {
             copy.abort(error.to_string()).await?;
-            return Err(error.into());
+            return Err(error);
         }
         copy.send(buffer).await?;
     }
+    copy.send(pgcopy::trailer().to_vec()).await?;
     copy.finish().await?;
     if copy_into != table {
         sqlx::query(AssertSqlSafe(format!(

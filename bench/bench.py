@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of the reference ETL: Baton against the course's baselines.
+
+Everything runs on 127.0.0.1: a throwaway PostgreSQL cluster and an HTTP server of the real
+green-taxi files (../shared/data/tlc/green). Each tool runs once to warm up, then ROUNDS times,
+interleaved, so that the machine's drift hits every tool alike. Each run starts from an empty
+database and an empty lake, and is verified afterwards: rows, a content fingerprint of the loaded
+table (equal for every tool) and the lake's partition folders. Wall time is measured around the
+process, peak RSS with wait4 (the process's own maximum resident set).
+
+    python3 bench/bench.py --baton target/release/green_taxi_etl --out BENCHMARKS.md
+
+bench/run.sh builds the binary and creates the baselines' virtual environments first.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, '..', 'shared')
+DATA = os.path.join(SHARED, 'data', 'tlc', 'green')
+BASELINES = os.path.join(SHARED, 'bench')
+MONTHS = ['2021-01', '2021-02', '2021-03']
+EXPECTED_ROWS = 113_335
+EXPECTED_PARTITIONS = 91
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f'nothing listens on port {port} after {seconds} s')
+
+
+def pg_bin():
+    versions = sorted(
+        os.path.join('/usr/lib/postgresql', v, 'bin')
+        for v in os.listdir('/usr/lib/postgresql')
+        if os.path.exists(os.path.join('/usr/lib/postgresql', v, 'bin', 'initdb'))
+    )
+    if not versions:
+        sys.exit('no PostgreSQL server binaries in /usr/lib/postgresql (bench/run.sh installs them)')
+    return versions[-1]
+
+
+class Postgres:
+    """A throwaway cluster; initdb refuses root, so it runs as `postgres` then."""
+
+    def __init__(self):
+        self.bin = pg_bin()
+        self.dir = tempfile.mkdtemp(prefix='baton-bench-pg-')
+        os.chmod(self.dir, 0o777)
+        self.data = os.path.join(self.dir, 'data')
+        self.port = free_port()
+        self.as_postgres = os.geteuid() == 0
+        self.tool('initdb', '-D', self.data, '-U', 'postgres', '-A', 'trust', '--no-sync')
+        options = f'-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off'
+        self.tool('pg_ctl', '-D', self.data, '-o', options, '-l',
+                  os.path.join(self.dir, 'log'), '-w', '-t', '60', 'start')
+        wait_for_port(self.port)
+        self.url = f'postgres://postgres@127.0.0.1:{self.port}/postgres'
+
+    def tool(self, name, *args):
+        command = [os.path.join(self.bin, name), *args]
+        if self.as_postgres:
+            command = ['runuser', '-u', 'postgres', '--', *command]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def psql(self, sql):
+        out = subprocess.run(
+            [os.path.join(self.bin, 'psql'), self.url, '-At', '-v', 'ON_ERROR_STOP=1', '-c', sql],
+            check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def stop(self):
+        try:
+            self.tool('pg_ctl', '-D', self.data, '-m', 'immediate', 'stop')
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def measure(command, env, cwd):
+    """Runs a command; returns (seconds, peak RSS in MB, stdout+stderr)."""
+    log = tempfile.TemporaryFile()
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    log.seek(0)
+    output = log.read().decode('utf-8', 'replace')
+    if process.returncode != 0:
+        sys.exit(f'{command[0]} failed ({process.returncode}):\n{output[-4000:]}')
+    return elapsed, usage.ru_maxrss / 1024, output
+
+
+FINGERPRINT = (
+    "SELECT count(*) || ' ' || round(sum(trip_distance)::numeric, 2) || ' ' || "
+    "round(sum(total_amount)::numeric, 2) || ' ' || "
+    "sum(extract(epoch from lpep_pickup_datetime))::bigint || ' ' || "
+    "count(DISTINCT lpep_pickup_date) FROM mage.green_taxi"
+)
+
+
+def lake_partitions(lake):
+    for root, dirs, _ in os.walk(lake):
+        parts = [d for d in dirs if d.startswith('lpep_pickup_date=')]
+        if parts:
+            return len(parts)
+    return 0
+
+
+class Tool:
+    def __init__(self, name, command, env):
+        self.name, self.command, self.env = name, command, env
+        self.times, self.rss = [], []
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--baton', required=True, help='the release green_taxi_etl binary')
+    ap.add_argument('--pandas-python', help='python of a venv with the pandas baseline installed')
+    ap.add_argument('--polars-python', help='python of a venv with the polars baseline installed')
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--out', default=os.path.join(ROOT, 'BENCHMARKS.md'))
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(DATA, 'green_tripdata_2021-03.csv.gz')):
+        sys.exit(f'the benchmark needs the real NYC TLC files in {DATA}; they are absent')
+
+    work = tempfile.mkdtemp(prefix='baton-bench-')
+    pg = Postgres()
+    http_port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, '-m', 'http.server', str(http_port), '--bind', '127.0.0.1',
+         '--directory', DATA], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(http_port)
+    base_url = f'http://127.0.0.1:{http_port}'
+    try:
+        run_all(args, pg, base_url, work)
+    finally:
+        server.terminate()
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_all(args, pg, base_url, work):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('DATABASE_URL', 'LAKE_URL', 'BATON_LEDGER_URL', 'BATON_LOG')}
+    lake = os.path.join(work, 'lake')
+    tools = [Tool('Baton', [os.path.abspath(args.baton), 'backfill', '--from', MONTHS[0],
+                            '--to', MONTHS[-1], '--concurrency', '3'],
+                  {**env, 'TLC_BASE_URL': base_url, 'DATABASE_URL': pg.url,
+                   'LAKE_URL': lake, 'BATON_LOG': 'warn'})]
+    if args.polars_python:
+        tools.append(Tool('polars script, psycopg binary COPY',
+                          [args.polars_python, os.path.join(BASELINES, 'polars_green_taxi.py'),
+                           '--pg-mode', 'psycopg-binary'],
+                          {**env, 'GREEN_BASE_URL': base_url, 'PG_URI': pg.url.replace('postgres://', 'postgresql://'),
+                           'LAKE_DIR': lake}))
+    if args.pandas_python:
+        tools.append(Tool('pandas script, COPY (as Mage)',
+                          [args.pandas_python, os.path.join(BASELINES, 'pandas_green_taxi.py'),
+                           '--pg-mode', 'copy'],
+                          {**env, 'GREEN_BASE_URL': base_url,
+                           'PG_URL': pg.url.replace('postgres://', 'postgresql+psycopg2://'),
+                           'LAKE_DIR': lake}))
+    fingerprints = {}
+    phases = []
+
+    def fresh():
+        pg.psql('DROP SCHEMA IF EXISTS mage CASCADE')
+        shutil.rmtree(lake, ignore_errors=True)
+        shutil.rmtree(os.path.join(work, '.baton'), ignore_errors=True)
+
+    def one(tool, record):
+        fresh()
+        seconds, rss, output = measure(tool.command, tool.env, work)
+        fingerprint = pg.psql(FINGERPRINT)
+        partitions = lake_partitions(lake)
+        rows = int(fingerprint.split()[0])
+        if rows != EXPECTED_ROWS or partitions != EXPECTED_PARTITIONS:
+            sys.exit(f'{tool.name}: {rows} rows and {partitions} partitions, expected '
+                     f'{EXPECTED_ROWS} and {EXPECTED_PARTITIONS}\n{output[-3000:]}')
+        fingerprints[tool.name] = fingerprint
+        if record:
+            tool.times.append(seconds)
+            tool.rss.append(rss)
+            if tool.name == 'Baton':
+                phases.append(baton_phases(work))
+        print(f'{tool.name}: {seconds:.3f} s, {rss:.0f} MB', file=sys.stderr)
+
+    for tool in tools:  # warm-up: page cache, Python bytecode, first connections
+        one(tool, record=False)
+    for _ in range(args.rounds):
+        for tool in tools:
+            one(tool, record=True)
+    if len(set(fingerprints.values())) != 1:
+        sys.exit(f'the tools loaded different data: {fingerprints}')
+
+    copy_floor = psql_copy_floor(pg, work, args.rounds)
+    write_report(args.out, tools, copy_floor, fingerprints['Baton'], phases, args.rounds)
+
+
+def baton_phases(work):
+    """Per block, the time of its last run in the backfill, from the ledger."""
+    ledger = sqlite3.connect(os.path.join(work, '.baton', 'ledger.db'))
+    rows = ledger.execute(
+        'SELECT block, avg(ended_at - started_at) FROM baton_block_runs '
+        "WHERE status = 'succeeded' GROUP BY block ORDER BY min(position)").fetchall()
+    ledger.close()
+    return dict(rows)
+
+
+def psql_copy_floor(pg, work, rounds):
+    """`psql \\copy` of the already-clean rows: what Postgres ingest alone costs."""
+    csv_path = os.path.join(work, 'clean.csv')
+    pg.psql(f"\\copy mage.green_taxi TO '{csv_path}' CSV")
+    times = []
+    for _ in range(rounds):
+        pg.psql('DROP TABLE IF EXISTS mage.copy_floor; '
+                'CREATE TABLE mage.copy_floor (LIKE mage.green_taxi)')
+        seconds, _, _ = measure(
+            [os.path.join(pg.bin, 'psql'), pg.url, '-v', 'ON_ERROR_STOP=1', '-c',
+             f"\\copy mage.copy_floor FROM '{csv_path}' CSV"], os.environ.copy(), work)
+        times.append(seconds)
+    return statistics.median(times)
+
+
+def machine():
+    cpu = 'unknown CPU'
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
+    return f'{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}'
+
+
+def write_report(path, tools, copy_floor, fingerprint, phases, rounds):
+    baton = statistics.median(tools[0].times)
+    lines = [
+        '# Benchmarks',
+        '',
+        'Generated by `bash bench/run.sh` (bench/bench.py); do not edit by hand.',
+        '',
+        f'Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.',
+        f'Workload: the reference ETL, green taxi 2021-01..03 over HTTP (loopback) -> clean -> '
+        f'Postgres `mage.green_taxi` + Parquet lake partitioned by pickup date; '
+        f'{EXPECTED_ROWS:,} rows loaded in {EXPECTED_PARTITIONS} partitions. '
+        f'Median of {rounds} interleaved runs after a warm-up, each from an empty database and lake.',
+        '',
+        '| tool | wall s (median) | min | max | peak RSS MB | time vs Baton | RSS vs Baton |',
+        '|---|---|---|---|---|---|---|',
+    ]
+    baton_rss = statistics.median(tools[0].rss)
+    for tool in tools:
+        median = statistics.median(tool.times)
+        rss = statistics.median(tool.rss)
+        lines.append(
+            f'| {tool.name} | {median:.3f} | {min(tool.times):.3f} | {max(tool.times):.3f} | '
+            f'{rss:.0f} | {median / baton:.2f}x | {rss / baton_rss:.2f}x |')
+    lines.append(f'| `psql \\copy` of the clean rows (load floor) | {copy_floor:.3f} | | | | '
+                 f'{copy_floor / baton:.2f}x | |')
+    lines += [
+        '',
+        f'Every run loaded the same content: `{fingerprint}` '
+        '(rows, sum of trip_distance, sum of total_amount, sum of pickup epochs, pickup dates).',
+        '',
+        '## Where Baton\'s time goes',
+        '',
+        'Mean time per block and partition, from the run ledger (the three months run concurrently,',
+        'so the blocks of different months overlap):',
+        '',
+        '| block | ms per partition |',
+        '|---|---|',
+    ]
+    blocks = phases[0].keys() if phases else []
+    for block in blocks:
+        mean = statistics.mean(p[block] for p in phases)
+        lines.append(f'| {block} | {mean:.0f} |')
+    lines.append('')
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines))
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()
