@@ -469,6 +469,20 @@ fn conflict_clause(target: &TableTarget) -> String {
     }
 }
 
+async fn execute_postgres(
+    connection: &mut sqlx::PgConnection,
+    statements: impl IntoIterator<Item = Statement>,
+) -> Result<(), sqlx::Error> {
+    for statement in statements {
+        let mut query = sqlx::query(AssertSqlSafe(statement.sql));
+        if let Some(value) = statement.bind {
+            query = query.bind(value);
+        }
+        query.execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
 async fn write_postgres(
     pool: &PgPool,
     target: &TableTarget,
@@ -476,14 +490,32 @@ async fn write_postgres(
     partition: Option<(&str, String)>,
 ) -> BlockResult<()> {
     let table = qualified(Dialect::Postgres, target);
+    // Partitions loading one table at the same time (`backfill --concurrency`) would race on
+    // `CREATE ... IF NOT EXISTS`, which is not safe against a concurrent creator. The table's
+    // DDL runs under a transaction-scoped advisory lock on the table's name: for `replace` the
+    // lock covers the whole write (the drop and the new rows are one change); in the other
+    // modes a short transaction creates what is missing, so that partitions still load side by
+    // side.
+    let lock = Statement {
+        sql: "SELECT pg_advisory_xact_lock(hashtext($1))".into(),
+        bind: Some(format!("baton:{table}")),
+    };
+    let mut statements = preamble(Dialect::Postgres, target, partition.as_ref());
+    let data_statements = statements.split_off(
+        statements
+            .iter()
+            .position(|s| s.sql.starts_with("DELETE"))
+            .unwrap_or(statements.len()),
+    );
     let mut tx = pool.begin().await?;
-    for statement in preamble(Dialect::Postgres, target, partition.as_ref()) {
-        let mut query = sqlx::query(AssertSqlSafe(statement.sql));
-        if let Some(value) = statement.bind {
-            query = query.bind(value);
-        }
-        query.execute(&mut *tx).await?;
+    if target.mode == WriteMode::Replace {
+        statements.insert(0, lock);
+    } else {
+        let mut ddl = pool.begin().await?;
+        execute_postgres(&mut ddl, std::iter::once(lock).chain(statements.drain(..))).await?;
+        ddl.commit().await?;
     }
+    execute_postgres(&mut tx, statements.into_iter().chain(data_statements)).await?;
     let column_list = column_list(target.columns);
     // An upsert is COPYed into a staging table that disappears at commit, then merged.
     let copy_into = if matches!(target.mode, WriteMode::Upsert { .. }) {
