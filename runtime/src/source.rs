@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
-use crate::pipeline::Column;
+use crate::pipeline::{BaseType, Column};
 use crate::schema::{conform, polars_schema};
 
 /// Where a source file is.
@@ -231,17 +231,17 @@ fn read_csv(data: &[u8], columns: &'static [Column]) -> BlockResult<DataFrame> {
     }
     check_present(&header, columns)?;
     let declared = polars_schema(columns);
-    // Columns the pipeline does not declare are read as text and dropped right after.
+    // Columns the pipeline does not declare are read as text and dropped right after; so are
+    // timestamps and dates at first, which `parse_temporal` then converts much faster than the
+    // CSV reader's per-value format inference would.
     let full: Schema = header
         .iter()
         .map(|name| {
-            Field::new(
-                name.as_str().into(),
-                declared
-                    .get(name.as_str())
-                    .cloned()
-                    .unwrap_or(DataType::String),
-            )
+            let dtype = match declared.get(name.as_str()) {
+                Some(DataType::Datetime(_, _) | DataType::Date) | None => DataType::String,
+                Some(dtype) => dtype.clone(),
+            };
+            Field::new(name.as_str().into(), dtype)
         })
         .collect();
     let frame = CsvReadOptions::default()
@@ -252,5 +252,129 @@ fn read_csv(data: &[u8], columns: &'static [Column]) -> BlockResult<DataFrame> {
         .map_err(|e| {
             BlockError::fatal(format!("cannot parse the CSV with the declared types: {e}"))
         })?;
-    Ok(frame.select(columns.iter().map(|c| c.name))?)
+    parse_temporal(frame.select(columns.iter().map(|c| c.name))?, columns)
+}
+
+/// Converts the timestamp and date columns, read as text, to their declared types. The usual
+/// layouts (`2021-01-01 00:15:56`, `2021-01-01`) go through polars' fixed-format parser; a
+/// column with any value in another layout is parsed again with polars' format inference,
+/// which accepts ISO-8601 variants and fractions of a second. A value that is not a timestamp
+/// at all fails the block, naming the column and the value.
+fn parse_temporal(frame: DataFrame, columns: &[Column]) -> BlockResult<DataFrame> {
+    let temporal: Vec<&Column> = columns
+        .iter()
+        .filter(|c| matches!(c.ty, BaseType::Timestamp | BaseType::Date))
+        .collect();
+    if temporal.is_empty() {
+        return Ok(frame);
+    }
+    let convert = |column: &Column, format: Option<&str>| {
+        let options = StrptimeOptions {
+            format: format.map(Into::into),
+            strict: false,
+            exact: true,
+            cache: false,
+        };
+        let text = col(column.name).str();
+        match column.ty {
+            BaseType::Date => text.to_date(options),
+            _ => text.to_datetime(Some(TimeUnit::Microseconds), None, options, lit("raise")),
+        }
+    };
+    let fast = frame
+        .clone()
+        .lazy()
+        .with_columns(
+            temporal
+                .iter()
+                .map(|c| {
+                    let format = if c.ty == BaseType::Date {
+                        "%Y-%m-%d"
+                    } else {
+                        "%Y-%m-%d %H:%M:%S"
+                    };
+                    convert(c, Some(format))
+                })
+                .collect::<Vec<_>>(),
+        )
+        .collect()?;
+    let mut parsed = fast;
+    for column in temporal {
+        let before = frame.column(column.name)?.null_count();
+        if parsed.column(column.name)?.null_count() == before {
+            continue;
+        }
+        let inferred = frame
+            .clone()
+            .lazy()
+            .select([convert(column, None)])
+            .collect()
+            .map_err(|e| BlockError::fatal(format!("column `{}`: {e}", column.name)))?;
+        let inferred = inferred.column(column.name)?;
+        if inferred.null_count() > before {
+            let text = frame.column(column.name)?.str()?;
+            let bad = text
+                .iter()
+                .zip(inferred.is_null().iter())
+                .find_map(|(value, null)| (null == Some(true)).then_some(value).flatten())
+                .unwrap_or_default();
+            return Err(BlockError::fatal(format!(
+                "column `{}` is declared {} but `{bad}` is not one",
+                column.name,
+                column.type_text()
+            )));
+        }
+        parsed.with_column(inferred.clone())?;
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLUMNS: &[Column] = &[
+        Column::required("id", BaseType::Int64),
+        Column::nullable("at", BaseType::Timestamp),
+        Column::nullable("day", BaseType::Date),
+    ];
+
+    fn parse_csv(text: &str) -> BlockResult<DataFrame> {
+        parse(text.as_bytes(), FileFormat::Csv, Compression::None, COLUMNS)
+    }
+
+    #[test]
+    fn the_usual_layout_and_nulls() {
+        let frame = parse_csv("id,at,day\n1,2021-01-01 00:15:56,2021-01-01\n2,,\n").unwrap();
+        assert_eq!(frame.column("at").unwrap().null_count(), 1);
+        assert_eq!(frame.column("day").unwrap().null_count(), 1);
+        let at = frame.column("at").unwrap().cast(&DataType::String).unwrap();
+        assert_eq!(at.str().unwrap().get(0), Some("2021-01-01 00:15:56.000000"));
+        assert_eq!(
+            frame.column("day").unwrap().dtype(),
+            &DataType::Date,
+            "{frame}"
+        );
+    }
+
+    #[test]
+    fn other_layouts_fall_back_to_inference() {
+        let frame = parse_csv(
+            "id,at,day\n1,2021-01-01T00:15:56.250,2021-01-01\n2,2021-01-02T01:00:00,2021-01-02\n",
+        )
+        .unwrap();
+        let at = frame.column("at").unwrap().cast(&DataType::String).unwrap();
+        assert_eq!(at.str().unwrap().get(0), Some("2021-01-01 00:15:56.250000"));
+        assert_eq!(at.str().unwrap().get(1), Some("2021-01-02 01:00:00.000000"));
+    }
+
+    #[test]
+    fn a_value_that_is_no_timestamp_is_named() {
+        let error = parse_csv("id,at,day\n1,2021-01-01 00:15:56,2021-01-01\n2,soon,2021-01-02\n")
+            .unwrap_err();
+        assert!(
+            error.message.contains("column `at`") && error.message.contains("`soon`"),
+            "{error}"
+        );
+    }
 }
