@@ -4,7 +4,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use polars::prelude::{DataFrame, ParquetCompression, ParquetReader, ParquetWriter, SerReader};
+use polars::prelude::{
+    DataFrame, ParquetCompression, ParquetReader, ParquetWriter, SerReader, StatisticsOptions,
+};
 
 use crate::error::{BlockError, BlockResult};
 
@@ -46,9 +48,11 @@ impl Checkpoints {
             let file = File::create(&partial).map_err(|e| {
                 BlockError::fatal(format!("cannot create {}: {e}", partial.display()))
             })?;
-            // LZ4 costs little CPU: checkpoints are written on every run and read rarely.
+            // Checkpoints are written on every run and read rarely, so they skip what costs CPU
+            // and helps only readers that prune: compression and column statistics.
             ParquetWriter::new(file)
-                .with_compression(ParquetCompression::Lz4Raw)
+                .with_compression(ParquetCompression::Uncompressed)
+                .with_statistics(StatisticsOptions::empty())
                 .finish(&mut frame)
                 .map_err(|e| {
                     BlockError::fatal(format!("cannot write checkpoint {}: {e}", path.display()))
