@@ -310,7 +310,7 @@ impl Checker<'_, '_> {
             partitions: meta
                 .partitions
                 .as_ref()
-                .map(|p| (p.granularity.value, p.start.value.clone())),
+                .map(|p| (p.granularity.value, p.start.value.clone(), p.catchup)),
             params: file
                 .params
                 .iter()

@@ -12,7 +12,7 @@ use crate::ir::{
     Block, BlockOp, Function, PartitionField, Pipeline, StepOp, TemplatePart, TypedExpr,
 };
 use crate::syntax::{
-    CheckSeverity, Compression, FileFormat, ForEach, SecretRef, Trigger, WriteMode,
+    Catchup, CheckSeverity, Compression, FileFormat, ForEach, SecretRef, Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -100,9 +100,13 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         .iter()
         .filter_map(|block| condition_function(pipeline, block));
     let partitions = match &pipeline.partitions {
-        Some((granularity, start)) => {
+        Some((granularity, start, catchup)) => {
             let granularity = granularity_tokens(*granularity);
-            quote!(Some(PartitionSpec { granularity: #granularity, start: #start }))
+            let catchup = match catchup {
+                Catchup::Latest => quote!(Catchup::Latest),
+                Catchup::All => quote!(Catchup::All),
+            };
+            quote!(Some(PartitionSpec { granularity: #granularity, start: #start, catchup: #catchup }))
         }
         None => quote!(None),
     };

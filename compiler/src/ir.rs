@@ -5,7 +5,7 @@
 
 use crate::expr::BinaryOp;
 use crate::syntax::{
-    CheckSeverity, Compression, FileFormat, ForEach, SecretRef, Trigger, WriteMode,
+    Catchup, CheckSeverity, Compression, FileFormat, ForEach, SecretRef, Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -32,7 +32,7 @@ pub struct Pipeline {
     /// At most this many blocks of a kind (`table`, `http`, ...) at once in one process.
     pub limits: Vec<(String, u32)>,
     /// Partitioning, if any: granularity and first partition key.
-    pub partitions: Option<(Granularity, String)>,
+    pub partitions: Option<(Granularity, String, Catchup)>,
     /// Parameters and their defaults.
     pub params: Vec<(String, Literal)>,
     /// Connections by role.

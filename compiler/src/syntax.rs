@@ -66,6 +66,18 @@ pub struct Partitions {
     pub granularity: Located<Granularity>,
     /// The first partition, as its key (`2019-01`, `2019-01-01`, `2019-01-01T00`).
     pub start: Located<String>,
+    /// What a scheduled run (`run` without `--partition`) does about partitions it missed.
+    pub catchup: Catchup,
+}
+
+/// What a scheduled run does about partitions missed while nothing ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Catchup {
+    /// Run only the latest complete partition, and say which ones were missed.
+    #[default]
+    Latest,
+    /// Run every partition after the newest successful one, oldest first.
+    All,
 }
 
 /// `[pipeline.defaults]`, also the per-block overrides.
@@ -829,10 +841,22 @@ impl Reader<'_, '_> {
             "start",
             "the first partition, such as `start = \"2019-01\"`",
         );
+        let catchup = match self.opt_string(&mut cursor, "catchup") {
+            None => Catchup::Latest,
+            Some(c) => match c.value.as_str() {
+                "latest" => Catchup::Latest,
+                "all" => Catchup::All,
+                other => {
+                    self.invalid_value("catchup", c.span, other, &["latest", "all"]);
+                    Catchup::Latest
+                }
+            },
+        };
         self.finish(cursor);
         Some(Partitions {
             granularity: granularity?,
             start: start?,
+            catchup,
         })
     }
 

@@ -33,7 +33,7 @@ use crate::executor::{BlockStatus, Directive, RunReport, RunRequest, Services, h
 use crate::history;
 use crate::ledger::{Ledger, TriggerKind};
 use crate::partition::Partition;
-use crate::pipeline::{BlockKind, Pipeline, SinkDef};
+use crate::pipeline::{BlockKind, Catchup, Pipeline, SinkDef};
 use crate::sink::lake::open_lake;
 use crate::sink::table::{Warehouse, validate_table};
 
@@ -210,9 +210,35 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
             until,
             params,
         } => {
-            let partitions =
+            let mut partitions =
                 run_partitions(pipeline, partition.as_deref()).map_err(Failure::Usage)?;
             let params = parse_params(pipeline, &params.params).map_err(Failure::Usage)?;
+            // A scheduled run (no --partition) follows the pipeline's catch-up policy.
+            if let (None, None, None, Some(spec), Some(latest)) =
+                (partition, only, until, pipeline.partitions, partitions[0])
+            {
+                let newest = ledger
+                    .newest_succeeded_partition(pipeline.name)
+                    .await?
+                    .and_then(|key| Partition::parse(spec.granularity, &key).ok());
+                let (run, missed) = scheduled_partitions(spec.catchup, latest, newest);
+                if let (Some(first), Some(last)) = (missed.first(), missed.last()) {
+                    warn!(
+                        missed = missed.len(),
+                        "partitions {first} to {last} were missed and are not caught up \
+                         (catchup = \"latest\"); run `backfill --from {first} --to {last}` to load them"
+                    );
+                }
+                partitions = run.into_iter().map(Some).collect();
+            }
+            if partitions.len() > 1 {
+                let mut reports = Vec::new();
+                for partition in partitions {
+                    let request = RunRequest::full(partition, params.clone(), TriggerKind::Run);
+                    reports.push(crate::executor::run(pipeline, request, &services).await?);
+                }
+                return Ok(finish(&reports));
+            }
             let partition = partitions[0];
             let (trigger, plan) = match (only, until) {
                 (Some(block), _) => (
@@ -758,6 +784,33 @@ fn run_partitions(
     Ok(vec![Some(partition)])
 }
 
+/// The partitions a scheduled run processes, oldest first, and the ones it leaves missed,
+/// given the latest complete partition and the newest one that succeeded. A pipeline that never
+/// succeeded runs only the latest partition: loading history is what `backfill` is for.
+pub fn scheduled_partitions(
+    catchup: Catchup,
+    latest: Partition,
+    newest_succeeded: Option<Partition>,
+) -> (Vec<Partition>, Vec<Partition>) {
+    let between: Vec<Partition> = match newest_succeeded {
+        Some(done) if done.next() < latest => done
+            .next()
+            .range_to(&latest)
+            .into_iter()
+            .filter(|p| *p < latest)
+            .collect(),
+        _ => Vec::new(),
+    };
+    match catchup {
+        Catchup::All => {
+            let mut run = between;
+            run.push(latest);
+            (run, Vec::new())
+        }
+        Catchup::Latest => (vec![latest], between),
+    }
+}
+
 fn check_not_before_start(pipeline: &Pipeline, partition: &Partition) -> Result<(), String> {
     if let Some(spec) = pipeline.partitions {
         let start = Partition::parse(spec.granularity, spec.start)?;
@@ -1077,5 +1130,49 @@ async fn validate(pipeline: &'static Pipeline) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::Granularity;
+
+    fn day(key: &str) -> Partition {
+        Partition::parse(Granularity::Daily, key).unwrap()
+    }
+
+    #[test]
+    fn catch_up_after_an_outage() {
+        let latest = day("2024-01-10");
+        // Down for three days: 07, 08 and 09 were missed.
+        let (run, missed) = scheduled_partitions(Catchup::All, latest, Some(day("2024-01-06")));
+        assert_eq!(
+            run,
+            ["2024-01-07", "2024-01-08", "2024-01-09", "2024-01-10"].map(day)
+        );
+        assert!(missed.is_empty());
+        let (run, missed) = scheduled_partitions(Catchup::Latest, latest, Some(day("2024-01-06")));
+        assert_eq!(run, [latest]);
+        assert_eq!(missed, ["2024-01-07", "2024-01-08", "2024-01-09"].map(day));
+    }
+
+    #[test]
+    fn no_outage_and_no_history() {
+        let latest = day("2024-01-10");
+        for catchup in [Catchup::All, Catchup::Latest] {
+            // Up to date, or even ahead (a backfill loaded later partitions).
+            for done in ["2024-01-09", "2024-01-10", "2024-01-12"] {
+                assert_eq!(
+                    scheduled_partitions(catchup, latest, Some(day(done))),
+                    (vec![latest], vec![])
+                );
+            }
+            // Never succeeded: only the latest; history is for `backfill`.
+            assert_eq!(
+                scheduled_partitions(catchup, latest, None),
+                (vec![latest], vec![])
+            );
+        }
     }
 }

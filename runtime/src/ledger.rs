@@ -450,6 +450,22 @@ impl Ledger {
             .collect()
     }
 
+    /// The newest partition with a successful complete run of any version (what a scheduled
+    /// run catches up from).
+    pub async fn newest_succeeded_partition(
+        &self,
+        pipeline: &str,
+    ) -> Result<Option<String>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT max(partition_key) FROM baton_runs WHERE pipeline = $1 \
+             AND status = 'succeeded' AND trigger_kind IN ('run', 'backfill', 'resume')",
+        )
+        .bind(pipeline)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<String>, _>(0)?)
+    }
+
     /// The pipeline's most recent runs, newest first.
     pub async fn runs(&self, pipeline: &str, limit: i64) -> Result<Vec<RunRecord>, LedgerError> {
         // The limit is an integer, so formatting it into the statement is safe.
@@ -740,6 +756,10 @@ mod tests {
             .finish_run("mine", RunStatus::Succeeded, None)
             .await
             .unwrap();
+        assert_eq!(
+            ledger.newest_succeeded_partition("p").await.unwrap(),
+            Some("2021-01".to_string())
+        );
         let done = ledger.succeeded_partitions("p", "v1").await.unwrap();
         assert_eq!(done, HashSet::from(["2021-01".to_string()]));
         assert!(

@@ -36,8 +36,8 @@ pub mod prelude {
     pub use crate::fan_out::{FanOut, fan_out_items, read_each};
     pub use crate::partition::Granularity;
     pub use crate::pipeline::{
-        BaseType, BlockDef, BlockFuture, BlockKind, Column, Condition, ConnectionDef, ParamDef,
-        ParamValue, PartitionSpec, Pipeline, Policy, Secret, SinkDef, Trigger,
+        BaseType, BlockDef, BlockFuture, BlockKind, Catchup, Column, Condition, ConnectionDef,
+        ParamDef, ParamValue, PartitionSpec, Pipeline, Policy, Secret, SinkDef, Trigger,
     };
     pub use crate::schema::conform;
     pub use crate::sink::lake::{LakeTarget, write_lake};

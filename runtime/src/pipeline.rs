@@ -57,6 +57,19 @@ pub struct PartitionSpec {
     pub granularity: Granularity,
     /// The first partition's key.
     pub start: &'static str,
+    /// What a scheduled run does about partitions it missed.
+    pub catchup: Catchup,
+}
+
+/// What a scheduled run (`run` without `--partition`) does about partitions missed while
+/// nothing ran: after an outage, a cron job that was down for three days either loads the
+/// three days (`All`) or only today's (`Latest`), but never piles up runs without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Catchup {
+    /// Only the latest complete partition; the missed ones are named in a warning.
+    Latest,
+    /// Every partition after the newest successful one, up to the latest complete one.
+    All,
 }
 
 /// A declared parameter.

@@ -326,3 +326,29 @@ fn resume_reruns_only_the_failed_sink_and_run_only_reuses_checkpoints() {
     );
     assert!(inspect.contains("vendor_id"), "{inspect}");
 }
+
+#[test]
+fn a_scheduled_run_names_the_partitions_it_missed() {
+    let server = HttpServer::serve(&green_data_dir());
+    let work = tempfile::tempdir().unwrap();
+    let env = [("TLC_BASE_URL", server.url.as_str())];
+    let first = run(work.path(), &env, &["run", "--partition", "2021-01"]);
+    assert!(first.status.success(), "{}", text(&first));
+    // Without --partition the run takes the latest complete month; with the pipeline's
+    // `catchup = "latest"` it does not load the months in between but says which they are.
+    // The local server has no file for that month, so the run itself fails with a 404.
+    let scheduled = run(work.path(), &env, &["run"]);
+    let output = text(&scheduled);
+    assert_eq!(scheduled.status.code(), Some(1), "{output}");
+    assert!(output.contains("partitions 2021-02 to "), "{output}");
+    assert!(
+        output.contains("run `backfill --from 2021-02 --to "),
+        "{output}"
+    );
+    assert!(output.contains("HTTP 404"), "{output}");
+    let runs = sqlite_rows(
+        &work.path().join(".baton/ledger.db"),
+        "SELECT count(*) FROM baton_runs",
+    );
+    assert_eq!(runs, ["2"], "one scheduled run, not one per missed month");
+}

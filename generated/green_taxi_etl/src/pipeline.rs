@@ -20,6 +20,7 @@ pub static PIPELINE: Pipeline = Pipeline {
     partitions: Some(PartitionSpec {
         granularity: Granularity::Monthly,
         start: "2019-01",
+        catchup: Catchup::Latest,
     }),
     params: &[],
     connections: &[
