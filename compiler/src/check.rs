@@ -307,6 +307,7 @@ impl Checker<'_, '_> {
             source_hash: crate::source_hash(self.context.source),
             timeout_ms: meta.timeout_ms,
             limits: self.limits(),
+            schedule: self.schedule(),
             partitions: meta
                 .partitions
                 .as_ref()
@@ -452,6 +453,66 @@ impl Checker<'_, '_> {
                 Some(_) => {}
             }
         }
+    }
+
+    /// `[pipeline.schedule]`: the cron pattern parses and fires at least once in the next
+    /// five years, the time zone is a real IANA zone.
+    fn schedule(&mut self) -> Option<ir::Schedule> {
+        let declared = self.file.pipeline.schedule.as_ref()?;
+        let cron = &declared.cron;
+        let mut ok = true;
+        let timezone = match &declared.timezone {
+            None => chrono_tz::Tz::UTC,
+            Some(name) => match name.value.parse::<chrono_tz::Tz>() {
+                Ok(zone) => zone,
+                Err(_) => {
+                    ok = false;
+                    let zones = chrono_tz::TZ_VARIANTS.iter().map(|z| z.name());
+                    self.push(
+                        Diagnostic::error("E0023", format!("unknown time zone `{}`", name.value), name.span.clone(), "not an IANA time zone")
+                            .with_optional_help(did_you_mean(&name.value, zones).or_else(|| Some("use a name like `Europe/Berlin` or `America/New_York` (IANA tz database)".into()))),
+                    );
+                    chrono_tz::Tz::UTC
+                }
+            },
+        };
+        match cron.value.parse::<croner::Cron>() {
+            Err(error) => {
+                ok = false;
+                self.push(
+                    Diagnostic::error("E0023", "invalid cron pattern", cron.span.clone(), error.to_string())
+                        .with_help("five fields `minute hour day-of-month month day-of-week` (or six with seconds first), e.g. `0 6 2 * *`"),
+                );
+            }
+            Ok(parsed) => {
+                // A pattern such as `0 0 30 2 *` (February 30th) parses but never fires.
+                let now = chrono::Utc::now().with_timezone(&timezone);
+                let horizon = now + chrono::Duration::days(5 * 366);
+                let fires = parsed
+                    .find_next_occurrence(&now, false)
+                    .is_ok_and(|next| next < horizon);
+                if !fires {
+                    ok = false;
+                    self.push(
+                        Diagnostic::error(
+                            "E0023",
+                            "this cron pattern never fires",
+                            cron.span.clone(),
+                            "no matching time in the next five years",
+                        )
+                        .with_help(
+                            "check the day of month against the month (February has no 30th)",
+                        ),
+                    );
+                }
+            }
+        }
+        ok.then(|| ir::Schedule {
+            cron: cron.value.clone(),
+            timezone: timezone.name().to_string(),
+            overlap: declared.overlap,
+            sla_ms: declared.sla_ms,
+        })
     }
 
     /// `[pipeline.concurrency]`: its keys must be block kinds, each given once.

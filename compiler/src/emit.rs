@@ -12,7 +12,8 @@ use crate::ir::{
     Block, BlockOp, Function, PartitionField, Pipeline, StepOp, TemplatePart, TypedExpr,
 };
 use crate::syntax::{
-    Catchup, CheckSeverity, Compression, FileFormat, ForEach, SecretRef, Trigger, WriteMode,
+    Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, SecretRef, Trigger,
+    WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -95,6 +96,25 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         let limit = proc_macro2::Literal::usize_unsuffixed(*limit as usize);
         quote!((#kind, #limit))
     });
+    let schedule = match &pipeline.schedule {
+        Some(schedule) => {
+            let cron = &schedule.cron;
+            let timezone = &schedule.timezone;
+            let overlap = match schedule.overlap {
+                Overlap::Skip => quote!(Overlap::Skip),
+                Overlap::Queue => quote!(Overlap::Queue),
+            };
+            let sla_ms = match schedule.sla_ms {
+                Some(ms) => {
+                    let ms = proc_macro2::Literal::u64_unsuffixed(ms);
+                    quote!(Some(#ms))
+                }
+                None => quote!(None),
+            };
+            quote!(Some(ScheduleDef { cron: #cron, timezone: #timezone, overlap: #overlap, sla_ms: #sla_ms }))
+        }
+        None => quote!(None),
+    };
     let conditions = pipeline
         .blocks
         .iter()
@@ -166,6 +186,7 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
             git_commit: option_env!("BATON_GIT_COMMIT"),
             timeout_ms: #timeout_ms,
             limits: &[#(#limits),*],
+            schedule: #schedule,
             partitions: #partitions,
             params: &[#(#params),*],
             connections: &[#(#connections),*],

@@ -5,7 +5,8 @@
 
 use crate::expr::BinaryOp;
 use crate::syntax::{
-    Catchup, CheckSeverity, Compression, FileFormat, ForEach, SecretRef, Trigger, WriteMode,
+    Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, SecretRef, Trigger,
+    WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -31,6 +32,8 @@ pub struct Pipeline {
     pub timeout_ms: Option<u64>,
     /// At most this many blocks of a kind (`table`, `http`, ...) at once in one process.
     pub limits: Vec<(String, u32)>,
+    /// When `serve` starts runs.
+    pub schedule: Option<Schedule>,
     /// Partitioning, if any: granularity and first partition key.
     pub partitions: Option<(Granularity, String, Catchup)>,
     /// Parameters and their defaults.
@@ -202,6 +205,19 @@ pub enum BlockOp {
         /// The hive partition column.
         partition_by: Option<String>,
     },
+}
+
+/// A checked schedule.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// The cron pattern (it parses and fires).
+    pub cron: String,
+    /// The IANA time zone (it exists).
+    pub timezone: String,
+    /// Skip or queue a tick while the previous run is going.
+    pub overlap: Overlap,
+    /// The SLA in milliseconds, if any.
+    pub sla_ms: Option<u64>,
 }
 
 /// A checked fan-out of a source.

@@ -57,6 +57,33 @@ pub struct PipelineMeta {
     pub timeout_ms: Option<u64>,
     /// `[pipeline.concurrency]`: at most this many blocks of a kind at once in the process.
     pub concurrency: Vec<(Located<String>, Located<u32>)>,
+    /// `[pipeline.schedule]`: when `serve` starts runs.
+    pub schedule: Option<ScheduleDecl>,
+}
+
+/// `[pipeline.schedule]`.
+#[derive(Clone, Debug)]
+pub struct ScheduleDecl {
+    /// A cron pattern: 5 fields, or 6 with seconds first.
+    pub cron: Located<String>,
+    /// An IANA time zone name; UTC when absent.
+    pub timezone: Option<Located<String>>,
+    /// Whether a tick that comes while the previous run is still going is skipped or queued.
+    pub overlap: Overlap,
+    /// A run not finished this long after its tick raises an alert, in milliseconds.
+    pub sla_ms: Option<u64>,
+    /// The span of the table, for errors about the schedule as a whole.
+    pub span: Span,
+}
+
+/// What a scheduler does with a tick while the previous run is still going.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overlap {
+    /// Skip the tick, and say so.
+    #[default]
+    Skip,
+    /// Start the run when the previous one has finished.
+    Queue,
 }
 
 /// `[pipeline.partitions]`.
@@ -796,6 +823,12 @@ impl Reader<'_, '_> {
         let timeout_ms = cursor
             .get("timeout")
             .and_then(|v| self.duration("timeout", v));
+        let schedule = match cursor.get("schedule") {
+            Some(value) => self
+                .table("schedule", value)
+                .and_then(|t| self.schedule(t, value.span())),
+            None => None,
+        };
         let concurrency = match cursor.get("concurrency") {
             Some(value) => self
                 .table("concurrency", value)
@@ -813,6 +846,7 @@ impl Reader<'_, '_> {
             defaults,
             timeout_ms,
             concurrency,
+            schedule,
         })
     }
 
@@ -857,6 +891,36 @@ impl Reader<'_, '_> {
             granularity: granularity?,
             start: start?,
             catchup,
+        })
+    }
+
+    fn schedule(&mut self, table: &DeTable<'_>, span: Span) -> Option<ScheduleDecl> {
+        let mut cursor = TableCursor::new(table, span.clone(), "`[pipeline.schedule]`");
+        let cron = self.req_string(
+            &mut cursor,
+            "cron",
+            "when runs start, e.g. `cron = \"0 6 2 * *\"` (06:00 on the 2nd of every month)",
+        );
+        let timezone = self.opt_string(&mut cursor, "timezone");
+        let overlap = match self.opt_string(&mut cursor, "overlap") {
+            None => Overlap::Skip,
+            Some(o) => match o.value.as_str() {
+                "skip" => Overlap::Skip,
+                "queue" => Overlap::Queue,
+                other => {
+                    self.invalid_value("overlap", o.span, other, &["skip", "queue"]);
+                    Overlap::Skip
+                }
+            },
+        };
+        let sla_ms = cursor.get("sla").and_then(|v| self.duration("sla", v));
+        self.finish(cursor);
+        Some(ScheduleDecl {
+            cron: cron?,
+            timezone,
+            overlap,
+            sla_ms,
+            span,
         })
     }
 

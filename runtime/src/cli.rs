@@ -11,6 +11,7 @@
 //! green_taxi_etl graph --format dot             # or mermaid (default)
 //! green_taxi_etl explain                        # blocks and the schema on every edge
 //! green_taxi_etl validate                       # connections reachable, tables compatible
+//! green_taxi_etl serve --listen 127.0.0.1:8080  # scheduler + HTTP API + /metrics
 //! ```
 //!
 //! Exit codes: 0 success; 1 a run failed or validation found problems; 2 invalid arguments.
@@ -135,6 +136,28 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         rows: usize,
     },
+    /// Run as a service: start runs on the pipeline's schedule and answer an HTTP API
+    /// (runs, run detail, trigger, backfill, Prometheus metrics) until SIGTERM.
+    Serve {
+        /// The address of the HTTP API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The bearer token that triggering runs needs; without one the API is read-only.
+        #[arg(long, env = "BATON_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Require the token for reads too.
+        #[arg(long)]
+        private: bool,
+        /// Replace the compiled cron schedule (5 fields, or 6 with seconds first).
+        #[arg(long)]
+        cron: Option<String>,
+        /// Serve the API only, start no scheduled runs.
+        #[arg(long, conflicts_with = "cron")]
+        no_schedule: bool,
+        /// How long runs in flight may take to finish after SIGTERM, e.g. 30s or 5m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        grace: Duration,
+    },
     /// Print the block graph.
     Graph {
         /// Output format.
@@ -254,6 +277,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
                 trigger,
                 plan,
                 resumed_from: None,
+                run_id: None,
             };
             let report = crate::executor::run(pipeline, request, &services).await?;
             Ok(finish(&[report]))
@@ -333,6 +357,27 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
                 *rows,
             )
             .await
+        }
+        Command::Serve {
+            listen,
+            token,
+            private,
+            cron,
+            no_schedule,
+            grace,
+        } => {
+            let options = crate::serve::ServeOptions {
+                listen: *listen,
+                token: token.clone().filter(|t| !t.is_empty()),
+                private: *private,
+                cron: cron.clone(),
+                grace: *grace,
+                no_schedule: *no_schedule,
+            };
+            crate::serve::serve(pipeline, services, options)
+                .await
+                .map_err(Failure::Usage)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Graph { .. } | Command::Explain | Command::Validate => {
             unreachable!("handled without the ledger")
@@ -596,6 +641,7 @@ async fn resume_request(
             trigger: TriggerKind::Resume,
             plan,
             resumed_from: Some(run_id.to_string()),
+            run_id: None,
         }),
         reused,
     ))
@@ -707,6 +753,24 @@ async fn inspect(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `90s`, `5m`, `1h` or milliseconds (`1500ms`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 5m or 1h"))?;
+    let ms = match unit {
+        "ms" => value,
+        "s" => value * 1000,
+        "m" => value * 60_000,
+        "h" => value * 3_600_000,
+        _ => return Err(format!("`{text}`: use ms, s, m or h")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
 fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -727,7 +791,11 @@ fn block_on<T>(future: impl Future<Output = T>) -> T {
         .block_on(future)
 }
 
-fn parse_params(pipeline: &Pipeline, raw: &[String]) -> Result<HashMap<String, Value>, String> {
+/// `NAME=VALUE` parameter overrides, typed like the declared defaults.
+pub(crate) fn parse_params(
+    pipeline: &Pipeline,
+    raw: &[String],
+) -> Result<HashMap<String, Value>, String> {
     let mut params = HashMap::new();
     for item in raw {
         let (name, text) = item
@@ -823,7 +891,8 @@ fn check_not_before_start(pipeline: &Pipeline, partition: &Partition) -> Result<
     Ok(())
 }
 
-fn backfill_partitions(
+/// The partitions from `from` to `to`, both included, checked against the pipeline's start.
+pub(crate) fn backfill_partitions(
     pipeline: &Pipeline,
     from: &str,
     to: &str,

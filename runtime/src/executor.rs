@@ -135,6 +135,9 @@ pub struct RunRequest {
     pub plan: Vec<Directive>,
     /// The run this one resumes.
     pub resumed_from: Option<String>,
+    /// The run's id, when the caller needs it before the run starts (the API answers with
+    /// it); a new one otherwise.
+    pub run_id: Option<String>,
 }
 
 impl RunRequest {
@@ -150,6 +153,7 @@ impl RunRequest {
             trigger,
             plan: Vec::new(),
             resumed_from: None,
+            run_id: None,
         }
     }
 }
@@ -192,7 +196,10 @@ pub async fn run(
     services: &Services,
 ) -> Result<RunReport, LedgerError> {
     let started = Instant::now();
-    let run_id = new_run_id(pipeline, request.partition);
+    let run_id = request
+        .run_id
+        .clone()
+        .unwrap_or_else(|| new_run_id(pipeline, request.partition));
     let blocks = pipeline.blocks;
     let plan: Vec<Directive> = if request.plan.is_empty() {
         vec![Directive::Run; blocks.len()]
@@ -264,7 +271,7 @@ pub async fn run(
 
 /// `green_taxi_etl-2021-01-20261123T174512.123Z-3f9a`: readable, sortable, unique across
 /// replicas thanks to the random suffix.
-fn new_run_id(pipeline: &Pipeline, partition: Option<Partition>) -> String {
+pub fn new_run_id(pipeline: &Pipeline, partition: Option<Partition>) -> String {
     format!(
         "{}-{}-{}-{:04x}",
         pipeline.name,

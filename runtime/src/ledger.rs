@@ -79,6 +79,10 @@ pub enum TriggerKind {
     Only,
     /// `run --until BLOCK`: a block and everything upstream of it.
     Until,
+    /// A tick of `serve`'s scheduler.
+    Schedule,
+    /// `POST /runs` or `POST /backfills` on `serve`'s API.
+    Api,
 }
 
 impl TriggerKind {
@@ -90,21 +94,20 @@ impl TriggerKind {
             TriggerKind::Resume => "resume",
             TriggerKind::Only => "only",
             TriggerKind::Until => "until",
+            TriggerKind::Schedule => "schedule",
+            TriggerKind::Api => "api",
         }
     }
 
     /// Whether a successful run of this kind completed its whole partition, so that a backfill
     /// may skip the partition.
     pub fn completes_partition(self) -> bool {
-        matches!(
-            self,
-            TriggerKind::Run | TriggerKind::Backfill | TriggerKind::Resume
-        )
+        !matches!(self, TriggerKind::Only | TriggerKind::Until)
     }
 }
 
 /// A run as recorded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RunRecord {
     /// Unique id.
     pub run_id: String,
@@ -139,7 +142,7 @@ pub struct RunRecord {
 }
 
 /// One block's final outcome in a run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct BlockRecord {
     /// The run.
     pub run_id: String,
@@ -168,7 +171,7 @@ pub struct BlockRecord {
 }
 
 /// One attempt of a block.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AttemptRecord {
     /// The run.
     pub run_id: String,
@@ -438,7 +441,7 @@ impl Ledger {
     ) -> Result<HashSet<String>, LedgerError> {
         let rows = sqlx::query(
             "SELECT DISTINCT partition_key FROM baton_runs WHERE pipeline = $1 AND version = $2 \
-             AND status = 'succeeded' AND trigger_kind IN ('run', 'backfill', 'resume') \
+             AND status = 'succeeded' AND trigger_kind NOT IN ('only', 'until') \
              AND partition_key IS NOT NULL",
         )
         .bind(pipeline)
@@ -458,7 +461,7 @@ impl Ledger {
     ) -> Result<Option<String>, LedgerError> {
         let row = sqlx::query(
             "SELECT max(partition_key) FROM baton_runs WHERE pipeline = $1 \
-             AND status = 'succeeded' AND trigger_kind IN ('run', 'backfill', 'resume')",
+             AND status = 'succeeded' AND trigger_kind NOT IN ('only', 'until')",
         )
         .bind(pipeline)
         .fetch_one(&self.pool)
@@ -663,6 +666,108 @@ impl Ledger {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+/// What `/metrics` reports, read from the ledger so that it is right across restarts and
+/// replicas.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerMetrics {
+    /// Runs by status.
+    pub runs: Vec<(String, i64)>,
+    /// Per block: bucket counts (cumulative, one per bound), count and sum of durations in ms.
+    pub durations: Vec<(String, Vec<i64>, i64, i64)>,
+    /// Per block: rows written or produced by successful blocks.
+    pub rows: Vec<(String, i64)>,
+    /// Per block: attempts after the first.
+    pub retries: Vec<(String, i64)>,
+    /// The end of the newest successful run.
+    pub last_success_ms: Option<i64>,
+}
+
+impl Ledger {
+    /// The metrics of a pipeline; `bounds_ms` are the duration histogram's bucket bounds.
+    pub async fn metrics(
+        &self,
+        pipeline: &str,
+        bounds_ms: &[i64],
+    ) -> Result<LedgerMetrics, LedgerError> {
+        let pairs = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(String, i64)>, LedgerError> {
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(LedgerError::from)
+        };
+        let runs = pairs(
+            sqlx::query(
+                "SELECT status, count(*) FROM baton_runs WHERE pipeline = $1 GROUP BY status \
+                 ORDER BY status",
+            )
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await?,
+        )?;
+        // The bounds are integers, so writing them into the statement is safe.
+        let buckets: Vec<String> = bounds_ms
+            .iter()
+            .map(|b| {
+                format!("CAST(sum(CASE WHEN b.ended_at - b.started_at <= {b} THEN 1 ELSE 0 END) AS BIGINT)")
+            })
+            .collect();
+        let sql = format!(
+            "SELECT b.block, count(*), CAST(sum(b.ended_at - b.started_at) AS BIGINT), {} \
+             FROM baton_block_runs b JOIN baton_runs r ON r.run_id = b.run_id \
+             WHERE r.pipeline = $1 AND b.status IN ('succeeded', 'failed') \
+             AND b.started_at IS NOT NULL AND b.ended_at IS NOT NULL \
+             GROUP BY b.block ORDER BY b.block",
+            buckets.join(", ")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut durations = Vec::new();
+        for row in &rows {
+            let counts = (0..bounds_ms.len())
+                .map(|i| row.try_get::<i64, _>(3 + i))
+                .collect::<Result<Vec<_>, _>>()?;
+            durations.push((row.try_get(0)?, counts, row.try_get(1)?, row.try_get(2)?));
+        }
+        let rows_moved = pairs(
+            sqlx::query(
+                "SELECT b.block, CAST(sum(b.rows_out) AS BIGINT) FROM baton_block_runs b \
+                 JOIN baton_runs r ON r.run_id = b.run_id WHERE r.pipeline = $1 \
+                 AND b.status = 'succeeded' AND b.rows_out IS NOT NULL \
+                 GROUP BY b.block ORDER BY b.block",
+            )
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await?,
+        )?;
+        let retries = pairs(
+            sqlx::query(
+                "SELECT a.block, count(*) FROM baton_attempts a \
+                 JOIN baton_runs r ON r.run_id = a.run_id WHERE r.pipeline = $1 \
+                 AND a.attempt > 1 GROUP BY a.block ORDER BY a.block",
+            )
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await?,
+        )?;
+        let last: Option<i64> = sqlx::query(
+            "SELECT max(ended_at) FROM baton_runs WHERE pipeline = $1 AND status = 'succeeded'",
+        )
+        .bind(pipeline)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok(LedgerMetrics {
+            runs,
+            durations,
+            rows: rows_moved,
+            retries,
+            last_success_ms: last,
+        })
     }
 }
 

@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod partition;
 pub mod pipeline;
 pub mod schema;
+pub mod serve;
 pub mod sink;
 pub mod source;
 
@@ -37,7 +38,8 @@ pub mod prelude {
     pub use crate::partition::Granularity;
     pub use crate::pipeline::{
         BaseType, BlockDef, BlockFuture, BlockKind, Catchup, Column, Condition, ConnectionDef,
-        ParamDef, ParamValue, PartitionSpec, Pipeline, Policy, Secret, SinkDef, Trigger,
+        Overlap, ParamDef, ParamValue, PartitionSpec, Pipeline, Policy, ScheduleDef, Secret,
+        SinkDef, Trigger,
     };
     pub use crate::schema::conform;
     pub use crate::sink::lake::{LakeTarget, write_lake};

@@ -38,6 +38,8 @@ pub struct Pipeline {
     /// At most this many blocks of a kind run at once in one process (across the partitions of
     /// a concurrent backfill too).
     pub limits: &'static [(BlockKind, usize)],
+    /// When `serve` starts runs, if the pipeline has a schedule.
+    pub schedule: Option<ScheduleDef>,
     /// How runs are partitioned, if they are.
     pub partitions: Option<PartitionSpec>,
     /// Parameters with their defaults.
@@ -48,6 +50,28 @@ pub struct Pipeline {
     pub blocks: &'static [BlockDef],
     /// Runs one block: the index into `blocks`, the run's context and the input frames.
     pub run_block: fn(usize, RunContext, Vec<DataFrame>) -> BlockFuture,
+}
+
+/// `[pipeline.schedule]` as compiled: the pattern parses and fires, the zone exists.
+#[derive(Clone, Copy, Debug)]
+pub struct ScheduleDef {
+    /// A cron pattern (5 fields, or 6 with seconds first).
+    pub cron: &'static str,
+    /// The IANA time zone the pattern is read in.
+    pub timezone: &'static str,
+    /// What a tick does while the previous run is still going.
+    pub overlap: Overlap,
+    /// A run not finished this long after its tick raises an alert.
+    pub sla_ms: Option<u64>,
+}
+
+/// What a scheduler does with a tick while the previous run is still going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlap {
+    /// Skip the tick (logged and counted).
+    Skip,
+    /// Run it when the previous run has finished.
+    Queue,
 }
 
 /// Partitioning of a pipeline.

@@ -13,10 +13,16 @@ pub static PIPELINE: Pipeline = Pipeline {
     owner: "data-engineering",
     tags: &["nyc-tlc", "zoomcamp", "green-taxi"],
     source_path: "pipelines/green_taxi_etl.toml",
-    source_hash: "c6352022f025c87c",
+    source_hash: "2228803751c6ce59",
     git_commit: option_env!("BATON_GIT_COMMIT"),
     timeout_ms: None,
     limits: &[],
+    schedule: Some(ScheduleDef {
+        cron: "0 6 2 * *",
+        timezone: "America/New_York",
+        overlap: Overlap::Skip,
+        sla_ms: Some(7200000),
+    }),
     partitions: Some(PartitionSpec {
         granularity: Granularity::Monthly,
         start: "2019-01",
@@ -54,7 +60,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "extract_green_taxi",
         kind: BlockKind::HttpSource,
-        line: 30,
+        line: 38,
         description: "Download one month of green taxi trips (gzip CSV) with the course's column types.",
         summary: "read csv (gzip) from {tlc}/green_tripdata_{partition.year}-{partition.month}.csv.gz",
         inputs: &[],
@@ -74,7 +80,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "clean_green_taxi",
         kind: BlockKind::Transform,
-        line: 59,
+        line: 67,
         description: "Drop trips without passengers or distance, add the pickup date, snake_case the id columns.",
         summary: "3 steps",
         inputs: &[0],
@@ -94,7 +100,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "load_warehouse",
         kind: BlockKind::TableSink,
-        line: 86,
+        line: 94,
         description: "Replace this month's rows of green_taxi in one transaction.",
         summary: "write table mage.green_taxi on {warehouse} (replace_partition by partition_month)",
         inputs: &[1],
@@ -114,7 +120,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "load_lake",
         kind: BlockKind::LakeSink,
-        line: 121,
+        line: 129,
         description: "Write Parquet files partitioned hive-style by pickup date.",
         summary: "write parquet to {lake}/green_taxi/lpep_pickup_date=*/",
         inputs: &[1],
@@ -134,7 +140,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "report_failure",
         kind: BlockKind::Callback,
-        line: 129,
+        line: 137,
         description: "Say which block failed and why; with ALERT_WEBHOOK_URL set, also POST it as JSON.",
         summary: "report the run on failure: log and POST to {alerts}",
         inputs: &[],
@@ -153,7 +159,7 @@ static BLOCKS: [BlockDef; 5] = [
     },
 ];
 
-/// Columns leaving `extract_green_taxi` (pipelines/green_taxi_etl.toml:30).
+/// Columns leaving `extract_green_taxi` (pipelines/green_taxi_etl.toml:38).
 pub const EXTRACT_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("VendorID", BaseType::Int64),
     Column::required("lpep_pickup_datetime", BaseType::Timestamp),
@@ -177,7 +183,7 @@ pub const EXTRACT_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("congestion_surcharge", BaseType::Float64),
 ];
 
-/// Columns leaving `clean_green_taxi` (pipelines/green_taxi_etl.toml:59).
+/// Columns leaving `clean_green_taxi` (pipelines/green_taxi_etl.toml:67).
 pub const CLEAN_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("vendor_id", BaseType::Int64),
     Column::required("lpep_pickup_datetime", BaseType::Timestamp),
@@ -203,7 +209,7 @@ pub const CLEAN_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::required("partition_month", BaseType::Date),
 ];
 
-/// Where `load_warehouse` writes (pipelines/green_taxi_etl.toml:86).
+/// Where `load_warehouse` writes (pipelines/green_taxi_etl.toml:94).
 const LOAD_WAREHOUSE_TARGET: TableTarget = TableTarget {
     connection: "warehouse",
     schema: Some("mage"),
@@ -214,7 +220,7 @@ const LOAD_WAREHOUSE_TARGET: TableTarget = TableTarget {
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 
-/// Where `load_lake` writes (pipelines/green_taxi_etl.toml:121).
+/// Where `load_lake` writes (pipelines/green_taxi_etl.toml:129).
 const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     connection: "lake",
     path: "green_taxi",
@@ -222,7 +228,7 @@ const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 
-/// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_etl.toml:30.
+/// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_etl.toml:38.
 ///
 /// Download one month of green taxi trips (gzip CSV) with the course's column types.
 async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<DataFrame> {
@@ -244,23 +250,23 @@ async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<DataFrame> {
     Ok(frame)
 }
 
-/// `clean_green_taxi`: transform, declared at pipelines/green_taxi_etl.toml:59.
+/// `clean_green_taxi`: transform, declared at pipelines/green_taxi_etl.toml:67.
 ///
 /// Drop trips without passengers or distance, add the pickup date, snake_case the id columns.
 fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
     let frame = input.lazy();
-    // pipelines/green_taxi_etl.toml:66: filter = "passenger_count > 0 and trip_distance > 0"
+    // pipelines/green_taxi_etl.toml:74: filter = "passenger_count > 0 and trip_distance > 0"
     let frame = frame
         .filter(
             col("passenger_count").gt(lit(0i64)).and(col("trip_distance").gt(lit(0i64))),
         );
-    // pipelines/green_taxi_etl.toml:71: derive = { lpep_pickup_date = "date(lpep_pickup_datetime)", partition_month = "partition.start" }
+    // pipelines/green_taxi_etl.toml:79: derive = { lpep_pickup_date = "date(lpep_pickup_datetime)", partition_month = "partition.start" }
     let frame = frame
         .with_columns([
             col("lpep_pickup_datetime").dt().date().alias("lpep_pickup_date"),
             ctx.partition()?.start().alias("partition_month"),
         ]);
-    // pipelines/green_taxi_etl.toml:74: rename = { VendorID = "vendor_id", RatecodeID = "ratecode_id", PULocationID = "pu_location_id", DOLocationI...
+    // pipelines/green_taxi_etl.toml:82: rename = { VendorID = "vendor_id", RatecodeID = "ratecode_id", PULocationID = "pu_location_id", DOLocationI...
     let frame = frame
         .rename(
             ["VendorID", "RatecodeID", "PULocationID", "DOLocationID"],
@@ -273,7 +279,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "vendor_id in (1, 2)",
-            location: "pipelines/green_taxi_etl.toml:76",
+            location: "pipelines/green_taxi_etl.toml:84",
             severity: CheckSeverity::Fail,
         },
         col("vendor_id").is_in(int_list(&[1i64, 2i64]), false),
@@ -283,7 +289,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "passenger_count > 0",
-            location: "pipelines/green_taxi_etl.toml:80",
+            location: "pipelines/green_taxi_etl.toml:88",
             severity: CheckSeverity::Fail,
         },
         col("passenger_count").gt(lit(0i64)),
@@ -293,7 +299,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "trip_distance > 0",
-            location: "pipelines/green_taxi_etl.toml:83",
+            location: "pipelines/green_taxi_etl.toml:91",
             severity: CheckSeverity::Fail,
         },
         col("trip_distance").gt(lit(0i64)),
@@ -301,21 +307,21 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
     Ok(frame)
 }
 
-/// `load_warehouse`: table sink, declared at pipelines/green_taxi_etl.toml:86.
+/// `load_warehouse`: table sink, declared at pipelines/green_taxi_etl.toml:94.
 ///
 /// Replace this month's rows of green_taxi in one transaction.
 async fn load_warehouse(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
     write_table(ctx, &LOAD_WAREHOUSE_TARGET, input).await
 }
 
-/// `load_lake`: lake sink, declared at pipelines/green_taxi_etl.toml:121.
+/// `load_lake`: lake sink, declared at pipelines/green_taxi_etl.toml:129.
 ///
 /// Write Parquet files partitioned hive-style by pickup date.
 async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
     write_lake(ctx, &LOAD_LAKE_TARGET, input).await
 }
 
-/// `report_failure`: callback, declared at pipelines/green_taxi_etl.toml:129.
+/// `report_failure`: callback, declared at pipelines/green_taxi_etl.toml:137.
 ///
 /// Say which block failed and why; with ALERT_WEBHOOK_URL set, also POST it as JSON.
 async fn report_failure(ctx: RunContext) -> BlockResult<Option<DataFrame>> {

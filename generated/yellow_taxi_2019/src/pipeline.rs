@@ -17,6 +17,7 @@ pub static PIPELINE: Pipeline = Pipeline {
     git_commit: option_env!("BATON_GIT_COMMIT"),
     timeout_ms: None,
     limits: &[],
+    schedule: None,
     partitions: None,
     params: &[],
     connections: &[

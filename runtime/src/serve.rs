@@ -1,0 +1,767 @@
+//! `serve`: the pipeline binary as a service. A scheduler starts runs on the pipeline's cron
+//! schedule (in its time zone, catching up after downtime by the pipeline's policy), and an
+//! HTTP API lists runs, shows one, triggers runs and backfills, and exports Prometheus metrics.
+//!
+//! The scheduler never stops silently: every tick is logged, `/health` shows the next and the
+//! last tick, and it sleeps in short steps so that a suspended machine or a changed clock is
+//! noticed within seconds. Runs a tick starts are awaited by the scheduler itself, so two runs
+//! of one schedule never overlap: a tick that comes meanwhile is skipped (and logged) or queued,
+//! as `[pipeline.schedule] overlap` says. On SIGTERM or Ctrl-C the scheduler and the API stop
+//! taking work and in-flight runs get a grace period to finish; a run still going after it is
+//! found by the next process as abandoned, and `backfill` or `resume` completes it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Mutex, Notify, watch};
+use tracing::{error, info, warn};
+
+use crate::cli::scheduled_partitions;
+use crate::context::Value;
+use crate::executor::{RunReport, RunRequest, Services, new_run_id};
+use crate::ledger::TriggerKind;
+use crate::partition::Partition;
+use crate::pipeline::{Overlap, Pipeline};
+
+/// How `serve` runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// The bearer token that state-changing requests (and, with `private`, all requests)
+    /// must carry; without one, the API is read-only.
+    pub token: Option<String>,
+    /// Require the token for reads too.
+    pub private: bool,
+    /// A cron pattern that replaces the compiled schedule (for operations and tests).
+    pub cron: Option<String>,
+    /// How long in-flight runs may take to finish after a shutdown signal.
+    pub grace: Duration,
+    /// Run no scheduler, only the API.
+    pub no_schedule: bool,
+}
+
+/// The schedule in force.
+struct Schedule {
+    cron: Cron,
+    pattern: String,
+    timezone: Tz,
+    overlap: Overlap,
+    sla: Option<Duration>,
+}
+
+#[derive(Default)]
+struct SchedulerStatus {
+    next_tick: Option<DateTime<Utc>>,
+    last_tick: Option<DateTime<Utc>>,
+    skipped_ticks: u64,
+    missed_slas: u64,
+}
+
+struct AppState {
+    pipeline: &'static Pipeline,
+    services: Services,
+    options: ServeOptions,
+    schedule: Option<(String, String)>,
+    status: Mutex<SchedulerStatus>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl AppState {
+    /// Starts a run in the background and returns its id at once.
+    fn spawn_run(
+        self: &Arc<Self>,
+        partition: Option<Partition>,
+        params: HashMap<String, Value>,
+    ) -> String {
+        let run_id = new_run_id(self.pipeline, partition);
+        let request = RunRequest {
+            run_id: Some(run_id.clone()),
+            ..RunRequest::full(partition, params, TriggerKind::Api)
+        };
+        let state = self.clone();
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            state.execute(request).await;
+            state.finished_one();
+        });
+        run_id
+    }
+
+    async fn execute(&self, request: RunRequest) -> Option<RunReport> {
+        match crate::executor::run(self.pipeline, request, &self.services).await {
+            Ok(report) => Some(report),
+            Err(error) => {
+                error!("the run could not start: {error}");
+                None
+            }
+        }
+    }
+
+    fn finished_one(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until no run is in flight, at most `limit`; returns how many are still going.
+    async fn drain(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let going = self.in_flight.load(Ordering::SeqCst);
+            if going == 0 {
+                return 0;
+            }
+            let idle = self.idle.notified();
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight.load(Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Runs the service until SIGTERM or Ctrl-C. Returns a message for a start-up failure.
+pub async fn serve(
+    pipeline: &'static Pipeline,
+    services: Services,
+    options: ServeOptions,
+) -> Result<(), String> {
+    let schedule = if options.no_schedule {
+        None
+    } else {
+        Some(schedule(pipeline, options.cron.as_deref())?)
+    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    let state = Arc::new(AppState {
+        pipeline,
+        services,
+        schedule: schedule
+            .as_ref()
+            .map(|s| (s.pattern.clone(), s.timezone.name().to_string())),
+        options,
+        status: Mutex::new(SchedulerStatus::default()),
+        in_flight: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let scheduler = schedule
+        .map(|schedule| tokio::spawn(run_scheduler(state.clone(), schedule, stopped.clone())));
+    info!(listen = %state.options.listen, "serving {}", pipeline.name);
+    let app = router(state.clone());
+    let mut api_stopped = stopped.clone();
+    let api = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stopped.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    shutdown_signal().await;
+    info!(
+        "shutting down: no new runs; waiting up to {:?} for runs in flight",
+        state.options.grace
+    );
+    let _ = stop.send(true);
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
+    let left = state.drain(state.options.grace).await;
+    if left > 0 {
+        warn!(
+            runs = left,
+            "runs still going after the grace period are left to be recovered as abandoned"
+        );
+    }
+    let _ = api.await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// The compiled schedule, or `--cron` in the compiled (or UTC) time zone.
+fn schedule(pipeline: &Pipeline, cron: Option<&str>) -> Result<Schedule, String> {
+    let compiled = pipeline.schedule;
+    let pattern = match (cron, compiled) {
+        (Some(pattern), _) => pattern.to_string(),
+        (None, Some(compiled)) => compiled.cron.to_string(),
+        (None, None) => {
+            return Err(format!(
+                "pipeline {} has no [pipeline.schedule]; add one, pass --cron, or use --no-schedule",
+                pipeline.name
+            ));
+        }
+    };
+    let parsed = Cron::from_str(&pattern).map_err(|e| format!("--cron `{pattern}`: {e}"))?;
+    let timezone = match compiled {
+        Some(compiled) => Tz::from_str(compiled.timezone)
+            .map_err(|e| format!("time zone {}: {e}", compiled.timezone))?,
+        None => Tz::UTC,
+    };
+    Ok(Schedule {
+        cron: parsed,
+        pattern,
+        timezone,
+        overlap: compiled.map_or(Overlap::Skip, |c| c.overlap),
+        sla: compiled.and_then(|c| c.sla_ms).map(Duration::from_millis),
+    })
+}
+
+async fn run_scheduler(
+    state: Arc<AppState>,
+    schedule: Schedule,
+    mut stopped: watch::Receiver<bool>,
+) {
+    info!(cron = %schedule.pattern, timezone = %schedule.timezone, "scheduler started");
+    catch_up(&state, &schedule).await;
+    let mut after = Utc::now();
+    loop {
+        let next = match schedule
+            .cron
+            .find_next_occurrence(&after.with_timezone(&schedule.timezone), false)
+        {
+            Ok(next) => next.with_timezone(&Utc),
+            Err(e) => {
+                error!("the schedule has no next time ({e}); the scheduler stops, the API goes on");
+                return;
+            }
+        };
+        state.status.lock().await.next_tick = Some(next);
+        // Short sleeps: a suspended machine or a changed clock is noticed within seconds.
+        loop {
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            if wait.is_zero() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(Duration::from_secs(5))) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
+        {
+            let mut status = state.status.lock().await;
+            status.last_tick = Some(next);
+        }
+        info!(tick = %next, "schedule tick");
+        tick(&state, &schedule, next).await;
+        // Ticks that came while the run was going: skipped, or coalesced into one more run.
+        let now = Utc::now();
+        let missed = schedule
+            .cron
+            .iter_after(next.with_timezone(&schedule.timezone))
+            .take_while(|t| t.with_timezone(&Utc) <= now)
+            .take(10_000)
+            .count();
+        if missed > 0 {
+            match schedule.overlap {
+                Overlap::Skip => {
+                    state.status.lock().await.skipped_ticks += missed as u64;
+                    warn!(
+                        skipped = missed,
+                        "ticks came while the previous run was going and were skipped (overlap = \"skip\")"
+                    );
+                }
+                Overlap::Queue => {
+                    info!(
+                        queued = missed,
+                        "ticks came while the previous run was going; running once more now (overlap = \"queue\")"
+                    );
+                    tick(&state, &schedule, now).await;
+                }
+            }
+        }
+        after = Utc::now().max(next);
+        if *stopped.borrow() {
+            return;
+        }
+    }
+}
+
+/// At start-up: partitions missed while the service was down, by the catch-up policy.
+async fn catch_up(state: &Arc<AppState>, schedule: &Schedule) {
+    let pipeline = state.pipeline;
+    let (Some(spec), Some(ledger)) = (pipeline.partitions, &state.services.ledger) else {
+        return;
+    };
+    let Ok(latest) = latest_complete(pipeline) else {
+        return;
+    };
+    let newest = match ledger.newest_succeeded_partition(pipeline.name).await {
+        Ok(newest) => newest.and_then(|key| Partition::parse(spec.granularity, &key).ok()),
+        Err(error) => {
+            error!("cannot read the ledger to catch up: {error}");
+            return;
+        }
+    };
+    // Nothing ever succeeded: the first tick runs the latest partition; history is `backfill`'s.
+    let Some(newest) = newest else {
+        return;
+    };
+    if newest >= latest {
+        return;
+    }
+    let (partitions, missed) = scheduled_partitions(spec.catchup, latest, Some(newest));
+    if !missed.is_empty() {
+        warn!(
+            missed = missed.len(),
+            "partitions missed while the service was down are not caught up (catchup = \"latest\")"
+        );
+    }
+    info!(partitions = partitions.len(), "catching up after downtime");
+    for partition in partitions {
+        run_scheduled(state, schedule, Some(partition), Utc::now()).await;
+    }
+}
+
+/// One tick: the latest complete partition (or the whole pipeline when it has no partitions).
+async fn tick(state: &Arc<AppState>, schedule: &Schedule, at: DateTime<Utc>) {
+    let partition = if state.pipeline.partitions.is_some() {
+        match latest_complete(state.pipeline) {
+            Ok(partition) => Some(partition),
+            Err(error) => {
+                error!("cannot tell this tick's partition: {error}");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    run_scheduled(state, schedule, partition, at).await;
+}
+
+async fn run_scheduled(
+    state: &Arc<AppState>,
+    schedule: &Schedule,
+    partition: Option<Partition>,
+    tick: DateTime<Utc>,
+) {
+    let request = RunRequest::full(partition, HashMap::new(), TriggerKind::Schedule);
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let run = state.execute(request);
+    tokio::pin!(run);
+    let sla = schedule.sla.map(|sla| {
+        let elapsed = (Utc::now() - tick).to_std().unwrap_or_default();
+        sla.saturating_sub(elapsed)
+    });
+    match sla {
+        Some(left) => {
+            tokio::select! {
+                _ = &mut run => {}
+                _ = tokio::time::sleep(left) => {
+                    state.status.lock().await.missed_slas += 1;
+                    error!(partition = %partition.map(|p| p.key()).unwrap_or_default(), tick = %tick, "SLA missed: the run has not finished {:?} after its tick", schedule.sla.unwrap_or_default());
+                    run.await;
+                }
+            }
+        }
+        None => {
+            run.await;
+        }
+    }
+    state.finished_one();
+}
+
+fn latest_complete(pipeline: &Pipeline) -> Result<Partition, String> {
+    let spec = pipeline
+        .partitions
+        .ok_or_else(|| "the pipeline has no partitions".to_string())?;
+    let current = Partition::containing(spec.granularity, Utc::now().naive_utc());
+    let start = Partition::parse(spec.granularity, spec.start)?;
+    let mut previous = start;
+    while previous.next() < current {
+        previous = previous.next();
+    }
+    Ok(previous)
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/runs", get(list_runs).post(trigger_run))
+        .route("/runs/{run_id}", get(run_detail))
+        .route("/backfills", axum::routing::post(trigger_backfill))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+type ApiError = (StatusCode, Json<serde_json::Value>);
+
+fn api_error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    (status, Json(json!({ "error": message.into() })))
+}
+
+/// Requests that change state need the token; reads need it with `--private`.
+fn authorize(state: &AppState, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+    if !write && !state.options.private {
+        return Ok(());
+    }
+    let Some(token) = &state.options.token else {
+        return Err(api_error(
+            StatusCode::FORBIDDEN,
+            "this API is read-only: set BATON_API_TOKEN when starting `serve` to allow runs to be triggered",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compared in constant time, so the token cannot be guessed byte by byte.
+    let equal = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if equal {
+        Ok(())
+    } else {
+        Err(api_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong `Authorization: Bearer <token>`",
+        ))
+    }
+}
+
+async fn health(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let status = state.status.lock().await;
+    Ok(Json(json!({
+        "pipeline": state.pipeline.name,
+        "version": state.pipeline.source_hash,
+        "git_commit": state.pipeline.git_commit,
+        "runs_in_flight": state.in_flight.load(Ordering::SeqCst),
+        "scheduler": state.schedule.as_ref().map(|(cron, timezone)| json!({
+            "cron": cron,
+            "timezone": timezone,
+            "next_tick": status.next_tick.map(|t| t.to_rfc3339()),
+            "last_tick": status.last_tick.map(|t| t.to_rfc3339()),
+            "skipped_ticks": status.skipped_ticks,
+            "missed_slas": status.missed_slas,
+        })),
+    })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+fn ledger(state: &AppState) -> Result<&crate::ledger::Ledger, ApiError> {
+    state
+        .services
+        .ledger
+        .as_ref()
+        .ok_or_else(|| api_error(StatusCode::SERVICE_UNAVAILABLE, "no run ledger"))
+}
+
+async fn list_runs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 10_000);
+    let runs = ledger(&state)?
+        .runs(state.pipeline.name, limit)
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+async fn run_detail(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers, false)?;
+    let ledger = ledger(&state)?;
+    let unavailable =
+        |e: crate::ledger::LedgerError| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let run = ledger
+        .run(&run_id)
+        .await
+        .map_err(unavailable)?
+        .filter(|r| r.pipeline == state.pipeline.name)
+        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no run `{run_id}`")))?;
+    let blocks = ledger.blocks(&run_id).await.map_err(unavailable)?;
+    let attempts = ledger.attempts(&run_id).await.map_err(unavailable)?;
+    Ok(Json(
+        json!({ "run": run, "blocks": blocks, "attempts": attempts }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct TriggerBody {
+    partition: Option<String>,
+    #[serde(default)]
+    params: HashMap<String, String>,
+}
+
+async fn trigger_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<TriggerBody>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    authorize(&state, &headers, true)?;
+    let bad = |message: String| api_error(StatusCode::BAD_REQUEST, message);
+    let partition = match (body.partition, state.pipeline.partitions) {
+        (Some(key), Some(spec)) => Some(Partition::parse(spec.granularity, &key).map_err(bad)?),
+        (Some(_), None) => {
+            return Err(bad(format!(
+                "pipeline {} has no partitions",
+                state.pipeline.name
+            )));
+        }
+        (None, Some(_)) => Some(latest_complete(state.pipeline).map_err(bad)?),
+        (None, None) => None,
+    };
+    let raw: Vec<String> = body
+        .params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let params = crate::cli::parse_params(state.pipeline, &raw).map_err(bad)?;
+    let run_id = state.spawn_run(partition, params);
+    info!(run_id = %run_id, "run triggered through the API");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "run_id": run_id, "partition": partition.map(|p| p.key()) })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct BackfillBody {
+    from: String,
+    to: String,
+    #[serde(default)]
+    rerun_all: bool,
+}
+
+async fn trigger_backfill(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<BackfillBody>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    authorize(&state, &headers, true)?;
+    let bad = |message: String| api_error(StatusCode::BAD_REQUEST, message);
+    let partitions =
+        crate::cli::backfill_partitions(state.pipeline, &body.from, &body.to).map_err(bad)?;
+    let ledger = ledger(&state)?;
+    let done = ledger
+        .succeeded_partitions(state.pipeline.name, state.pipeline.source_hash)
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let (todo, skipped): (Vec<Partition>, Vec<Partition>) = partitions
+        .into_iter()
+        .partition(|p| body.rerun_all || !done.contains(&p.key()));
+    let task_state = state.clone();
+    let queued: Vec<String> = todo.iter().map(Partition::key).collect();
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        for partition in todo {
+            let request = RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Api);
+            task_state.execute(request).await;
+        }
+        task_state.finished_one();
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "queued": queued,
+            "skipped": skipped.iter().map(Partition::key).collect::<Vec<_>>(),
+        })),
+    ))
+}
+
+/// Histogram bounds of block durations, in seconds.
+const DURATION_BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, false)?;
+    let bounds_ms: Vec<i64> = DURATION_BOUNDS
+        .iter()
+        .map(|b| (b * 1000.0) as i64)
+        .collect();
+    let metrics = ledger(&state)?
+        .metrics(state.pipeline.name, &bounds_ms)
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let pipeline = state.pipeline.name;
+    let status = state.status.lock().await;
+    let mut out = String::new();
+    let push = |out: &mut String, name: &str, kind: &str, help: &str, lines: String| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        out.push_str(&lines);
+    };
+    let mut lines = String::new();
+    for (run_status, count) in &metrics.runs {
+        let _ = writeln!(
+            lines,
+            "baton_runs{{pipeline=\"{pipeline}\",status=\"{run_status}\"}} {count}"
+        );
+    }
+    push(
+        &mut out,
+        "baton_runs",
+        "gauge",
+        "Runs recorded in the ledger, by status.",
+        lines,
+    );
+    let mut lines = String::new();
+    for (block, buckets, count, sum_ms) in &metrics.durations {
+        for (bound, cumulative) in DURATION_BOUNDS.iter().zip(buckets) {
+            let _ = writeln!(
+                lines,
+                "baton_block_duration_seconds_bucket{{pipeline=\"{pipeline}\",block=\"{block}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            lines,
+            "baton_block_duration_seconds_bucket{{pipeline=\"{pipeline}\",block=\"{block}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            lines,
+            "baton_block_duration_seconds_sum{{pipeline=\"{pipeline}\",block=\"{block}\"}} {}",
+            *sum_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            lines,
+            "baton_block_duration_seconds_count{{pipeline=\"{pipeline}\",block=\"{block}\"}} {count}"
+        );
+    }
+    push(
+        &mut out,
+        "baton_block_duration_seconds",
+        "histogram",
+        "Time blocks took, first attempt to last.",
+        lines,
+    );
+    let mut lines = String::new();
+    for (block, rows) in &metrics.rows {
+        let _ = writeln!(
+            lines,
+            "baton_block_rows_total{{pipeline=\"{pipeline}\",block=\"{block}\"}} {rows}"
+        );
+    }
+    push(
+        &mut out,
+        "baton_block_rows_total",
+        "counter",
+        "Rows produced (sinks: written) by successful blocks.",
+        lines,
+    );
+    let mut lines = String::new();
+    for (block, retries) in &metrics.retries {
+        let _ = writeln!(
+            lines,
+            "baton_block_retries_total{{pipeline=\"{pipeline}\",block=\"{block}\"}} {retries}"
+        );
+    }
+    push(
+        &mut out,
+        "baton_block_retries_total",
+        "counter",
+        "Attempts after the first.",
+        lines,
+    );
+    push(
+        &mut out,
+        "baton_last_success_timestamp_seconds",
+        "gauge",
+        "End of the newest successful run (0: none yet).",
+        format!(
+            "baton_last_success_timestamp_seconds{{pipeline=\"{pipeline}\"}} {}\n",
+            metrics.last_success_ms.unwrap_or(0) as f64 / 1000.0
+        ),
+    );
+    push(
+        &mut out,
+        "baton_scheduler_next_tick_timestamp_seconds",
+        "gauge",
+        "When the scheduler starts the next run (0: no scheduler).",
+        format!(
+            "baton_scheduler_next_tick_timestamp_seconds{{pipeline=\"{pipeline}\"}} {}\n",
+            status.next_tick.map_or(0, |t| t.timestamp())
+        ),
+    );
+    push(
+        &mut out,
+        "baton_scheduler_skipped_ticks_total",
+        "counter",
+        "Ticks skipped because the previous run was still going.",
+        format!(
+            "baton_scheduler_skipped_ticks_total{{pipeline=\"{pipeline}\"}} {}\n",
+            status.skipped_ticks
+        ),
+    );
+    push(
+        &mut out,
+        "baton_scheduler_missed_slas_total",
+        "counter",
+        "Scheduled runs that had not finished within the SLA.",
+        format!(
+            "baton_scheduler_missed_slas_total{{pipeline=\"{pipeline}\"}} {}\n",
+            status.missed_slas
+        ),
+    );
+    push(
+        &mut out,
+        "baton_runs_in_flight",
+        "gauge",
+        "Runs this process is executing now.",
+        format!(
+            "baton_runs_in_flight{{pipeline=\"{pipeline}\"}} {}\n",
+            state.in_flight.load(Ordering::SeqCst)
+        ),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}

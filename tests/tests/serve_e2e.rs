@@ -1,0 +1,188 @@
+//! `serve` end to end with the committed `green_taxi_etl` binary: the scheduler starts runs on
+//! time (an every-two-seconds pattern replaces the monthly one), the API answers, refuses to
+//! start work without the token, starts a run with it, `/metrics` is valid Prometheus text, and
+//! SIGTERM stops the service cleanly.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_tests::{
+    HttpServer, free_port, green_data_dir, http_request, pipeline_command, sqlite_rows,
+    wait_for_port,
+};
+
+const TOKEN: &str = "test-token-1234";
+
+/// Every non-comment line of a Prometheus text exposition is `name{labels} value`.
+fn check_prometheus_text(text: &str) {
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name: {line}"
+        );
+        if name_end < series.len() {
+            let labels = &series[name_end + 1..series.len() - 1];
+            assert!(series.ends_with('}'), "{line}");
+            for label in labels.split("\",").filter(|l| !l.is_empty()) {
+                let (key, value) = label.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                assert!(
+                    key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                assert!(!value.contains('\n'), "{line}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_scheduler_runs_on_time_and_the_api_answers() {
+    let server = HttpServer::serve(&green_data_dir());
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut service = pipeline_command(
+        "green_taxi_etl",
+        work.path(),
+        &[
+            ("TLC_BASE_URL", server.url.as_str()),
+            ("BATON_API_TOKEN", TOKEN),
+        ],
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--cron",
+            "*/2 * * * * *",
+            "--grace",
+            "60s",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("serve starts");
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "serve did not listen"
+    );
+
+    let (status, body) = http_request(port, "GET", "/health", &[], None);
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["pipeline"], "green_taxi_etl");
+    assert_eq!(health["scheduler"]["cron"], "*/2 * * * * *");
+    assert_eq!(health["scheduler"]["timezone"], "America/New_York");
+
+    // Starting work needs the token.
+    let run = r#"{"partition": "2021-01"}"#;
+    let (status, _) = http_request(port, "POST", "/runs", &[], Some(run));
+    assert_eq!(status, 401);
+    let wrong = [("Authorization", "Bearer nope")];
+    assert_eq!(
+        http_request(port, "POST", "/runs", &wrong, Some(run)).0,
+        401
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let bad = r#"{"partition": "2021-13"}"#;
+    let (status, body) = http_request(port, "POST", "/runs", &auth, Some(bad));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http_request(port, "POST", "/runs", &auth, Some(run));
+    assert_eq!(status, 202, "{body}");
+    let started: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+
+    // The triggered run finishes and its detail shows every block.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let detail = loop {
+        let (status, body) = http_request(port, "GET", &format!("/runs/{run_id}"), &[], None);
+        if status == 200 {
+            let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if detail["run"]["status"] != "running" {
+                break detail;
+            }
+        }
+        assert!(Instant::now() < deadline, "the run did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(detail["run"]["status"], "succeeded", "{detail}");
+    assert_eq!(detail["run"]["trigger"], "api");
+    assert_eq!(detail["blocks"].as_array().unwrap().len(), 5);
+    assert_eq!(http_request(port, "GET", "/runs/nope", &[], None).0, 404);
+
+    // Let the scheduler tick a few times (its runs fail: the local server has no file for the
+    // latest month, which is fine for timing).
+    std::thread::sleep(Duration::from_secs(7));
+    let (status, metrics) = http_request(port, "GET", "/metrics", &[], None);
+    assert_eq!(status, 200);
+    check_prometheus_text(&metrics);
+    assert!(
+        metrics.contains("baton_runs{pipeline=\"green_taxi_etl\",status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("baton_block_duration_seconds_bucket{pipeline=\"green_taxi_etl\",block=\"load_warehouse\",le=\"+Inf\"} 1"),
+        "{metrics}"
+    );
+    let (status, openapi) = http_request(port, "GET", "/openapi.json", &[], None);
+    assert_eq!(status, 200);
+    let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
+    assert!(openapi["paths"]["/runs"]["post"].is_object());
+
+    // SIGTERM: the service stops taking work and exits cleanly.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let exit = loop {
+        if let Some(status) = service.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "{exit:?}");
+
+    // The scheduled runs started every two seconds, on the tick.
+    let starts: Vec<i64> = sqlite_rows(
+        &work.path().join(".baton/ledger.db"),
+        "SELECT started_at FROM baton_runs WHERE trigger_kind = 'schedule' ORDER BY started_at",
+    )
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    assert!(starts.len() >= 3, "{starts:?}");
+    for pair in starts.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (1_500..=2_700).contains(&gap),
+            "runs {gap} ms apart: {starts:?}"
+        );
+    }
+    // Nothing is left running.
+    let running = sqlite_rows(
+        &work.path().join(".baton/ledger.db"),
+        "SELECT count(*) FROM baton_runs WHERE status = 'running'",
+    );
+    assert_eq!(running, ["0"]);
+}
