@@ -706,56 +706,48 @@ async fn metrics(
         "Attempts after the first.",
         lines,
     );
-    push(
-        &mut out,
-        "baton_last_success_timestamp_seconds",
-        "gauge",
-        "End of the newest successful run (0: none yet).",
-        format!(
-            "baton_last_success_timestamp_seconds{{pipeline=\"{pipeline}\"}} {}\n",
-            metrics.last_success_ms.unwrap_or(0) as f64 / 1000.0
+    // One sample each, labelled with the pipeline only.
+    let scalars: [(&str, &str, &str, f64); 5] = [
+        (
+            "baton_last_success_timestamp_seconds",
+            "gauge",
+            "End of the newest successful run (0: none yet).",
+            metrics.last_success_ms.unwrap_or(0) as f64 / 1000.0,
         ),
-    );
-    push(
-        &mut out,
-        "baton_scheduler_next_tick_timestamp_seconds",
-        "gauge",
-        "When the scheduler starts the next run (0: no scheduler).",
-        format!(
-            "baton_scheduler_next_tick_timestamp_seconds{{pipeline=\"{pipeline}\"}} {}\n",
-            status.next_tick.map_or(0, |t| t.timestamp())
+        (
+            "baton_scheduler_next_tick_timestamp_seconds",
+            "gauge",
+            "When the scheduler starts the next run (0: no scheduler).",
+            status.next_tick.map_or(0, |t| t.timestamp()) as f64,
         ),
-    );
-    push(
-        &mut out,
-        "baton_scheduler_skipped_ticks_total",
-        "counter",
-        "Ticks skipped because the previous run was still going.",
-        format!(
-            "baton_scheduler_skipped_ticks_total{{pipeline=\"{pipeline}\"}} {}\n",
-            status.skipped_ticks
+        (
+            "baton_scheduler_skipped_ticks_total",
+            "counter",
+            "Ticks skipped because the previous run was still going.",
+            status.skipped_ticks as f64,
         ),
-    );
-    push(
-        &mut out,
-        "baton_scheduler_missed_slas_total",
-        "counter",
-        "Scheduled runs that had not finished within the SLA.",
-        format!(
-            "baton_scheduler_missed_slas_total{{pipeline=\"{pipeline}\"}} {}\n",
-            status.missed_slas
+        (
+            "baton_scheduler_missed_slas_total",
+            "counter",
+            "Scheduled runs that had not finished within the SLA.",
+            status.missed_slas as f64,
         ),
-    );
-    push(
-        &mut out,
-        "baton_runs_in_flight",
-        "gauge",
-        "Runs this process is executing now.",
-        format!(
-            "baton_runs_in_flight{{pipeline=\"{pipeline}\"}} {}\n",
-            state.in_flight.load(Ordering::SeqCst)
+        (
+            "baton_runs_in_flight",
+            "gauge",
+            "Runs this process is executing now.",
+            state.in_flight.load(Ordering::SeqCst) as f64,
         ),
-    );
+    ];
+    for (name, kind, help, value) in scalars {
+        push(
+            &mut out,
+            name,
+            kind,
+            help,
+            format!("{name}{{pipeline=\"{pipeline}\"}} {value}\n"),
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
