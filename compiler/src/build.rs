@@ -74,12 +74,16 @@ impl PipelineFiles {
         };
         let warnings = (!rendered.is_empty()).then_some(rendered);
         let src = self.generated_src();
+        let review = src
+            .parent()
+            .map_or_else(|| src.join("REVIEW.md"), |dir| dir.join("REVIEW.md"));
         let files = vec![
             (src.join("main.rs"), crate::emit::main_file(&pipeline)),
             (
                 src.join("pipeline.rs"),
                 crate::emit::file(&pipeline, &options),
             ),
+            (review, crate::review::review(&pipeline)),
         ];
         Ok((files, warnings))
     }

@@ -552,7 +552,8 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
 }
 
 /// One line saying what the block does, for `explain` and `graph`.
-fn summary(block: &Block) -> String {
+/// One line saying what a block does, for `explain` and the review summary.
+pub(crate) fn summary(block: &Block) -> String {
     match &block.op {
         BlockOp::Source {
             connection,

@@ -15,6 +15,7 @@ pub mod emit;
 pub mod expr;
 pub mod ir;
 pub mod resolve;
+pub mod review;
 pub mod syntax;
 pub mod types;
 
