@@ -38,6 +38,11 @@ impl PipelineFiles {
         format!("pipelines/{}.rs", self.name)
     }
 
+    /// `pipelines/NAME.lock.json`, relative to the root.
+    pub fn lock_display(&self) -> String {
+        format!("pipelines/{}.lock.json", self.name)
+    }
+
     /// The generated crate's source folder.
     pub fn generated_src(&self) -> PathBuf {
         self.root.join("generated").join(&self.name).join("src")
@@ -51,12 +56,15 @@ impl PipelineFiles {
             .map_err(|e| format!("error: cannot read {}: {e}", toml_path.display()))?;
         let rust_path = self.root.join(self.rust_display());
         let rust_text = std::fs::read_to_string(&rust_path).ok();
+        let lock_display = self.lock_display();
+        let lock_text = std::fs::read_to_string(self.root.join(&lock_display)).ok();
         let toml_display = self.toml_display();
         let rust_display = self.rust_display();
         let source = Source {
             path: &toml_display,
             text: &text,
             rust_module: rust_text.as_deref().map(|t| (rust_display.as_str(), t)),
+            lock: lock_text.as_deref().map(|t| (lock_display.as_str(), t)),
         };
         let compilation = compile(&source);
         let rendered = compilation.render(&source);
@@ -120,6 +128,10 @@ pub fn generate_crate(name: &str) {
     println!(
         "cargo::rerun-if-changed={}",
         files.root.join(files.rust_display()).display()
+    );
+    println!(
+        "cargo::rerun-if-changed={}",
+        files.root.join(files.lock_display()).display()
     );
     git_commit(&files.root);
     match files.render() {

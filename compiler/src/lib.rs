@@ -14,6 +14,7 @@ pub mod diagnostic;
 pub mod emit;
 pub mod expr;
 pub mod ir;
+pub mod lock;
 pub mod resolve;
 pub mod review;
 pub mod syntax;
@@ -32,6 +33,9 @@ pub struct Source<'a> {
     pub text: &'a str,
     /// The pipeline's hand-written Rust module, if it exists: its display path and text.
     pub rust_module: Option<(&'a str, &'a str)>,
+    /// The pipeline's schema lock (`pipelines/NAME.lock.json`), if it has one: its display
+    /// path and text.
+    pub lock: Option<(&'a str, &'a str)>,
 }
 
 /// The result of a compilation: the checked pipeline when there was no error, and every
@@ -68,7 +72,11 @@ pub fn compile(source: &Source<'_>) -> Compilation {
             source_path: source.path,
             rust_module: source.rust_module,
         };
-        check::check(&file, &graph, &context, &mut diagnostics)
+        let pipeline = check::check(&file, &graph, &context, &mut diagnostics);
+        if let Some((lock_path, lock_text)) = source.lock {
+            lock::check(&file, lock_path, lock_text, &mut diagnostics);
+        }
+        pipeline
     });
     diagnostic::sort(&mut diagnostics);
     let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);

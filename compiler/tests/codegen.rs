@@ -21,6 +21,7 @@ fn compile_fixture(path: &Path) -> Pipeline {
         path: &name,
         text: &text,
         rust_module: rust.as_deref().map(|r| (rust_name.as_str(), r)),
+        lock: None,
     };
     let compilation = compile(&source);
     compilation

@@ -11,10 +11,14 @@ fn diagnostics_are_rendered_like_rustc() {
             "tests/fixtures/diagnostics/{}",
             path.file_name().unwrap().to_string_lossy()
         );
+        // A fixture may have a schema lock beside it.
+        let lock = std::fs::read_to_string(path.with_extension("lock.json")).ok();
+        let lock_name = name.replace(".toml", ".lock.json");
         let source = Source {
             path: &name,
             text: &text,
             rust_module: None,
+            lock: lock.as_deref().map(|l| (lock_name.as_str(), l)),
         };
         let compilation = compile(&source);
         assert!(compilation.has_errors(), "{name} should not compile");
@@ -33,6 +37,7 @@ fn every_error_is_reported_at_once_and_sorted() {
         path: "x.toml",
         text: &text,
         rust_module: None,
+        lock: None,
     };
     let compilation = compile(&source);
     let codes: Vec<&str> = compilation.diagnostics.iter().map(|d| d.code).collect();

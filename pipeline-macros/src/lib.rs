@@ -58,10 +58,16 @@ fn expand(literal: &LitStr) -> Result<proc_macro2::TokenStream, String> {
         .with_extension("rs")
         .display()
         .to_string();
+    let lock_text = std::fs::read_to_string(path.with_extension("lock.json")).ok();
+    let lock_display = PathBuf::from(&relative)
+        .with_extension("lock.json")
+        .display()
+        .to_string();
     let source = Source {
         path: &relative,
         text: &text,
         rust_module: rust_text.as_deref().map(|t| (rust_display.as_str(), t)),
+        lock: lock_text.as_deref().map(|t| (lock_display.as_str(), t)),
     };
     let compilation = compile(&source);
     let Some(pipeline) = compilation.pipeline.as_ref() else {

@@ -158,6 +158,19 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         grace: Duration,
     },
+    /// Read every source once and every target table's columns, and write the lock file that
+    /// `cargo build` checks the pipeline against; with --check, compare instead and fail on drift.
+    Prepare {
+        /// The partition whose files are read (default: the latest complete one).
+        #[arg(long)]
+        partition: Option<String>,
+        /// The lock file (default: pipelines/NAME.lock.json under the working directory).
+        #[arg(long)]
+        lock: Option<PathBuf>,
+        /// Compare the sources and tables with the lock; exit 1 and list the differences on drift.
+        #[arg(long)]
+        check: bool,
+    },
     /// Print the block graph.
     Graph {
         /// Output format.
@@ -377,6 +390,54 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
             crate::serve::serve(pipeline, services, options)
                 .await
                 .map_err(Failure::Usage)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prepare {
+            partition,
+            lock,
+            check,
+        } => {
+            let partition =
+                run_partitions(pipeline, partition.as_deref()).map_err(Failure::Usage)?[0];
+            let path = lock
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("pipelines/{}.lock.json", pipeline.name)));
+            let now = crate::prepare::observe(pipeline, &services, partition)
+                .await
+                .map_err(Failure::Failed)?;
+            if *check {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    Failure::Usage(format!(
+                        "cannot read {}: {e}; run `prepare` first",
+                        path.display()
+                    ))
+                })?;
+                let locked: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    Failure::Failed(format!("{} is not valid JSON: {e}", path.display()))
+                })?;
+                let drift = crate::prepare::drift(&locked, &now);
+                if drift.is_empty() {
+                    println!("{} matches the sources and tables", path.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!("the world has drifted from {}:", path.display());
+                for line in &drift {
+                    println!("  - {line}");
+                }
+                println!("review the changes, then run `prepare` again and rebuild");
+                return Ok(ExitCode::FAILURE);
+            }
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Failure::Failed(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            std::fs::write(&path, crate::prepare::render(&now))
+                .map_err(|e| Failure::Failed(format!("cannot write {}: {e}", path.display())))?;
+            println!(
+                "wrote {}; commit it and rebuild to check the pipeline against it",
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Graph { .. } | Command::Explain | Command::Validate => {

@@ -102,9 +102,39 @@ impl Value {
 pub struct Resources {
     warehouses: Mutex<HashMap<String, Warehouse>>,
     limits: std::sync::Mutex<HashMap<BlockKind, Arc<Semaphore>>>,
+    /// While `prepare` runs a source, what the source saw of its files.
+    observations: std::sync::Mutex<Option<Vec<crate::prepare::Observation>>>,
 }
 
 impl Resources {
+    /// Starts recording what sources see of their files (for `prepare`).
+    pub fn start_observing(&self) {
+        if let Ok(mut observations) = self.observations.lock() {
+            *observations = Some(Vec::new());
+        }
+    }
+
+    /// Stops recording and returns what was seen.
+    pub fn take_observations(&self) -> Vec<crate::prepare::Observation> {
+        self.observations
+            .lock()
+            .ok()
+            .and_then(|mut o| o.take())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn observing(&self) -> bool {
+        self.observations.lock().is_ok_and(|o| o.is_some())
+    }
+
+    pub(crate) fn observe(&self, observation: crate::prepare::Observation) {
+        if let Ok(mut observations) = self.observations.lock()
+            && let Some(list) = observations.as_mut()
+        {
+            list.push(observation);
+        }
+    }
+
     /// Waits for a slot when the pipeline limits how many blocks of this kind run at once;
     /// the slot is freed when the returned permit is dropped. `None` when there is no limit.
     pub async fn slot(&self, pipeline: &Pipeline, kind: BlockKind) -> Option<OwnedSemaphorePermit> {

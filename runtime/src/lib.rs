@@ -20,6 +20,7 @@ pub mod history;
 pub mod ledger;
 pub mod partition;
 pub mod pipeline;
+pub mod prepare;
 pub mod schema;
 pub mod serve;
 pub mod sink;

@@ -84,6 +84,21 @@ pub async fn read_source(
         }
     };
     let downloaded = bytes.len();
+    if ctx.resources().observing() {
+        let observed = tokio::task::spawn_blocking({
+            let bytes = bytes.clone();
+            move || observe(&bytes, format, compression)
+        })
+        .await
+        .map_err(|e| BlockError::fatal(format!("schema sampler panicked: {e}")))?;
+        match observed {
+            Ok(columns) => ctx.resources().observe(crate::prepare::Observation {
+                location: crate::context::redact(&origin),
+                columns,
+            }),
+            Err(error) => return Err(error.context(&origin)),
+        }
+    }
     let frame = tokio::task::spawn_blocking({
         let origin = origin.clone();
         move || parse(&bytes, format, compression, columns).map_err(|e| e.context(&origin))
@@ -187,6 +202,60 @@ pub fn parse(
         }
     };
     conform(frame, columns)
+}
+
+/// The columns of a file as they are, whatever the pipeline declares: name and `type?` text
+/// (`?` when the file has a null). Every row is read: real files are often complete at the top
+/// and sparse at the bottom (the green-taxi months are), so a sample of the first rows would
+/// lock a nullable column as never null. Used by `prepare`, which runs rarely.
+fn observe(
+    bytes: &[u8],
+    format: FileFormat,
+    compression: Compression,
+) -> BlockResult<Vec<(String, String)>> {
+    let raw: Vec<u8>;
+    let data: &[u8] = match compression {
+        Compression::None => bytes,
+        Compression::Gzip => {
+            let mut out = Vec::new();
+            MultiGzDecoder::new(bytes)
+                .read_to_end(&mut out)
+                .map_err(|e| BlockError::fatal(format!("the gzip data is corrupt ({e})")))?;
+            raw = out;
+            &raw
+        }
+    };
+    let frame = match format {
+        FileFormat::Csv => CsvReadOptions::default()
+            .with_has_header(true)
+            .with_infer_schema_length(None)
+            .with_parse_options(CsvParseOptions::default().with_try_parse_dates(true))
+            .into_reader_with_file_handle(Cursor::new(data))
+            .finish()?,
+        FileFormat::Parquet => ParquetReader::new(Cursor::new(data)).finish()?,
+    };
+    Ok(frame
+        .columns()
+        .iter()
+        .map(|column| {
+            // A column empty in every row has no type to tell (CSV inference calls it text).
+            if !column.is_empty() && column.null_count() == column.len() {
+                return (column.name().to_string(), "null".to_string());
+            }
+            let ty = match column.dtype() {
+                DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "int64",
+                DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => "int64",
+                DataType::Float32 | DataType::Float64 => "float64",
+                DataType::Boolean => "bool",
+                DataType::Date => "date",
+                DataType::Datetime(_, _) => "timestamp",
+                DataType::Null => "null",
+                _ => "string",
+            };
+            let nullable = if column.null_count() > 0 { "?" } else { "" };
+            (column.name().to_string(), format!("{ty}{nullable}"))
+        })
+        .collect())
 }
 
 /// Every declared column must be in the file; extra columns are dropped with a warning, so an
