@@ -13,7 +13,9 @@ pub mod check;
 pub mod diagnostic;
 pub mod emit;
 pub mod expr;
+pub mod governance;
 pub mod ir;
+pub mod lineage;
 pub mod lock;
 pub mod resolve;
 pub mod review;
@@ -76,6 +78,7 @@ pub fn compile(source: &Source<'_>) -> Compilation {
         if let Some((lock_path, lock_text)) = source.lock {
             lock::check(&file, lock_path, lock_text, &mut diagnostics);
         }
+        governance::check(&file, &pipeline, &mut diagnostics);
         pipeline
     });
     diagnostic::sort(&mut diagnostics);

@@ -3,16 +3,12 @@
 //! shows in its diff which blocks, schemas, lineage, sinks, schedule and secrets changed, in
 //! words a reviewer reads without opening the Rust.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::ir::{Block, BlockOp, Pipeline, Schema, StepOp, TypedExpr};
-use crate::syntax::{Catchup, CheckSeverity, ForEach, Overlap, SecretRef, Trigger, WriteMode};
+use crate::ir::{Block, BlockOp, Pipeline, Schema};
+use crate::lineage::{Lineage, lineage};
+use crate::syntax::{Catchup, CheckSeverity, Overlap, SecretRef, Trigger, WriteMode};
 use crate::types::Literal;
-
-/// Where each column of a block's output comes from: source columns (`block.column`), or a
-/// note such as "computed" for values made of constants, parameters and partition fields.
-type Lineage = Vec<(String, BTreeSet<String>)>;
 
 /// The Markdown summary of a pipeline.
 pub fn review(pipeline: &Pipeline) -> String {
@@ -193,7 +189,13 @@ fn schema_table(out: &mut String, schema: &Schema, lineage: &Lineage) {
         let from = lineage
             .iter()
             .find(|(column, _)| column == name)
-            .map(|(_, origins)| origins.iter().cloned().collect::<Vec<_>>().join(", "))
+            .map(|(_, origins)| {
+                origins
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
             .unwrap_or_default();
         let _ = writeln!(out, "| `{name}` | {ty} | {from} |");
     }
@@ -247,148 +249,6 @@ fn sinks(out: &mut String, pipeline: &Pipeline, lineages: &[Lineage]) {
             schema_table(out, schema, &lineages[input]);
         }
         let _ = writeln!(out);
-    }
-}
-
-/// Column lineage through every block, in dependency order.
-fn lineage(pipeline: &Pipeline) -> Vec<Lineage> {
-    let mut all: Vec<Lineage> = Vec::with_capacity(pipeline.blocks.len());
-    for block in &pipeline.blocks {
-        let input: Lineage = block
-            .inputs
-            .first()
-            .map(|&i| all[i].clone())
-            .unwrap_or_default();
-        let lineage = match &block.op {
-            BlockOp::Source { fan_out, .. } => {
-                let item_column = fan_out.as_ref().and_then(|f| f.item_column.clone());
-                block
-                    .output
-                    .iter()
-                    .flatten()
-                    .map(|(name, _)| {
-                        let origin = if Some(name) == item_column.as_ref() {
-                            match fan_out.as_ref().map(|f| &f.items) {
-                                Some(ForEach::Days) => "the day of the file".to_string(),
-                                Some(ForEach::Hours) => "the hour of the file".to_string(),
-                                _ => "the item of the file".to_string(),
-                            }
-                        } else {
-                            "file".to_string()
-                        };
-                        (name.clone(), BTreeSet::from([origin]))
-                    })
-                    .collect()
-            }
-            BlockOp::Transform { steps } => {
-                let mut current = input;
-                for step in steps {
-                    apply(&mut current, &step.op);
-                }
-                current
-            }
-            BlockOp::Rust { function } => block
-                .output
-                .iter()
-                .flatten()
-                .map(|(name, _)| {
-                    let origin = input
-                        .iter()
-                        .find(|(column, _)| column == name)
-                        .map(|(_, origins)| origins.clone())
-                        .unwrap_or_default();
-                    let mut origins = origin;
-                    origins.insert(format!("Rust `{function}`"));
-                    (name.clone(), origins)
-                })
-                .collect(),
-            _ => input,
-        };
-        // Source columns are named after their block once they leave it.
-        let lineage = match &block.op {
-            BlockOp::Source { .. } => lineage
-                .into_iter()
-                .map(|(name, origins)| {
-                    let origins = origins
-                        .into_iter()
-                        .map(|o| {
-                            if o == "file" {
-                                format!("`{}.{name}`", block.name)
-                            } else {
-                                o
-                            }
-                        })
-                        .collect();
-                    (name, origins)
-                })
-                .collect(),
-            _ => lineage,
-        };
-        all.push(lineage);
-    }
-    all
-}
-
-/// How one transform step moves, makes or removes columns.
-fn apply(lineage: &mut Lineage, op: &StepOp) {
-    match op {
-        StepOp::Filter(_) | StepOp::Cast(_) => {}
-        StepOp::Derive(columns) => {
-            let before = lineage.clone();
-            for (name, expr) in columns {
-                let mut origins = BTreeSet::new();
-                let mut computed = false;
-                references(expr, &mut |reference| match reference {
-                    Some(column) => {
-                        if let Some((_, from)) = before.iter().find(|(c, _)| c == column) {
-                            origins.extend(from.iter().cloned());
-                        }
-                    }
-                    None => computed = true,
-                });
-                if origins.is_empty() || computed {
-                    origins.insert("computed".to_string());
-                }
-                match lineage.iter_mut().find(|(c, _)| c == name) {
-                    Some(entry) => entry.1 = origins,
-                    None => lineage.push((name.clone(), origins)),
-                }
-            }
-        }
-        StepOp::Rename(pairs) => {
-            for (from, to) in pairs {
-                if let Some(entry) = lineage.iter_mut().find(|(c, _)| c == from) {
-                    entry.0 = to.clone();
-                }
-            }
-        }
-        StepOp::Select(columns) => {
-            lineage.retain(|(c, _)| columns.contains(c));
-        }
-        StepOp::Drop(columns) => {
-            lineage.retain(|(c, _)| !columns.contains(c));
-        }
-    }
-}
-
-/// Calls `visit` with every column an expression reads, and with `None` for every parameter
-/// or partition field (values computed outside the rows).
-fn references(expr: &TypedExpr, visit: &mut dyn FnMut(Option<&str>)) {
-    match expr {
-        TypedExpr::Column(name) => visit(Some(name)),
-        TypedExpr::Param(..) | TypedExpr::Partition(_) => visit(None),
-        TypedExpr::Literal(_) | TypedExpr::DateLiteral(..) | TypedExpr::Null(_) => {}
-        TypedExpr::Not(inner) | TypedExpr::Neg(inner) => references(inner, visit),
-        TypedExpr::IsNull(inner, _) | TypedExpr::InList(inner, _, _) => references(inner, visit),
-        TypedExpr::Binary(_, left, right) => {
-            references(left, visit);
-            references(right, visit);
-        }
-        TypedExpr::Call(_, args) => {
-            for arg in args {
-                references(arg, visit);
-            }
-        }
     }
 }
 

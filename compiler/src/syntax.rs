@@ -166,6 +166,10 @@ pub struct Block {
     pub trigger: Option<Located<Trigger>>,
     /// A condition over parameters and the partition; the block is skipped when it is false.
     pub run_if: Option<ExprSource>,
+    /// Columns of a source that hold personal data.
+    pub pii: Vec<Located<String>>,
+    /// Whether a sink may receive personal data.
+    pub pii_allowed: Option<Located<bool>>,
     /// What the block does.
     pub kind: BlockKind,
     /// Data tests on the block's output.
@@ -1134,6 +1138,19 @@ impl Reader<'_, '_> {
             }
         });
         let run_if = cursor.get("run_if").and_then(|v| self.expr("run_if", v));
+        let pii = cursor
+            .get("pii")
+            .map(|v| self.string_list("pii", v))
+            .unwrap_or_default();
+        let pii_allowed = cursor
+            .get("pii_allowed")
+            .and_then(|value| match value.get_ref() {
+                DeValue::Boolean(b) => Some(Located::new(*b, value.span())),
+                _ => {
+                    self.wrong_type("pii_allowed", value, "true or false");
+                    None
+                }
+            });
         let policy = self.policy(&mut cursor);
         let checks = match cursor.get("checks") {
             Some(value) => self
@@ -1157,6 +1174,8 @@ impl Reader<'_, '_> {
             after,
             trigger,
             run_if,
+            pii,
+            pii_allowed,
             kind: kind?,
             checks,
             policy,

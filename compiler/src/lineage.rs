@@ -1,0 +1,166 @@
+//! Column lineage through a checked pipeline: for every column of every block's output, the
+//! source columns it comes from, through renames, selections and derivations. The review
+//! summary shows it; the data-governance check follows personal data with it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::ir::{BlockOp, Pipeline, StepOp, TypedExpr};
+use crate::syntax::ForEach;
+
+/// Where a column's values come from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    /// A column of a source's file.
+    Column {
+        /// The source block.
+        block: String,
+        /// The file's column.
+        column: String,
+    },
+    /// Constants, parameters or partition fields.
+    Computed,
+    /// The item of a fanned-out source's file: `day`, `hour` or `item`.
+    Item(&'static str),
+    /// A hand-written Rust function.
+    Rust(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Column { block, column } => write!(f, "`{block}.{column}`"),
+            Origin::Computed => f.write_str("computed"),
+            Origin::Item(kind) => write!(f, "the {kind} of the file"),
+            Origin::Rust(function) => write!(f, "Rust `{function}`"),
+        }
+    }
+}
+
+/// Each output column of a block and its origins, in output order.
+pub type Lineage = Vec<(String, BTreeSet<Origin>)>;
+
+/// The lineage of every block's output, indexed like `pipeline.blocks` (sinks pass their
+/// input's lineage through).
+pub fn lineage(pipeline: &Pipeline) -> Vec<Lineage> {
+    let mut all: Vec<Lineage> = Vec::with_capacity(pipeline.blocks.len());
+    for block in &pipeline.blocks {
+        let input: Lineage = block
+            .inputs
+            .first()
+            .map(|&i| all[i].clone())
+            .unwrap_or_default();
+        let lineage = match &block.op {
+            BlockOp::Source { fan_out, .. } => {
+                let item_column = fan_out.as_ref().and_then(|f| f.item_column.clone());
+                let item = match fan_out.as_ref().map(|f| &f.items) {
+                    Some(ForEach::Days) => "day",
+                    Some(ForEach::Hours) => "hour",
+                    _ => "item",
+                };
+                block
+                    .output
+                    .iter()
+                    .flatten()
+                    .map(|(name, _)| {
+                        let origin = if Some(name) == item_column.as_ref() {
+                            Origin::Item(item)
+                        } else {
+                            Origin::Column {
+                                block: block.name.clone(),
+                                column: name.clone(),
+                            }
+                        };
+                        (name.clone(), BTreeSet::from([origin]))
+                    })
+                    .collect()
+            }
+            BlockOp::Transform { steps } => {
+                let mut current = input;
+                for step in steps {
+                    apply(&mut current, &step.op);
+                }
+                current
+            }
+            // A hand-written function may move anything anywhere: a column keeps what its
+            // namesake in the input carried, and gains the function as an origin.
+            BlockOp::Rust { function } => block
+                .output
+                .iter()
+                .flatten()
+                .map(|(name, _)| {
+                    let mut origins = input
+                        .iter()
+                        .find(|(column, _)| column == name)
+                        .map(|(_, origins)| origins.clone())
+                        .unwrap_or_default();
+                    origins.insert(Origin::Rust(function.clone()));
+                    (name.clone(), origins)
+                })
+                .collect(),
+            _ => input,
+        };
+        all.push(lineage);
+    }
+    all
+}
+
+/// How one transform step moves, makes or removes columns.
+fn apply(lineage: &mut Lineage, op: &StepOp) {
+    match op {
+        StepOp::Filter(_) | StepOp::Cast(_) => {}
+        StepOp::Derive(columns) => {
+            let before = lineage.clone();
+            for (name, expr) in columns {
+                let mut origins = BTreeSet::new();
+                references(expr, &mut |reference| match reference {
+                    Some(column) => {
+                        if let Some((_, from)) = before.iter().find(|(c, _)| c == column) {
+                            origins.extend(from.iter().cloned());
+                        }
+                    }
+                    None => {
+                        origins.insert(Origin::Computed);
+                    }
+                });
+                if origins.is_empty() {
+                    origins.insert(Origin::Computed);
+                }
+                match lineage.iter_mut().find(|(c, _)| c == name) {
+                    Some(entry) => entry.1 = origins,
+                    None => lineage.push((name.clone(), origins)),
+                }
+            }
+        }
+        StepOp::Rename(pairs) => {
+            for (from, to) in pairs {
+                if let Some(entry) = lineage.iter_mut().find(|(c, _)| c == from) {
+                    entry.0 = to.clone();
+                }
+            }
+        }
+        StepOp::Select(columns) => lineage.retain(|(c, _)| columns.contains(c)),
+        StepOp::Drop(columns) => lineage.retain(|(c, _)| !columns.contains(c)),
+    }
+}
+
+/// Calls `visit` with every column an expression reads, and with `None` for every parameter
+/// or partition field (values computed outside the rows).
+fn references(expr: &TypedExpr, visit: &mut dyn FnMut(Option<&str>)) {
+    match expr {
+        TypedExpr::Column(name) => visit(Some(name)),
+        TypedExpr::Param(..) | TypedExpr::Partition(_) => visit(None),
+        TypedExpr::Literal(_) | TypedExpr::DateLiteral(..) | TypedExpr::Null(_) => {}
+        TypedExpr::Not(inner) | TypedExpr::Neg(inner) => references(inner, visit),
+        TypedExpr::IsNull(inner, _) | TypedExpr::InList(inner, _, _) => references(inner, visit),
+        TypedExpr::Binary(_, left, right) => {
+            references(left, visit);
+            references(right, visit);
+        }
+        TypedExpr::Call(_, args) => {
+            for arg in args {
+                references(arg, visit);
+            }
+        }
+    }
+}
