@@ -307,7 +307,13 @@ impl Checker<'_, '_> {
             source_hash: crate::source_hash(self.context.source),
             timeout_ms: meta.timeout_ms,
             limits: self.limits(),
-            schedule: self.schedule(),
+            schedule: {
+                let schedule = self.schedule();
+                if let Some(schedule) = &schedule {
+                    self.schedule_fits(schedule, &blocks);
+                }
+                schedule
+            },
             partitions: meta
                 .partitions
                 .as_ref()
@@ -515,6 +521,53 @@ impl Checker<'_, '_> {
         })
     }
 
+    /// A block whose retries and timeouts can outlast the time between two scheduled runs makes
+    /// runs pile up or be skipped: warn, naming the block and both durations.
+    fn schedule_fits(&mut self, schedule: &ir::Schedule, blocks: &[ir::Block]) {
+        let (Ok(cron), Ok(timezone)) = (
+            schedule.cron.parse::<croner::Cron>(),
+            schedule.timezone.parse::<chrono_tz::Tz>(),
+        ) else {
+            return;
+        };
+        let start = chrono::Utc::now().with_timezone(&timezone);
+        let times: Vec<_> = cron.iter_after(start).take(50).collect();
+        let Some(interval) = times
+            .windows(2)
+            .map(|pair| (pair[1].clone() - pair[0].clone()).num_milliseconds())
+            .min()
+            .filter(|ms| *ms > 0)
+        else {
+            return;
+        };
+        let Some(declared) = &self.file.pipeline.schedule else {
+            return;
+        };
+        for block in blocks {
+            let policy = block.policy;
+            let attempts = u64::from(policy.retries) + 1;
+            let delays: u64 = (1..attempts)
+                .map(|n| {
+                    policy
+                        .retry_delay_ms
+                        .saturating_mul(1 << (n - 1).min(30))
+                        .min(policy.max_retry_delay_ms)
+                })
+                .sum();
+            let worst = policy
+                .timeout_ms
+                .saturating_mul(attempts)
+                .saturating_add(delays);
+            if worst > interval as u64 {
+                self.push(
+                    Diagnostic::warning("W0005", format!("block `{}` can take longer than the time between two scheduled runs", block.name), declared.cron.span.clone(), format!("runs start every {}", human_ms(interval as u64)))
+                        .with_note(format!("`{}` may take up to {}: {attempts} attempt(s) of at most {} plus retry delays", block.name, human_ms(worst), human_ms(policy.timeout_ms)))
+                        .with_help("lower its `timeout` or `retries`, or schedule runs less often; overlapping ticks are skipped or queued, not run twice"),
+                );
+            }
+        }
+    }
+
     /// `[pipeline.concurrency]`: its keys must be block kinds, each given once.
     fn limits(&mut self) -> Vec<(String, u32)> {
         let mut limits: Vec<(String, u32)> = Vec::new();
@@ -576,6 +629,11 @@ impl Checker<'_, '_> {
                 self.push(
                     Diagnostic::error("E0013", "a password is written in the connection URL", connection.url.span.clone(), "literal secret")
                         .with_help("remove it from the URL and add `password = { env = \"PGPASSWORD\" }` to the connection"),
+                );
+            } else if let Some(variable) = interpolated_password(url) {
+                self.push(
+                    Diagnostic::warning("W0004", format!("the secret `{variable}` is interpolated into the connection URL"), connection.url.span.clone(), "the password becomes part of the URL text")
+                        .with_help(format!("remove it from the URL and add `password = {{ env = \"{variable}\" }}`: the password is then injected when connecting and never part of a URL that a message or a log could show")),
                 );
             }
         }
@@ -2057,6 +2115,16 @@ fn validate_env_template(url: &str) -> Result<(), String> {
 }
 
 /// True when a URL carries `user:password@` with a literal password (not a `${...}` reference).
+/// The variable interpolated as the password of a URL (`postgres://u:${PGPASSWORD}@db/x`).
+fn interpolated_password(url: &str) -> Option<String> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    let inner = password.strip_prefix("${")?.split('}').next()?;
+    Some(inner.split(":-").next().unwrap_or(inner).to_string())
+}
+
 fn has_literal_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
@@ -2068,6 +2136,19 @@ fn has_literal_password(url: &str) -> bool {
     match userinfo.split_once(':') {
         Some((_, password)) => !password.is_empty() && !password.starts_with("${"),
         None => false,
+    }
+}
+
+/// `90s`, `15m`, `2h10m` for a number of milliseconds.
+fn human_ms(ms: u64) -> String {
+    let seconds = ms / 1000;
+    match seconds {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{seconds}s"),
+        60..3600 if seconds % 60 == 0 => format!("{}m", seconds / 60),
+        60..3600 => format!("{}m{}s", seconds / 60, seconds % 60),
+        _ if seconds % 3600 == 0 => format!("{}h", seconds / 3600),
+        _ => format!("{}h{}m", seconds / 3600, (seconds % 3600) / 60),
     }
 }
 
@@ -2100,6 +2181,12 @@ mod tests {
         assert!(has_literal_password("postgres://baton:hunter2@db:5432/x"));
         assert!(!has_literal_password("postgres://baton@db:5432/x"));
         assert!(!has_literal_password("postgres://baton:${PGPASSWORD}@db/x"));
+        assert_eq!(
+            interpolated_password("postgres://baton:${PGPASSWORD:-x}@db/x").as_deref(),
+            Some("PGPASSWORD")
+        );
+        assert_eq!(interpolated_password("${DATABASE_URL}"), None);
+        assert_eq!(interpolated_password("postgres://baton@db/x"), None);
         assert!(!has_literal_password(
             "${DATABASE_URL:-sqlite://.baton/warehouse.db}"
         ));
