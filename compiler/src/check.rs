@@ -534,7 +534,7 @@ impl Checker<'_, '_> {
         let times: Vec<_> = cron.iter_after(start).take(50).collect();
         let Some(interval) = times
             .windows(2)
-            .map(|pair| (pair[1].clone() - pair[0].clone()).num_milliseconds())
+            .map(|pair| (pair[1] - pair[0]).num_milliseconds())
             .min()
             .filter(|ms| *ms > 0)
         else {
@@ -2145,9 +2145,9 @@ fn human_ms(ms: u64) -> String {
     match seconds {
         0 => format!("{ms}ms"),
         1..60 => format!("{seconds}s"),
-        60..3600 if seconds % 60 == 0 => format!("{}m", seconds / 60),
+        60..3600 if seconds.is_multiple_of(60) => format!("{}m", seconds / 60),
         60..3600 => format!("{}m{}s", seconds / 60, seconds % 60),
-        _ if seconds % 3600 == 0 => format!("{}h", seconds / 3600),
+        _ if seconds.is_multiple_of(3600) => format!("{}h", seconds / 3600),
         _ => format!("{}h{}m", seconds / 3600, (seconds % 3600) / 60),
     }
 }
