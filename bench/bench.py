@@ -144,10 +144,13 @@ def main():
     ap.add_argument('--baton-arg', action='append', default=[],
                     help='an extra argument for the Baton binary (repeatable), for experiments')
     ap.add_argument('--out', default=os.path.join(ROOT, 'BENCHMARKS.md'))
+    ap.add_argument('--skip-feedback', action='store_true',
+                    help='do not measure the edit-build loop (it edits pipelines/ for a moment)')
     args = ap.parse_args()
     if not os.path.exists(os.path.join(DATA, 'green_tripdata_2021-03.csv.gz')):
         sys.exit(f'the benchmark needs the real NYC TLC files in {DATA}; they are absent')
 
+    feedback = None if args.skip_feedback else feedback_loop()
     work = tempfile.mkdtemp(prefix='baton-bench-')
     pg = Postgres()
     http_port = free_port()
@@ -157,14 +160,50 @@ def main():
     wait_for_port(http_port)
     base_url = f'http://127.0.0.1:{http_port}'
     try:
-        run_all(args, pg, base_url, work)
+        run_all(args, pg, base_url, work, feedback)
     finally:
         server.terminate()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_all(args, pg, base_url, work):
+def feedback_loop(rounds=3):
+    """How long a developer waits after editing the pipeline TOML, on a warm build: for an
+    error until the diagnostic is printed, for a valid edit until the binary is rebuilt. The
+    file is restored afterwards whatever happens."""
+    toml = os.path.join(ROOT, 'pipelines', 'green_taxi_etl.toml')
+    original = open(toml).read()
+    build = ['cargo', 'build', '--workspace']
+
+    def timed(text):
+        with open(toml, 'w') as f:
+            f.write(text)
+        started = time.perf_counter()
+        done = subprocess.run(build, cwd=ROOT, capture_output=True, text=True)
+        return time.perf_counter() - started, done
+
+    try:
+        subprocess.run(build, cwd=ROOT, check=True, capture_output=True)
+        errors, edits = [], []
+        for n in range(rounds):
+            seconds, done = timed(original.replace('filter = "passenger_count > 0', 'filter = "pasenger_count > 0', 1))
+            if done.returncode == 0 or 'E0008' not in done.stderr:
+                sys.exit(f'the broken pipeline built, or without E0008:\n{done.stderr[-3000:]}')
+            errors.append(seconds)
+            seconds, done = timed(original.replace(
+                'description = "Drop trips without passengers',
+                f'description = "({n}) Drop trips without passengers', 1))
+            if done.returncode != 0:
+                sys.exit(f'a valid edit did not build:\n{done.stderr[-3000:]}')
+            edits.append(seconds)
+    finally:
+        with open(toml, 'w') as f:
+            f.write(original)
+        subprocess.run(build, cwd=ROOT, capture_output=True)
+    return statistics.median(errors), statistics.median(edits)
+
+
+def run_all(args, pg, base_url, work, feedback):
     env = {k: v for k, v in os.environ.items()
            if k not in ('DATABASE_URL', 'LAKE_URL', 'BATON_LEDGER_URL', 'BATON_LOG')}
     lake = os.path.join(work, 'lake')
@@ -225,7 +264,7 @@ def run_all(args, pg, base_url, work):
         sys.exit(f'the tools loaded different data: {fingerprints}')
 
     copy_floor = psql_copy_floor(pg, work, args.rounds)
-    write_report(args.out, tools, copy_floor, fingerprints['Baton'], phases, args.rounds)
+    write_report(args.out, tools, copy_floor, fingerprints['Baton'], phases, args.rounds, feedback)
 
 
 def baton_phases(work):
@@ -267,7 +306,7 @@ def machine():
     return f'{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}'
 
 
-def write_report(path, tools, copy_floor, fingerprint, phases, rounds):
+def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback):
     baton = statistics.median(tools[0].times)
     lines = [
         '# Benchmarks',
@@ -313,6 +352,16 @@ def write_report(path, tools, copy_floor, fingerprint, phases, rounds):
     for block in blocks:
         mean = statistics.mean(p[block] for p in phases)
         lines.append(f'| {block} | {mean:.0f} |')
+    if feedback:
+        lines += [
+            '',
+            '## Feedback loop (warm dev build, `cargo build --workspace`)',
+            '',
+            '| edit of pipelines/green_taxi_etl.toml | median s |',
+            '|---|---|',
+            f'| a misspelled column: until the E0008 diagnostic is printed | {feedback[0]:.2f} |',
+            f'| a valid edit: until the rebuilt binary is ready | {feedback[1]:.2f} |',
+        ]
     lines.append('')
     with open(path, 'w') as f:
         f.write('\n'.join(lines))
