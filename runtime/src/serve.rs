@@ -678,34 +678,29 @@ async fn metrics(
         "Time blocks took, first attempt to last.",
         lines,
     );
-    let mut lines = String::new();
-    for (block, rows) in &metrics.rows {
-        let _ = writeln!(
-            lines,
-            "baton_block_rows_total{{pipeline=\"{pipeline}\",block=\"{block}\"}} {rows}"
-        );
+    // Counters per block.
+    let per_block: [(&str, &str, &Vec<(String, i64)>); 2] = [
+        (
+            "baton_block_rows_total",
+            "Rows produced (sinks: written) by successful blocks.",
+            &metrics.rows,
+        ),
+        (
+            "baton_block_retries_total",
+            "Attempts after the first.",
+            &metrics.retries,
+        ),
+    ];
+    for (name, help, values) in per_block {
+        let mut lines = String::new();
+        for (block, value) in values {
+            let _ = writeln!(
+                lines,
+                "{name}{{pipeline=\"{pipeline}\",block=\"{block}\"}} {value}"
+            );
+        }
+        push(&mut out, name, "counter", help, lines);
     }
-    push(
-        &mut out,
-        "baton_block_rows_total",
-        "counter",
-        "Rows produced (sinks: written) by successful blocks.",
-        lines,
-    );
-    let mut lines = String::new();
-    for (block, retries) in &metrics.retries {
-        let _ = writeln!(
-            lines,
-            "baton_block_retries_total{{pipeline=\"{pipeline}\",block=\"{block}\"}} {retries}"
-        );
-    }
-    push(
-        &mut out,
-        "baton_block_retries_total",
-        "counter",
-        "Attempts after the first.",
-        lines,
-    );
     // One sample each, labelled with the pipeline only.
     let scalars: [(&str, &str, &str, f64); 5] = [
         (
