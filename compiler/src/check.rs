@@ -181,6 +181,7 @@ impl Checker<'_, '_> {
             );
         }
         self.connections();
+        self.required_timeouts();
         let mut seen_params = HashSet::new();
         for param in &file.params {
             if !seen_params.insert(param.name.value.as_str()) {
@@ -563,6 +564,27 @@ impl Checker<'_, '_> {
                     Diagnostic::warning("W0005", format!("block `{}` can take longer than the time between two scheduled runs", block.name), declared.cron.span.clone(), format!("runs start every {}", human_ms(interval as u64)))
                         .with_note(format!("`{}` may take up to {}: {attempts} attempt(s) of at most {} plus retry delays", block.name, human_ms(worst), human_ms(policy.timeout_ms)))
                         .with_help("lower its `timeout` or `retries`, or schedule runs less often; overlapping ticks are skipped or queued, not run twice"),
+                );
+            }
+        }
+    }
+
+    /// With `require_timeouts = true`, every block has a timeout chosen on purpose: its own or
+    /// the pipeline's default, not the built-in hour.
+    fn required_timeouts(&mut self) {
+        let meta = &self.file.pipeline;
+        let Some(required) = meta.require_timeouts.as_ref().filter(|r| r.value) else {
+            return;
+        };
+        if meta.defaults.timeout_ms.is_some() {
+            return;
+        }
+        for block in &self.file.blocks {
+            if block.policy.timeout_ms.is_none() {
+                self.push(
+                    Diagnostic::error("E0026", format!("block `{}` has no timeout", block.name.value), block.name.span.clone(), "the pipeline requires one")
+                        .with_label(required.span.clone(), "required here")
+                        .with_help("add `timeout = \"10m\"` to the block, or a default in `[pipeline.defaults]`"),
                 );
             }
         }

@@ -59,6 +59,8 @@ pub struct PipelineMeta {
     pub concurrency: Vec<(Located<String>, Located<u32>)>,
     /// `[pipeline.schedule]`: when `serve` starts runs.
     pub schedule: Option<ScheduleDecl>,
+    /// `require_timeouts = true`: every block must have a timeout set on purpose.
+    pub require_timeouts: Option<Located<bool>>,
 }
 
 /// `[pipeline.schedule]`.
@@ -827,6 +829,16 @@ impl Reader<'_, '_> {
         let timeout_ms = cursor
             .get("timeout")
             .and_then(|v| self.duration("timeout", v));
+        let require_timeouts =
+            cursor
+                .get("require_timeouts")
+                .and_then(|value| match value.get_ref() {
+                    DeValue::Boolean(b) => Some(Located::new(*b, value.span())),
+                    _ => {
+                        self.wrong_type("require_timeouts", value, "true or false");
+                        None
+                    }
+                });
         let schedule = match cursor.get("schedule") {
             Some(value) => self
                 .table("schedule", value)
@@ -851,6 +863,7 @@ impl Reader<'_, '_> {
             timeout_ms,
             concurrency,
             schedule,
+            require_timeouts,
         })
     }
 
