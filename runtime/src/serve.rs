@@ -612,6 +612,9 @@ async fn trigger_backfill(
     ))
 }
 
+/// A counter family with one sample per block: its name, its help and the values.
+type PerBlock<'a> = (&'static str, &'static str, &'a [(String, i64)]);
+
 /// Histogram bounds of block durations, in seconds.
 const DURATION_BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
@@ -678,8 +681,8 @@ async fn metrics(
         "Time blocks took, first attempt to last.",
         lines,
     );
-    // Counters per block.
-    let per_block: [(&str, &str, &Vec<(String, i64)>); 2] = [
+    // Counters per block: name, help, values.
+    let per_block: [PerBlock<'_>; 2] = [
         (
             "baton_block_rows_total",
             "Rows produced (sinks: written) by successful blocks.",
