@@ -93,6 +93,13 @@ impl PipelineFiles {
             ),
             (review, crate::review::review(&pipeline)),
         ];
+        let crate_dir = src.parent().map_or_else(|| src.clone(), Path::to_path_buf);
+        let mut files = files;
+        files.extend(
+            crate::deploy::files(&pipeline)
+                .into_iter()
+                .map(|(path, text)| (crate_dir.join(path), text)),
+        );
         Ok((files, warnings))
     }
 }

@@ -53,3 +53,16 @@ fn review_summary_snapshots() {
         insta::assert_snapshot!(baton_compiler::review::review(&compile_fixture(path)));
     });
 }
+
+/// The deployment files of every fixture pipeline: container file, CronJob, Deployment.
+#[test]
+fn deployment_file_snapshots() {
+    insta::glob!("../../tests/fixtures/pipelines", "*.toml", |path| {
+        let files = baton_compiler::deploy::files(&compile_fixture(path));
+        let text: String = files
+            .iter()
+            .map(|(name, text)| format!("==> {name} <==\n{text}\n"))
+            .collect();
+        insta::assert_snapshot!(text);
+    });
+}
