@@ -260,6 +260,8 @@ impl Checker<'_, '_> {
                 after: graph.after[b].iter().map(|&i| position[i]).collect(),
                 trigger,
                 run_if,
+                pii: block.pii.iter().map(|c| c.value.clone()).collect(),
+                pii_allowed: block.pii_allowed.as_ref().is_some_and(|a| a.value),
                 op,
                 output,
                 checks,

@@ -88,6 +88,10 @@ pub struct Block {
     pub trigger: Trigger,
     /// Its `run_if` condition: the text as written and the typed expression.
     pub run_if: Option<(String, TypedExpr)>,
+    /// The columns a source tags as personal data.
+    pub pii: Vec<String>,
+    /// Whether a sink may store personal data.
+    pub pii_allowed: bool,
     /// What it does.
     pub op: BlockOp,
     /// Its output schema; `None` for sinks.

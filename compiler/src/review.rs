@@ -162,6 +162,13 @@ fn block_section(out: &mut String, pipeline: &Pipeline, block: &Block, lineage: 
     if let Some((text, _)) = &block.run_if {
         let _ = writeln!(out, "- only if: `{text}`");
     }
+    if !block.pii.is_empty() {
+        let columns: Vec<String> = block.pii.iter().map(|c| format!("`{c}`")).collect();
+        let _ = writeln!(out, "- personal data: {}", columns.join(", "));
+    }
+    if block.pii_allowed {
+        let _ = writeln!(out, "- may store personal data");
+    }
     let policy = block.policy;
     let _ = writeln!(
         out,
