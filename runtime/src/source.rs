@@ -4,6 +4,7 @@
 //! value that does not parse as its declared type or a null in a NOT NULL column is reported
 //! naming the column, the URL and the partition, before any block downstream runs.
 
+use std::borrow::Cow;
 use std::io::{Cursor, Read};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,28 +85,32 @@ pub async fn read_source(
         }
     };
     let downloaded = bytes.len();
-    if ctx.resources().observing() {
-        let observed = tokio::task::spawn_blocking({
-            let bytes = bytes.clone();
-            move || observe(&bytes, format, compression)
-        })
-        .await
-        .map_err(|e| BlockError::fatal(format!("schema sampler panicked: {e}")))?;
-        match observed {
-            Ok(columns) => ctx.resources().observe(crate::prepare::Observation {
-                location: crate::context::redact(&origin),
-                columns,
-            }),
-            Err(error) => return Err(error.context(&origin)),
-        }
-    }
-    let frame = tokio::task::spawn_blocking({
+    // `prepare` also records the file's own columns, from the same decompressed bytes.
+    let observing = ctx.resources().observing();
+    let (observed, frame) = tokio::task::spawn_blocking({
         let origin = origin.clone();
-        move || parse(&bytes, format, compression, columns).map_err(|e| e.context(&origin))
+        move || {
+            let read = || -> BlockResult<_> {
+                let data = decompress(&bytes, compression)?;
+                let observed = observing.then(|| observe(&data, format)).transpose()?;
+                Ok((observed, parse_plain(&data, format, columns)))
+            };
+            read().map_err(|e| e.context(&origin))
+        }
     })
     .await
     .map_err(|e| BlockError::fatal(format!("parser panicked: {e}")))?
     .map_err(|e| e.context(partition_text(ctx)))?;
+    // The file's own columns are recorded even when the declared schema cannot read it.
+    if let Some(columns) = observed {
+        ctx.resources().observe(crate::prepare::Observation {
+            location: crate::context::redact(&origin),
+            columns,
+        });
+    }
+    let frame = frame
+        .map_err(|e| e.context(&origin))
+        .map_err(|e| e.context(partition_text(ctx)))?;
     info!(source = %origin, bytes = downloaded, rows = frame.height(), "read source");
     Ok(frame)
 }
@@ -168,9 +173,13 @@ pub fn parse(
     compression: Compression,
     columns: &'static [Column],
 ) -> BlockResult<DataFrame> {
-    let raw: Vec<u8>;
-    let data: &[u8] = match compression {
-        Compression::None => bytes,
+    parse_plain(&decompress(bytes, compression)?, format, columns)
+}
+
+/// The file's bytes as stored, decompressed when they are compressed.
+fn decompress(bytes: &[u8], compression: Compression) -> BlockResult<Cow<'_, [u8]>> {
+    match compression {
+        Compression::None => Ok(Cow::Borrowed(bytes)),
         Compression::Gzip => {
             let mut out = Vec::with_capacity(bytes.len() * 5);
             MultiGzDecoder::new(bytes)
@@ -181,10 +190,17 @@ pub fn parse(
                         bytes.len()
                     ))
                 })?;
-            raw = out;
-            &raw
+            Ok(Cow::Owned(out))
         }
-    };
+    }
+}
+
+/// Parses decompressed file bytes, then conforms the frame to the compiled schema.
+fn parse_plain(
+    data: &[u8],
+    format: FileFormat,
+    columns: &'static [Column],
+) -> BlockResult<DataFrame> {
     let frame = match format {
         FileFormat::Csv => read_csv(data, columns)?,
         FileFormat::Parquet => {
@@ -208,23 +224,7 @@ pub fn parse(
 /// (`?` when the file has a null). Every row is read: real files are often complete at the top
 /// and sparse at the bottom (the green-taxi months are), so a sample of the first rows would
 /// lock a nullable column as never null. Used by `prepare`, which runs rarely.
-fn observe(
-    bytes: &[u8],
-    format: FileFormat,
-    compression: Compression,
-) -> BlockResult<Vec<(String, String)>> {
-    let raw: Vec<u8>;
-    let data: &[u8] = match compression {
-        Compression::None => bytes,
-        Compression::Gzip => {
-            let mut out = Vec::new();
-            MultiGzDecoder::new(bytes)
-                .read_to_end(&mut out)
-                .map_err(|e| BlockError::fatal(format!("the gzip data is corrupt ({e})")))?;
-            raw = out;
-            &raw
-        }
-    };
+fn observe(data: &[u8], format: FileFormat) -> BlockResult<Vec<(String, String)>> {
     let frame = match format {
         FileFormat::Csv => CsvReadOptions::default()
             .with_has_header(true)
