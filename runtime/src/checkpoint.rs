@@ -84,6 +84,15 @@ impl Checkpoints {
     }
 }
 
+/// How many rows a checkpoint holds, from its footer only (0 when it cannot be read; the run
+/// that reads the rows reports the error).
+pub fn row_count(path: &Path) -> usize {
+    File::open(path)
+        .ok()
+        .and_then(|file| ParquetReader::new(file).num_rows().ok())
+        .unwrap_or(0)
+}
+
 /// Reads a checkpoint on the current thread.
 pub fn read_now(path: &Path) -> BlockResult<DataFrame> {
     let file = File::open(path).map_err(|e| {
@@ -112,6 +121,7 @@ mod tests {
         assert!(!path.with_extension("parquet.partial").exists());
         let back = Checkpoints::read(path.clone()).await.unwrap();
         assert!(back.equals(&frame));
+        assert_eq!(row_count(&path), 3);
         Checkpoints::remove(&path);
         assert!(!path.exists());
         assert!(!path.parent().unwrap().exists());

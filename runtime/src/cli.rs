@@ -530,7 +530,7 @@ async fn only_plan(
                 key.as_deref().unwrap_or("-")
             )));
         };
-        let rows = checkpoint_rows(&path);
+        let rows = checkpoint::row_count(std::path::Path::new(&path));
         plan[input] = Directive::Reuse {
             checkpoint: Some(path.into()),
             rows,
@@ -538,10 +538,6 @@ async fn only_plan(
         };
     }
     Ok(plan)
-}
-
-fn checkpoint_rows(path: &str) -> usize {
-    checkpoint::read_now(std::path::Path::new(path)).map_or(0, |f| f.height())
 }
 
 /// `--until BLOCK`: the block and everything upstream of it run; nothing else does.
