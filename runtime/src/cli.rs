@@ -34,7 +34,7 @@ use crate::executor::{BlockStatus, Directive, RunReport, RunRequest, Services, h
 use crate::history;
 use crate::ledger::{Ledger, TriggerKind};
 use crate::partition::Partition;
-use crate::pipeline::{BlockKind, Catchup, Pipeline, SinkDef};
+use crate::pipeline::{BlockKind, Catchup, PartitionSpec, Pipeline, SinkDef};
 use crate::sink::lake::open_lake;
 use crate::sink::table::{Warehouse, validate_table};
 
@@ -253,10 +253,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
             if let (None, None, None, Some(spec), Some(latest)) =
                 (partition, only, until, pipeline.partitions, partitions[0])
             {
-                let newest = ledger
-                    .newest_succeeded_partition(pipeline.name)
-                    .await?
-                    .and_then(|key| Partition::parse(spec.granularity, &key).ok());
+                let newest = newest_succeeded(pipeline, ledger).await?;
                 let (run, missed) = scheduled_partitions(spec.catchup, latest, newest);
                 if let (Some(first), Some(last)) = (missed.first(), missed.last()) {
                     warn!(
@@ -564,12 +561,14 @@ pub(crate) struct PlannedPartition {
     pub reason: String,
 }
 
-async fn backfill_plan(
+/// Each partition of a backfill, whether it runs (not yet loaded by this pipeline version, or
+/// `rerun_all`) and why.
+pub(crate) async fn backfill_plan(
     pipeline: &Pipeline,
     ledger: &Ledger,
     partitions: &[Partition],
     rerun_all: bool,
-) -> Result<Vec<PlannedPartition>, Failure> {
+) -> Result<Vec<PlannedPartition>, crate::ledger::LedgerError> {
     let done = ledger
         .succeeded_partitions(pipeline.name, pipeline.source_hash)
         .await?;
@@ -896,17 +895,35 @@ fn run_partitions(
     let partition = match key {
         Some(key) => Partition::parse(spec.granularity, key)?,
         // Scheduled runs process the latest partition that is complete.
-        None => {
-            let current = Partition::containing(spec.granularity, chrono::Utc::now().naive_utc());
-            let mut previous = Partition::parse(spec.granularity, spec.start)?;
-            while previous.next() < current {
-                previous = previous.next();
-            }
-            previous
-        }
+        None => latest_complete(spec)?,
     };
     check_not_before_start(pipeline, &partition)?;
     Ok(vec![Some(partition)])
+}
+
+/// The newest complete partition (the one before the partition containing now), or the
+/// pipeline's first partition when that is later.
+pub(crate) fn latest_complete(spec: PartitionSpec) -> Result<Partition, String> {
+    let current = Partition::containing(spec.granularity, chrono::Utc::now().naive_utc());
+    let mut previous = Partition::parse(spec.granularity, spec.start)?;
+    while previous.next() < current {
+        previous = previous.next();
+    }
+    Ok(previous)
+}
+
+/// The newest partition with a successful complete run, of any pipeline version.
+pub(crate) async fn newest_succeeded(
+    pipeline: &Pipeline,
+    ledger: &Ledger,
+) -> Result<Option<Partition>, crate::ledger::LedgerError> {
+    let Some(spec) = pipeline.partitions else {
+        return Ok(None);
+    };
+    Ok(ledger
+        .newest_succeeded_partition(pipeline.name)
+        .await?
+        .and_then(|key| Partition::parse(spec.granularity, &key).ok()))
 }
 
 /// The partitions a scheduled run processes, oldest first, and the ones it leaves missed,

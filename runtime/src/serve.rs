@@ -31,7 +31,7 @@ use serde_json::json;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::{error, info, warn};
 
-use crate::cli::scheduled_partitions;
+use crate::cli::{backfill_plan, latest_complete, newest_succeeded, scheduled_partitions};
 use crate::context::Value;
 use crate::executor::{RunReport, RunRequest, Services, new_run_id};
 use crate::ledger::TriggerKind;
@@ -317,11 +317,11 @@ async fn catch_up(state: &Arc<AppState>, schedule: &Schedule) {
     let (Some(spec), Some(ledger)) = (pipeline.partitions, &state.services.ledger) else {
         return;
     };
-    let Ok(latest) = latest_complete(pipeline) else {
+    let Ok(latest) = latest_complete(spec) else {
         return;
     };
-    let newest = match ledger.newest_succeeded_partition(pipeline.name).await {
-        Ok(newest) => newest.and_then(|key| Partition::parse(spec.granularity, &key).ok()),
+    let newest = match newest_succeeded(pipeline, ledger).await {
+        Ok(newest) => newest,
         Err(error) => {
             error!("cannot read the ledger to catch up: {error}");
             return;
@@ -349,8 +349,8 @@ async fn catch_up(state: &Arc<AppState>, schedule: &Schedule) {
 
 /// One tick: the latest complete partition (or the whole pipeline when it has no partitions).
 async fn tick(state: &Arc<AppState>, schedule: &Schedule, at: DateTime<Utc>) {
-    let partition = if state.pipeline.partitions.is_some() {
-        match latest_complete(state.pipeline) {
+    let partition = if let Some(spec) = state.pipeline.partitions {
+        match latest_complete(spec) {
             Ok(partition) => Some(partition),
             Err(error) => {
                 error!("cannot tell this tick's partition: {error}");
@@ -393,19 +393,6 @@ async fn run_scheduled(
         }
     }
     state.finished_one();
-}
-
-fn latest_complete(pipeline: &Pipeline) -> Result<Partition, String> {
-    let spec = pipeline
-        .partitions
-        .ok_or_else(|| "the pipeline has no partitions".to_string())?;
-    let current = Partition::containing(spec.granularity, Utc::now().naive_utc());
-    let start = Partition::parse(spec.granularity, spec.start)?;
-    let mut previous = start;
-    while previous.next() < current {
-        previous = previous.next();
-    }
-    Ok(previous)
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -551,7 +538,7 @@ async fn trigger_run(
                 state.pipeline.name
             )));
         }
-        (None, Some(_)) => Some(latest_complete(state.pipeline).map_err(bad)?),
+        (None, Some(spec)) => Some(latest_complete(spec).map_err(bad)?),
         (None, None) => None,
     };
     let raw: Vec<String> = body
@@ -585,14 +572,11 @@ async fn trigger_backfill(
     let bad = |message: String| api_error(StatusCode::BAD_REQUEST, message);
     let partitions =
         crate::cli::backfill_partitions(state.pipeline, &body.from, &body.to).map_err(bad)?;
-    let ledger = ledger(&state)?;
-    let done = ledger
-        .succeeded_partitions(state.pipeline.name, state.pipeline.source_hash)
+    let plan = backfill_plan(state.pipeline, ledger(&state)?, &partitions, body.rerun_all)
         .await
         .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let (todo, skipped): (Vec<Partition>, Vec<Partition>) = partitions
-        .into_iter()
-        .partition(|p| body.rerun_all || !done.contains(&p.key()));
+    let (todo, skipped): (Vec<_>, Vec<_>) = plan.into_iter().partition(|p| p.run);
+    let todo: Vec<Partition> = todo.into_iter().map(|p| p.partition).collect();
     let task_state = state.clone();
     let queued: Vec<String> = todo.iter().map(Partition::key).collect();
     state.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -607,7 +591,7 @@ async fn trigger_backfill(
         StatusCode::ACCEPTED,
         Json(json!({
             "queued": queued,
-            "skipped": skipped.iter().map(Partition::key).collect::<Vec<_>>(),
+            "skipped": skipped.iter().map(|p| p.partition.key()).collect::<Vec<_>>(),
         })),
     ))
 }
