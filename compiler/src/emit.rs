@@ -552,6 +552,14 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
 }
 
 /// One line saying what the block does, for `explain` and `graph`.
+/// `schema.table`, or `table` without a schema, as messages and summaries name a table.
+pub(crate) fn qualified_table(db_schema: Option<&str>, table: &str) -> String {
+    match db_schema {
+        Some(schema) => format!("{schema}.{table}"),
+        None => table.to_string(),
+    }
+}
+
 /// One line saying what a block does, for `explain` and the review summary.
 pub(crate) fn summary(block: &Block) -> String {
     match &block.op {
@@ -597,10 +605,7 @@ pub(crate) fn summary(block: &Block) -> String {
             partition_column,
             key,
         } => {
-            let table = match db_schema {
-                Some(schema) => format!("{schema}.{table}"),
-                None => table.clone(),
-            };
+            let table = qualified_table(db_schema.as_deref(), table);
             let mode = match (mode, partition_column) {
                 (WriteMode::Replace, _) => "replace".to_string(),
                 (WriteMode::Append, _) => "append".to_string(),

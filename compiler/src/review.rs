@@ -220,10 +220,7 @@ fn sinks(out: &mut String, pipeline: &Pipeline, lineages: &[Lineage]) {
                 key,
                 connection,
             } => {
-                let table = match db_schema {
-                    Some(schema) => format!("{schema}.{table}"),
-                    None => table.clone(),
-                };
+                let table = crate::emit::qualified_table(db_schema.as_deref(), table);
                 let mode = match mode {
                     WriteMode::Replace => "replace (the table is recreated)".to_string(),
                     WriteMode::Append => "append (re-runs add rows again)".to_string(),
