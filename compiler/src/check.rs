@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use crate::diagnostic::{Diagnostic, Span, did_you_mean, line_col};
 use crate::expr::{self, BinaryOp, Expr, ExprKind, UnaryOp};
 use crate::ir::{
-    self, ExprType, Function, PartitionField, Policy, Schema, TemplatePart, TypedExpr,
+    self, ExprType, Function, PartitionField, Policy, Schema, SourceOrigin, TemplatePart, TypedExpr,
 };
 use crate::resolve::Graph;
 use crate::syntax::{
@@ -704,8 +704,13 @@ impl Checker<'_, '_> {
                 // downstream blocks are still checked; the errors above keep the pipeline from
                 // being emitted.
                 let _ = connection_ok;
+                let origin = match (&block.kind, &source.connection) {
+                    (BlockKind::HttpSource(_), Some(c)) => SourceOrigin::Http(c.value.clone()),
+                    (_, Some(c)) => SourceOrigin::Store(c.value.clone()),
+                    (_, None) => SourceOrigin::Local,
+                };
                 let op = ir::BlockOp::Source {
-                    connection: source.connection.as_ref().map(|c| c.value.clone()),
+                    origin,
                     path: path.unwrap_or_default(),
                     format: source.format,
                     compression: source.compression,
@@ -751,7 +756,8 @@ impl Checker<'_, '_> {
                     Some(schema),
                 ))
             }
-            BlockKind::TableSink(sink) => {
+            BlockKind::TableSink(sink) | BlockKind::BigQuerySink(sink) => {
+                let bigquery = matches!(block.kind, BlockKind::BigQuerySink(_));
                 let input = input?;
                 let connection_ok = self.connection(&sink.connection);
                 if let Some(columns) = &sink.columns {
@@ -771,7 +777,14 @@ impl Checker<'_, '_> {
                     ),
                     (None, _) => {}
                 }
-                self.upsert_key(sink, input);
+                if bigquery && sink.mode.value == WriteMode::Upsert {
+                    self.push(
+                        Diagnostic::error("E0027", "a BigQuery sink cannot `upsert`", sink.mode.span.clone(), "not supported by this sink")
+                            .with_help("use `replace_partition` with `partition_column` so that re-runs replace their own rows, or `replace`"),
+                    );
+                } else {
+                    self.upsert_key(sink, input);
+                }
                 if sink.mode.value == WriteMode::Append && self.granularity.is_some() {
                     self.push(
                         Diagnostic::warning("W0002", "`append` in a partitioned pipeline adds a partition's rows again when it is re-run", sink.mode.span.clone(), "re-running a partition (`run`, `backfill --rerun-all`) inserts its rows twice")
@@ -782,26 +795,52 @@ impl Checker<'_, '_> {
                     .into_iter()
                     .flatten()
                 {
-                    if name.value.is_empty() || name.value.contains(['"', '\0']) {
+                    let valid = if bigquery {
+                        // BigQuery's rule for dataset and table names.
+                        !name.value.is_empty()
+                            && name.value.len() <= 1024
+                            && name
+                                .value
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    } else {
+                        !name.value.is_empty() && !name.value.contains(['"', '\0'])
+                    };
+                    if !valid {
+                        let (message, label) = if bigquery {
+                            ("invalid BigQuery name", "use letters, digits and `_`")
+                        } else {
+                            ("invalid SQL identifier", "empty or contains `\"`")
+                        };
                         self.push(Diagnostic::error(
                             "E0003",
-                            "invalid SQL identifier",
+                            message,
                             name.span.clone(),
-                            "empty or contains `\"`",
+                            label,
                         ));
                     }
                 }
-                let op = ir::BlockOp::TableSink {
-                    connection: sink.connection.value.clone(),
-                    table: sink.table.value.clone(),
-                    db_schema: sink.db_schema.as_ref().map(|s| s.value.clone()),
-                    mode: sink.mode.value,
-                    partition_column: sink.partition_column.as_ref().map(|c| c.value.clone()),
-                    key: sink
-                        .key
-                        .as_ref()
-                        .map(|k| k.value.iter().map(|c| c.value.clone()).collect())
-                        .unwrap_or_default(),
+                let op = if bigquery {
+                    ir::BlockOp::BigQuerySink {
+                        connection: sink.connection.value.clone(),
+                        table: sink.table.value.clone(),
+                        dataset: sink.db_schema.as_ref().map(|s| s.value.clone()),
+                        mode: sink.mode.value,
+                        partition_column: sink.partition_column.as_ref().map(|c| c.value.clone()),
+                    }
+                } else {
+                    ir::BlockOp::TableSink {
+                        connection: sink.connection.value.clone(),
+                        table: sink.table.value.clone(),
+                        db_schema: sink.db_schema.as_ref().map(|s| s.value.clone()),
+                        mode: sink.mode.value,
+                        partition_column: sink.partition_column.as_ref().map(|c| c.value.clone()),
+                        key: sink
+                            .key
+                            .as_ref()
+                            .map(|k| k.value.iter().map(|c| c.value.clone()).collect())
+                            .unwrap_or_default(),
+                    }
                 };
                 connection_ok.then_some((op, None))
             }
@@ -824,6 +863,25 @@ impl Checker<'_, '_> {
                     webhook: webhook.as_ref().map(|w| w.value.clone()),
                 };
                 webhook_ok.then_some((op, None))
+            }
+            BlockKind::ExportSink(sink) => {
+                input?;
+                let connection_ok = self.connection(&sink.connection);
+                let path = self.template(&sink.path, false);
+                if sink.path.value.split('/').any(|part| part == "..") {
+                    self.push(Diagnostic::error(
+                        "E0003",
+                        "the export path may not leave the store",
+                        sink.path.span.clone(),
+                        "contains `..`",
+                    ));
+                }
+                let op = ir::BlockOp::ExportSink {
+                    connection: sink.connection.value.clone(),
+                    path: path?,
+                    format: sink.format,
+                };
+                connection_ok.then_some((op, None))
             }
             BlockKind::LakeSink(sink) => {
                 let input = input?;
@@ -1174,6 +1232,37 @@ impl Checker<'_, '_> {
             Some((name, format)) => (name.trim(), Some(format.trim())),
             None => (inner.trim(), None),
         };
+        // `execution_date` is the partition's first instant, as Airflow's logical date is.
+        let instant = match name {
+            "execution_date" | "partition.start" => Some(PartitionField::Start),
+            "partition.end" => Some(PartitionField::End),
+            _ => None,
+        };
+        if let Some(field) = instant {
+            let format = format.unwrap_or("%Y-%m-%d");
+            let valid = !format.is_empty()
+                && !chrono::format::StrftimeItems::new(format)
+                    .any(|item| matches!(item, chrono::format::Item::Error));
+            if !valid {
+                self.push(
+                    Diagnostic::error(
+                        "E0011",
+                        format!("invalid date format `{format}` for `{name}`"),
+                        span,
+                        "not a strftime pattern",
+                    )
+                    .with_help("use strftime fields such as `%Y/%m/%d` or `%Y-%m-%dT%H`"),
+                );
+                return None;
+            }
+            if !self.field_available(field, span) {
+                return None;
+            }
+            return Some(TemplatePart::Date {
+                field,
+                format: format.to_string(),
+            });
+        }
         let (field, default_width) = match name {
             "YYYY" => (PartitionField::Year, 4),
             "MM" => (PartitionField::Month, 2),
@@ -1182,6 +1271,9 @@ impl Checker<'_, '_> {
             _ => match name.strip_prefix("partition.").and_then(partition_field) {
                 Some(PartitionField::Start | PartitionField::End) | None => {
                     let known = [
+                        "execution_date",
+                        "partition.start",
+                        "partition.end",
                         "partition.year",
                         "partition.month",
                         "partition.day",
@@ -1195,7 +1287,7 @@ impl Checker<'_, '_> {
                     self.push(
                         Diagnostic::error("E0011", format!("unknown template variable `{name}`"), span, "not a partition field")
                             .with_optional_help(did_you_mean(name, known))
-                            .with_note("path templates can use partition.year, partition.month, partition.day, partition.hour, partition.key (or YYYY, MM, DD, HH)"),
+                            .with_note("path templates can use partition.year, partition.month, partition.day, partition.hour, partition.key (or YYYY, MM, DD, HH), and execution_date, partition.start, partition.end with a strftime format such as `{execution_date:%Y/%m/%d}`"),
                     );
                     return None;
                 }

@@ -9,7 +9,8 @@ use quote::{format_ident, quote};
 
 use crate::expr::BinaryOp;
 use crate::ir::{
-    Block, BlockOp, Function, PartitionField, Pipeline, StepOp, TemplatePart, TypedExpr,
+    Block, BlockOp, Function, PartitionField, Pipeline, SourceOrigin, StepOp, TemplatePart,
+    TypedExpr,
 };
 use crate::syntax::{
     Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, SecretRef, Trigger,
@@ -347,16 +348,16 @@ fn granularity_tokens(granularity: Granularity) -> TokenStream {
 fn kind_tokens(op: &BlockOp) -> TokenStream {
     match op {
         BlockOp::Source {
-            connection: Some(_),
+            origin: SourceOrigin::Http(_),
             ..
         } => quote!(BlockKind::HttpSource),
-        BlockOp::Source {
-            connection: None, ..
-        } => quote!(BlockKind::FileSource),
+        BlockOp::Source { .. } => quote!(BlockKind::FileSource),
         BlockOp::Transform { .. } => quote!(BlockKind::Transform),
         BlockOp::Rust { .. } => quote!(BlockKind::Rust),
         BlockOp::TableSink { .. } => quote!(BlockKind::TableSink),
         BlockOp::LakeSink { .. } => quote!(BlockKind::LakeSink),
+        BlockOp::ExportSink { .. } => quote!(BlockKind::ExportSink),
+        BlockOp::BigQuerySink { .. } => quote!(BlockKind::BigQuerySink),
         BlockOp::Callback { .. } => quote!(BlockKind::Callback),
     }
 }
@@ -370,6 +371,8 @@ fn kind_name_tokens(kind: &str) -> TokenStream {
         "rust" => quote!(BlockKind::Rust),
         "table" => quote!(BlockKind::TableSink),
         "lake" => quote!(BlockKind::LakeSink),
+        "export" => quote!(BlockKind::ExportSink),
+        "bigquery" => quote!(BlockKind::BigQuerySink),
         "callback" => quote!(BlockKind::Callback),
         other => unreachable!("the checker rejects block kind `{other}`"),
     }
@@ -457,6 +460,14 @@ fn block_definition(pipeline: &Pipeline, block: &Block) -> TokenStream {
             let target = target_const(block);
             quote!(Some(SinkDef::Lake(#target)))
         }
+        BlockOp::ExportSink { .. } => {
+            let target = target_const(block);
+            quote!(Some(SinkDef::Export(#target)))
+        }
+        BlockOp::BigQuerySink { .. } => {
+            let target = target_const(block);
+            quote!(Some(SinkDef::BigQuery(#target)))
+        }
         _ => quote!(None),
     };
     quote! {
@@ -506,17 +517,7 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
                 Some(schema) => quote!(Some(#schema)),
                 None => quote!(None),
             };
-            let mode = match (mode, partition_column) {
-                (WriteMode::Replace, _) => quote!(WriteMode::Replace),
-                (WriteMode::Append, _) => quote!(WriteMode::Append),
-                (WriteMode::ReplacePartition, Some(column)) => {
-                    quote!(WriteMode::ReplacePartition { column: #column })
-                }
-                (WriteMode::Upsert, _) => quote!(WriteMode::Upsert { key: &[#(#key),*] }),
-                (WriteMode::ReplacePartition, None) => {
-                    unreachable!("the checker requires partition_column")
-                }
-            };
+            let mode = write_mode_tokens(*mode, partition_column.as_deref(), key);
             Some(quote! {
                 #[doc = #doc]
                 const #name: TableTarget = TableTarget {
@@ -547,7 +548,73 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
                 };
             })
         }
+        BlockOp::ExportSink {
+            connection,
+            path,
+            format,
+        } => {
+            let format = format_tokens(*format);
+            let path = template_text(path);
+            Some(quote! {
+                #[doc = #doc]
+                const #name: ExportTarget = ExportTarget {
+                    connection: #connection,
+                    path: #path,
+                    format: #format,
+                    columns: #input_schema,
+                };
+            })
+        }
+        BlockOp::BigQuerySink {
+            connection,
+            table,
+            dataset,
+            mode,
+            partition_column,
+        } => {
+            let dataset = match dataset {
+                Some(dataset) => quote!(Some(#dataset)),
+                None => quote!(None),
+            };
+            let mode = write_mode_tokens(*mode, partition_column.as_deref(), &[]);
+            Some(quote! {
+                #[doc = #doc]
+                const #name: BigQueryTarget = BigQueryTarget {
+                    connection: #connection,
+                    dataset: #dataset,
+                    table: #table,
+                    mode: #mode,
+                    columns: #input_schema,
+                };
+            })
+        }
         _ => None,
+    }
+}
+
+/// The runtime's `WriteMode` for a checked mode.
+fn write_mode_tokens(
+    mode: WriteMode,
+    partition_column: Option<&str>,
+    key: &[String],
+) -> TokenStream {
+    match (mode, partition_column) {
+        (WriteMode::Replace, _) => quote!(WriteMode::Replace),
+        (WriteMode::Append, _) => quote!(WriteMode::Append),
+        (WriteMode::ReplacePartition, Some(column)) => {
+            quote!(WriteMode::ReplacePartition { column: #column })
+        }
+        (WriteMode::Upsert, _) => quote!(WriteMode::Upsert { key: &[#(#key),*] }),
+        (WriteMode::ReplacePartition, None) => {
+            unreachable!("the checker requires partition_column")
+        }
+    }
+}
+
+fn format_tokens(format: FileFormat) -> TokenStream {
+    match format {
+        FileFormat::Csv => quote!(FileFormat::Csv),
+        FileFormat::Parquet => quote!(FileFormat::Parquet),
     }
 }
 
@@ -564,7 +631,7 @@ pub(crate) fn qualified_table(db_schema: Option<&str>, table: &str) -> String {
 pub(crate) fn summary(block: &Block) -> String {
     match &block.op {
         BlockOp::Source {
-            connection,
+            origin,
             path,
             format,
             compression,
@@ -585,9 +652,11 @@ pub(crate) fn summary(block: &Block) -> String {
             } else {
                 ""
             };
-            let location = match connection {
-                Some(connection) => format!("{{{connection}}}/{}", template_text(path)),
-                None => template_text(path),
+            let location = match origin {
+                SourceOrigin::Http(connection) | SourceOrigin::Store(connection) => {
+                    format!("{{{connection}}}/{}", template_text(path))
+                }
+                SourceOrigin::Local => template_text(path),
             };
             format!("read {format}{gzip} from {location}{each}")
         }
@@ -624,6 +693,38 @@ pub(crate) fn summary(block: &Block) -> String {
             Some(column) => format!("write parquet to {{{connection}}}/{path}/{column}=*/"),
             None => format!("write parquet to {{{connection}}}/{path}/"),
         },
+        BlockOp::ExportSink {
+            connection,
+            path,
+            format,
+        } => {
+            let format = match format {
+                FileFormat::Csv => "csv",
+                FileFormat::Parquet => "parquet",
+            };
+            format!(
+                "write one {format} file to {{{connection}}}/{}",
+                template_text(path)
+            )
+        }
+        BlockOp::BigQuerySink {
+            connection,
+            table,
+            dataset,
+            mode,
+            partition_column,
+        } => {
+            let table = qualified_table(dataset.as_deref(), table);
+            let mode = match (mode, partition_column) {
+                (WriteMode::ReplacePartition, column) => {
+                    format!("replace_partition by {}", column.as_deref().unwrap_or("?"))
+                }
+                (WriteMode::Replace, _) => "replace".to_string(),
+                (WriteMode::Append, _) => "append".to_string(),
+                (WriteMode::Upsert, _) => "upsert".to_string(),
+            };
+            format!("load BigQuery table {table} on {{{connection}}} ({mode})")
+        }
         BlockOp::Callback { webhook, .. } => {
             let on = match block.trigger {
                 Trigger::OneFailed => "on failure",
@@ -646,6 +747,9 @@ fn template_text(parts: &[TemplatePart]) -> String {
         .map(|part| match part {
             TemplatePart::Text(text) => text.clone(),
             TemplatePart::Field { field, .. } => format!("{{partition.{}}}", field.name()),
+            TemplatePart::Date { field, format } => {
+                format!("{{partition.{}:{format}}}", field.name())
+            }
             TemplatePart::Item => "{item}".to_string(),
         })
         .collect()
@@ -658,7 +762,10 @@ fn dispatch_arm(index: usize, block: &Block) -> TokenStream {
         BlockOp::Transform { .. } | BlockOp::Rust { .. } => {
             quote!(ctx.compute(move |ctx| #function(ctx, inputs.remove(0)).map(Some)))
         }
-        BlockOp::TableSink { .. } | BlockOp::LakeSink { .. } => {
+        BlockOp::TableSink { .. }
+        | BlockOp::LakeSink { .. }
+        | BlockOp::ExportSink { .. }
+        | BlockOp::BigQuerySink { .. } => {
             quote!(Box::pin(async move { #function(&ctx, inputs.remove(0)).await.map(|()| None) }))
         }
         BlockOp::Callback { .. } => quote!(Box::pin(async move { #function(ctx).await })),
@@ -671,16 +778,20 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
     let function = function_name(block);
     let kind = match &block.op {
         BlockOp::Source {
-            connection: Some(_),
+            origin: SourceOrigin::Http(_),
             ..
         } => "HTTP source",
         BlockOp::Source {
-            connection: None, ..
-        } => "file source",
+            origin: SourceOrigin::Store(_),
+            ..
+        } => "object store source",
+        BlockOp::Source { .. } => "file source",
         BlockOp::Transform { .. } => "transform",
         BlockOp::Rust { .. } => "hand-written Rust block",
         BlockOp::TableSink { .. } => "table sink",
         BlockOp::LakeSink { .. } => "lake sink",
+        BlockOp::ExportSink { .. } => "export sink",
+        BlockOp::BigQuerySink { .. } => "BigQuery sink",
         BlockOp::Callback { .. } => "callback",
     };
     let mut doc = vec![format!(
@@ -695,32 +806,24 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
     let checks = check_calls(pipeline, block);
     match &block.op {
         BlockOp::Source {
-            connection,
+            origin,
             path,
             format,
             compression,
             fan_out,
         } => {
             let output = schema_const(block);
-            let (literal, args) = template_format(path);
-            let path_value = if args.is_empty() {
-                quote!(#literal.to_string())
-            } else {
-                quote!(format!(#literal, #(#args),*))
+            let (path_value, partition) = template_value(path);
+            let location = match origin {
+                SourceOrigin::Http(connection) => {
+                    quote!(Location::Http { connection: #connection, path })
+                }
+                SourceOrigin::Store(connection) => {
+                    quote!(Location::Store { connection: #connection, path })
+                }
+                SourceOrigin::Local => quote!(Location::File { path }),
             };
-            let partition = if path.iter().any(|p| matches!(p, TemplatePart::Field { .. })) {
-                quote!(let partition = ctx.partition()?;)
-            } else {
-                quote!()
-            };
-            let location = match connection {
-                Some(connection) => quote!(Location::Http { connection: #connection, path }),
-                None => quote!(Location::File { path }),
-            };
-            let format = match format {
-                FileFormat::Csv => quote!(FileFormat::Csv),
-                FileFormat::Parquet => quote!(FileFormat::Parquet),
-            };
+            let format = format_tokens(*format);
             let compression = match compression {
                 Compression::None => quote!(Compression::None),
                 Compression::Gzip => quote!(Compression::Gzip),
@@ -839,6 +942,27 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 }
             }
         }
+        BlockOp::ExportSink { path, .. } => {
+            let target = target_const(block);
+            let (path_value, partition) = template_value(path);
+            quote! {
+                #(#doc)*
+                async fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+                    #partition
+                    let path = #path_value;
+                    write_export(ctx, &#target, path, input).await
+                }
+            }
+        }
+        BlockOp::BigQuerySink { .. } => {
+            let target = target_const(block);
+            quote! {
+                #(#doc)*
+                async fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+                    write_bigquery(ctx, &#target, input).await
+                }
+            }
+        }
         BlockOp::Callback { message, webhook } => {
             let webhook = match webhook {
                 Some(connection) => quote!(Some(#connection)),
@@ -853,6 +977,26 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             }
         }
     }
+}
+
+/// The expression computing a path template's value, and the statement binding `partition`
+/// when the template uses it.
+fn template_value(path: &[TemplatePart]) -> (TokenStream, TokenStream) {
+    let (literal, args) = template_format(path);
+    let value = if args.is_empty() {
+        quote!(#literal.to_string())
+    } else {
+        quote!(format!(#literal, #(#args),*))
+    };
+    let uses_partition = path
+        .iter()
+        .any(|p| matches!(p, TemplatePart::Field { .. } | TemplatePart::Date { .. }));
+    let partition = if uses_partition {
+        quote!(let partition = ctx.partition()?;)
+    } else {
+        quote!()
+    };
+    (value, partition)
 }
 
 /// The `format!` string and arguments of a path template.
@@ -876,6 +1020,11 @@ fn template_format(parts: &[TemplatePart]) -> (String, Vec<TokenStream>) {
                 }
                 let method = format_ident!("{}", field.name());
                 args.push(quote!(partition.#method()));
+            }
+            TemplatePart::Date { field, format } => {
+                literal.push_str("{}");
+                let method = format_ident!("{}_time", field.name());
+                args.push(quote!(partition.#method().format(#format)));
             }
         }
     }

@@ -4,7 +4,7 @@
 //! data too.
 
 use crate::diagnostic::{Diagnostic, did_you_mean};
-use crate::ir::{BlockOp, Pipeline};
+use crate::ir::Pipeline;
 use crate::lineage::{Origin, lineage};
 use crate::syntax::{BlockKind, PipelineFile};
 
@@ -33,7 +33,7 @@ pub fn check(file: &PipelineFile, pipeline: &Pipeline, diagnostics: &mut Vec<Dia
             }
         }
         if let Some(allowed) = &block.pii_allowed
-            && !matches!(block.kind, BlockKind::TableSink(_) | BlockKind::LakeSink(_))
+            && !block.kind.is_sink()
         {
             diagnostics.push(
                 Diagnostic::error(
@@ -51,10 +51,7 @@ pub fn check(file: &PipelineFile, pipeline: &Pipeline, diagnostics: &mut Vec<Dia
     }
     let lineages = lineage(pipeline);
     for (index, block) in pipeline.blocks.iter().enumerate() {
-        if !matches!(
-            block.op,
-            BlockOp::TableSink { .. } | BlockOp::LakeSink { .. }
-        ) {
+        if !block.op.is_sink() {
             continue;
         }
         let Some(declared) = file.blocks.iter().find(|b| b.name.value == block.name) else {

@@ -109,6 +109,14 @@ pub enum TemplatePart {
     Text(String),
     /// The current item of a fanned-out source (`{item}`).
     Item,
+    /// An instant of the partition formatted with a strftime pattern
+    /// (`{execution_date:%Y/%m/%d}`).
+    Date {
+        /// `Start` (the execution date) or `End`.
+        field: PartitionField,
+        /// The strftime pattern, checked to be valid.
+        format: String,
+    },
     /// A partition field, zero-padded to `width` digits.
     Field {
         /// The field.
@@ -155,11 +163,11 @@ impl PartitionField {
 /// What a block does.
 #[derive(Clone, Debug)]
 pub enum BlockOp {
-    /// Reads a file (over HTTP when `connection` is set, else from the local file system).
+    /// Reads a file over HTTP, from an object store or from the local file system.
     Source {
-        /// The connection holding the base URL, for HTTP sources.
-        connection: Option<String>,
-        /// The path, relative to the base URL for HTTP sources.
+        /// Where the path is resolved.
+        origin: SourceOrigin,
+        /// The path, relative to the connection's URL; object-store paths may hold globs.
         path: Vec<TemplatePart>,
         /// CSV or Parquet.
         format: FileFormat,
@@ -177,6 +185,28 @@ pub enum BlockOp {
     Rust {
         /// The function's name in the pipeline's Rust module.
         function: String,
+    },
+    /// Writes one file per run at a templated path of an object store.
+    ExportSink {
+        /// The object store's connection.
+        connection: String,
+        /// The path template.
+        path: Vec<TemplatePart>,
+        /// Parquet or CSV.
+        format: FileFormat,
+    },
+    /// Loads into a BigQuery table.
+    BigQuerySink {
+        /// The `bigquery://PROJECT/DATASET` connection.
+        connection: String,
+        /// The table.
+        table: String,
+        /// The dataset, when not the connection's.
+        dataset: Option<String>,
+        /// Replace, append or replace_partition.
+        mode: WriteMode,
+        /// The column holding the partition key, for `replace_partition`.
+        partition_column: Option<String>,
     },
     /// A SQL table sink.
     TableSink {
@@ -209,6 +239,30 @@ pub enum BlockOp {
         /// The hive partition column.
         partition_by: Option<String>,
     },
+}
+
+impl BlockOp {
+    /// Whether the block writes its input somewhere and has no output.
+    pub fn is_sink(&self) -> bool {
+        matches!(
+            self,
+            BlockOp::TableSink { .. }
+                | BlockOp::LakeSink { .. }
+                | BlockOp::ExportSink { .. }
+                | BlockOp::BigQuerySink { .. }
+        )
+    }
+}
+
+/// Where a source's path is resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceOrigin {
+    /// Under the HTTP(S) base URL of this connection.
+    Http(String),
+    /// In the object store this connection names; the path may hold globs.
+    Store(String),
+    /// On the local file system, relative to the working directory.
+    Local,
 }
 
 /// A checked schedule.

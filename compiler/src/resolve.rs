@@ -124,7 +124,7 @@ fn is_callback(block: &Block) -> bool {
 }
 
 fn is_sink(block: &Block) -> bool {
-    matches!(block.kind, BlockKind::TableSink(_) | BlockKind::LakeSink(_))
+    block.kind.is_sink()
 }
 
 fn check_arity(block: &Block, diagnostics: &mut Vec<Diagnostic>) {

@@ -243,6 +243,7 @@ fn sinks(out: &mut String, pipeline: &Pipeline, lineages: &[Lineage]) {
                     .map(|c| format!(", partitioned by `{c}`"))
                     .unwrap_or_default()
             ),
+            op if op.is_sink() => crate::emit::summary(block),
             _ => continue,
         };
         let _ = writeln!(out, "### `{}`: {target}", block.name);

@@ -212,13 +212,15 @@ pub enum WriteMode {
 }
 
 /// Block kinds, as written in `kind = "..."`.
-pub const BLOCK_KINDS: [&str; 7] = [
+pub const BLOCK_KINDS: [&str; 9] = [
     "http",
     "file",
     "transform",
     "rust",
     "table",
     "lake",
+    "export",
+    "bigquery",
     "callback",
 ];
 
@@ -304,6 +306,10 @@ pub enum BlockKind {
     TableSink(TableSink),
     /// Writes partitioned Parquet files into the lake.
     LakeSink(LakeSink),
+    /// Writes one file per run at a templated path.
+    ExportSink(ExportSink),
+    /// Loads into a BigQuery table (`schema` is the dataset).
+    BigQuerySink(TableSink),
     /// Reports the run's outcome when the blocks it watches have ended.
     Callback {
         /// On failure, success or always.
@@ -315,10 +321,24 @@ pub enum BlockKind {
     },
 }
 
-/// A file source (HTTP or local).
+impl BlockKind {
+    /// Whether the block writes its input somewhere and has no output.
+    pub fn is_sink(&self) -> bool {
+        matches!(
+            self,
+            BlockKind::TableSink(_)
+                | BlockKind::LakeSink(_)
+                | BlockKind::ExportSink(_)
+                | BlockKind::BigQuerySink(_)
+        )
+    }
+}
+
+/// A file source: over HTTP, from an object store, or from the local file system.
 #[derive(Clone, Debug)]
 pub struct FileSource {
-    /// The connection whose URL is the base (HTTP sources only).
+    /// The connection whose URL is the base: an HTTP(S) URL for `http` sources, an object store
+    /// (`s3://`, `gs://`, `file://`, a folder) for `file` sources; none for a local path.
     pub connection: Option<Located<String>>,
     /// The path template, with `{partition.year}`-style variables.
     pub path: Located<String>,
@@ -377,6 +397,17 @@ pub struct LakeSink {
     pub path: Located<String>,
     /// The column the files are partitioned by, hive-style.
     pub partition_by: Option<Located<String>>,
+}
+
+/// An export sink: one file per run.
+#[derive(Clone, Debug)]
+pub struct ExportSink {
+    /// The connection of the object store.
+    pub connection: Located<String>,
+    /// The file's path template, e.g. `trips/{execution_date:%Y/%m/%d}/daily.parquet`.
+    pub path: Located<String>,
+    /// Parquet or CSV, from `format` or the path's extension.
+    pub format: FileFormat,
 }
 
 /// A declared column: a name and a type.
@@ -1236,7 +1267,8 @@ impl Reader<'_, '_> {
                     .and_then(|v| self.column_table("output", v));
                 Some(BlockKind::Rust { function, output })
             }
-            "table" => {
+            kind @ ("table" | "bigquery") => {
+                let bigquery = kind == "bigquery";
                 let connection = self.req_string(
                     cursor,
                     "connection",
@@ -1247,7 +1279,9 @@ impl Reader<'_, '_> {
                     "table",
                     "name the table, e.g. `table = \"green_taxi\"`",
                 );
-                let db_schema = self.opt_string(cursor, "schema");
+                // A BigQuery dataset plays the part of a Postgres schema.
+                let db_schema =
+                    self.opt_string(cursor, if bigquery { "dataset" } else { "schema" });
                 let mode = self
                     .req_string(
                         cursor,
@@ -1279,7 +1313,7 @@ impl Reader<'_, '_> {
                 let columns = cursor
                     .get("columns")
                     .and_then(|v| self.column_table("columns", v));
-                Some(BlockKind::TableSink(TableSink {
+                let sink = TableSink {
                     connection: connection?,
                     table: table?,
                     db_schema,
@@ -1287,7 +1321,12 @@ impl Reader<'_, '_> {
                     partition_column,
                     key,
                     columns,
-                }))
+                };
+                Some(if bigquery {
+                    BlockKind::BigQuerySink(sink)
+                } else {
+                    BlockKind::TableSink(sink)
+                })
             }
             "lake" => {
                 let connection = self.req_string(
@@ -1305,6 +1344,24 @@ impl Reader<'_, '_> {
                     connection: connection?,
                     path: path?,
                     partition_by,
+                }))
+            }
+            "export" => {
+                let connection = self.req_string(
+                    cursor,
+                    "connection",
+                    "name a connection from `[connections]`, e.g. `connection = \"lake\"`",
+                );
+                let path = self.req_string(
+                    cursor,
+                    "path",
+                    "the file's path template, e.g. `path = \"trips/{execution_date:%Y/%m/%d}/daily.parquet\"`",
+                )?;
+                let (format, _) = self.file_format(cursor, &path.value, false);
+                Some(BlockKind::ExportSink(ExportSink {
+                    connection: connection?,
+                    path,
+                    format,
                 }))
             }
             "callback" => {
@@ -1346,18 +1403,15 @@ impl Reader<'_, '_> {
         }
     }
 
-    fn file_source(&mut self, cursor: &mut TableCursor<'_, '_>, http: bool) -> Option<FileSource> {
-        let connection = if http {
-            Some(self.req_string(
-                cursor,
-                "connection",
-                "name the connection holding the base URL, e.g. `connection = \"tlc\"`",
-            )?)
-        } else {
-            None
-        };
-        let path = self.req_string(cursor, "path", "the file's path template, e.g. `path = \"green_tripdata_{partition.year}-{partition.month:02}.csv.gz\"`")?;
-        let lower = path.value.to_ascii_lowercase();
+    /// The `format` (and, for sources, `compression`) of a file, inferred from the path's
+    /// extension when not written.
+    fn file_format(
+        &mut self,
+        cursor: &mut TableCursor<'_, '_>,
+        path: &str,
+        with_compression: bool,
+    ) -> (FileFormat, Compression) {
+        let lower = path.to_ascii_lowercase();
         let inferred_compression = if lower.ends_with(".gz") {
             Compression::Gzip
         } else {
@@ -1379,7 +1433,10 @@ impl Reader<'_, '_> {
             },
             None => inferred_format,
         };
-        let compression = match self.opt_string(cursor, "compression") {
+        let compression = match with_compression
+            .then(|| self.opt_string(cursor, "compression"))
+            .flatten()
+        {
             Some(c) => match c.value.as_str() {
                 "none" => Compression::None,
                 "gzip" => Compression::Gzip,
@@ -1390,6 +1447,21 @@ impl Reader<'_, '_> {
             },
             None => inferred_compression,
         };
+        (format, compression)
+    }
+
+    fn file_source(&mut self, cursor: &mut TableCursor<'_, '_>, http: bool) -> Option<FileSource> {
+        let connection = if http {
+            Some(self.req_string(
+                cursor,
+                "connection",
+                "name the connection holding the base URL, e.g. `connection = \"tlc\"`",
+            )?)
+        } else {
+            self.opt_string(cursor, "connection")
+        };
+        let path = self.req_string(cursor, "path", "the file's path template, e.g. `path = \"green_tripdata_{partition.year}-{partition.month:02}.csv.gz\"`")?;
+        let (format, compression) = self.file_format(cursor, &path.value, true);
         let for_each = cursor.get("for_each").and_then(|value| {
             let items = match value.get_ref() {
                 DeValue::String(text) if text.as_ref() == "partition.days" => ForEach::Days,

@@ -35,8 +35,8 @@ use crate::history;
 use crate::ledger::{Ledger, TriggerKind};
 use crate::partition::Partition;
 use crate::pipeline::{BlockKind, Catchup, PartitionSpec, Pipeline, SinkDef};
-use crate::sink::lake::open_lake;
 use crate::sink::table::{Warehouse, validate_table};
+use crate::store::open_store;
 
 #[derive(Parser)]
 #[command(version, about = None, long_about = None)]
@@ -1200,7 +1200,7 @@ async fn validate(pipeline: &'static Pipeline) -> ExitCode {
             }
             (_, Some(SinkDef::Lake(target))) => {
                 let checked = async {
-                    let store = open_lake(&ctx.connection_url(target.connection)?)?;
+                    let store = open_store(&ctx.connection_url(target.connection)?)?.store;
                     let probe =
                         object_store::path::Path::from(format!("{}/.baton-validate", target.path));
                     object_store::ObjectStoreExt::put(

@@ -86,8 +86,21 @@ impl From<sqlx::Error> for BlockError {
 }
 
 impl From<object_store::Error> for BlockError {
+    /// A missing object, a refused credential or a bad path will not mend by itself; anything
+    /// else (a server error after the client's own retries, a dropped connection) may.
     fn from(error: object_store::Error) -> Self {
-        BlockError::fatal(error.to_string())
+        use object_store::Error as E;
+        match error {
+            E::NotFound { .. }
+            | E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::Precondition { .. }
+            | E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::UnknownConfigurationKey { .. }
+            | E::NotImplemented { .. } => BlockError::fatal(error.to_string()),
+            _ => BlockError::retryable(error.to_string()),
+        }
     }
 }
 

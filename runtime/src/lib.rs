@@ -25,6 +25,7 @@ pub mod schema;
 pub mod serve;
 pub mod sink;
 pub mod source;
+pub mod store;
 
 /// Everything generated code uses, in one import.
 pub mod prelude {
@@ -43,6 +44,8 @@ pub mod prelude {
         SinkDef, Trigger,
     };
     pub use crate::schema::conform;
+    pub use crate::sink::bigquery::{BigQueryTarget, write_bigquery};
+    pub use crate::sink::export::{ExportTarget, write_export};
     pub use crate::sink::lake::{LakeTarget, write_lake};
     pub use crate::sink::table::{TableTarget, WriteMode, write_table};
     pub use crate::source::{Compression, FileFormat, Location, read_source};

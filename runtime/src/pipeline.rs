@@ -8,6 +8,8 @@ use polars::prelude::{DataFrame, DataType, TimeUnit};
 use crate::context::RunContext;
 use crate::error::BlockError;
 use crate::partition::Granularity;
+use crate::sink::bigquery::BigQueryTarget;
+use crate::sink::export::ExportTarget;
 use crate::sink::lake::LakeTarget;
 use crate::sink::table::TableTarget;
 
@@ -143,7 +145,7 @@ pub enum Secret {
 pub enum BlockKind {
     /// Reads a file over HTTP.
     HttpSource,
-    /// Reads a local file.
+    /// Reads local files or files of an object store.
     FileSource,
     /// Column operations compiled from TOML.
     Transform,
@@ -153,6 +155,10 @@ pub enum BlockKind {
     TableSink,
     /// Writes Parquet files to the lake.
     LakeSink,
+    /// Writes one file per run at a templated path.
+    ExportSink,
+    /// Loads a BigQuery table.
+    BigQuerySink,
     /// Reports the run's outcome (log line, webhook) when its trigger rule fires.
     Callback,
 }
@@ -167,6 +173,8 @@ impl BlockKind {
             BlockKind::Rust => "rust",
             BlockKind::TableSink => "table",
             BlockKind::LakeSink => "lake",
+            BlockKind::ExportSink => "export",
+            BlockKind::BigQuerySink => "bigquery",
             BlockKind::Callback => "callback",
         }
     }
@@ -264,6 +272,10 @@ pub enum SinkDef {
     Table(TableTarget),
     /// A Parquet dataset in the lake.
     Lake(LakeTarget),
+    /// One file per run in an object store.
+    Export(ExportTarget),
+    /// A BigQuery table.
+    BigQuery(BigQueryTarget),
 }
 
 /// Retry and timeout policy of a block.

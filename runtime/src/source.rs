@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use polars::prelude::*;
 use tracing::{info, warn};
 
@@ -17,6 +19,7 @@ use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::{BaseType, Column};
 use crate::schema::{conform, polars_schema};
+use crate::store::{matching_files, open_store};
 
 /// Where a source file is.
 #[derive(Clone, Debug)]
@@ -26,6 +29,15 @@ pub enum Location {
         /// The connection whose URL is the base.
         connection: &'static str,
         /// The path after the base URL.
+        path: String,
+    },
+    /// Files of the object store that connection `connection` names (`s3://`, `gs://`,
+    /// `file://`, a folder). The path may hold globs; every matching file is read, and columns
+    /// the files lack are filled from hive folder names (`lpep_pickup_date=2021-01-05/`).
+    Store {
+        /// The connection naming the store.
+        connection: &'static str,
+        /// The path or glob under the store's prefix.
         path: String,
     },
     /// A local path, relative to the working directory.
@@ -65,6 +77,9 @@ pub async fn read_source(
     columns: &'static [Column],
 ) -> BlockResult<DataFrame> {
     let (origin, bytes) = match &location {
+        Location::Store { connection, path } => {
+            return read_store(ctx, connection, path, format, compression, columns).await;
+        }
         Location::Http { connection, path } => {
             let base = ctx.connection_url(connection)?;
             let url = format!(
@@ -113,6 +128,103 @@ pub async fn read_source(
         .map_err(|e| e.context(partition_text(ctx)))?;
     info!(source = %origin, bytes = downloaded, rows = frame.height(), "read source");
     Ok(frame)
+}
+
+/// How many files of an object store source are read at once.
+const STORE_READ_CONCURRENCY: usize = 8;
+
+/// Reads every file of a store that matches `pattern`, in path order, into one frame.
+async fn read_store(
+    ctx: &RunContext,
+    connection: &str,
+    pattern: &str,
+    format: FileFormat,
+    compression: Compression,
+    columns: &[Column],
+) -> BlockResult<DataFrame> {
+    let location = open_store(&ctx.connection_url(connection)?)?;
+    let shown = format!("{}/{pattern}", location.display.trim_end_matches('/'));
+    let files = matching_files(location.store.as_ref(), pattern)
+        .await
+        .map_err(|e| e.context(describe(ctx, &shown)))?;
+    if files.is_empty() {
+        return Err(BlockError::fatal(format!(
+            "{}: no file matches",
+            describe(ctx, &shown)
+        )));
+    }
+    let count = files.len();
+    let reads = files.into_iter().map(|path| {
+        let store = location.store.clone();
+        let origin = format!("{}/{path}", location.display.trim_end_matches('/'));
+        let columns = columns.to_vec();
+        async move {
+            let bytes = async { Ok::<_, BlockError>(store.get(&path).await?.bytes().await?) }
+                .await
+                .map_err(|e| e.context(&origin))?;
+            tokio::task::spawn_blocking(move || {
+                let data = decompress(&bytes, compression)?;
+                parse_with_hive_columns(&data, format, &columns, &path)
+            })
+            .await
+            .map_err(|e| BlockError::fatal(format!("parser panicked: {e}")))?
+            .map_err(|e| e.context(&origin))
+        }
+    });
+    let frames: Vec<DataFrame> = futures::stream::iter(reads)
+        .buffered(STORE_READ_CONCURRENCY)
+        .try_collect()
+        .await
+        .map_err(|e: BlockError| e.context(partition_text(ctx)))?;
+    let mut frames = frames.into_iter();
+    let mut frame = frames.next().unwrap_or_default();
+    for next in frames {
+        frame.vstack_mut_owned(next)?;
+    }
+    frame.rechunk_mut();
+    info!(source = %shown, files = count, rows = frame.height(), "read source");
+    Ok(frame)
+}
+
+/// Parses one file of a hive-partitioned dataset. A declared column that appears as a
+/// `name=value` folder in the file's path is taken from there, as Spark and pyarrow do: the
+/// lake sink writes the partition column into folder names, not into the files.
+fn parse_with_hive_columns(
+    data: &[u8],
+    format: FileFormat,
+    columns: &[Column],
+    path: &object_store::path::Path,
+) -> BlockResult<DataFrame> {
+    let folders: Vec<(String, String)> = path
+        .parts()
+        .filter_map(|part| {
+            let (name, value) = part.as_ref().split_once('=')?;
+            Some((name.to_string(), value.replace("%2F", "/")))
+        })
+        .collect();
+    let from_folder = |column: &Column| folders.iter().find(|(name, _)| name == column.name);
+    let in_file: Vec<Column> = columns
+        .iter()
+        .filter(|c| from_folder(c).is_none())
+        .copied()
+        .collect();
+    let frame = parse_plain(data, format, &in_file)?;
+    let added: Vec<Expr> = columns
+        .iter()
+        .filter_map(|column| {
+            let (_, value) = from_folder(column)?;
+            let value = if value == crate::sink::lake::NULL_PARTITION {
+                lit(NULL)
+            } else {
+                lit(value.clone())
+            };
+            Some(value.cast(column.ty.dtype()).alias(column.name))
+        })
+        .collect();
+    if added.is_empty() {
+        return Ok(frame);
+    }
+    conform(frame.lazy().with_columns(added).collect()?, columns)
 }
 
 fn partition_text(ctx: &RunContext) -> String {
@@ -171,7 +283,7 @@ pub fn parse(
     bytes: &[u8],
     format: FileFormat,
     compression: Compression,
-    columns: &'static [Column],
+    columns: &[Column],
 ) -> BlockResult<DataFrame> {
     parse_plain(&decompress(bytes, compression)?, format, columns)
 }
@@ -196,11 +308,7 @@ fn decompress(bytes: &[u8], compression: Compression) -> BlockResult<Cow<'_, [u8
 }
 
 /// Parses decompressed file bytes, then conforms the frame to the compiled schema.
-fn parse_plain(
-    data: &[u8],
-    format: FileFormat,
-    columns: &'static [Column],
-) -> BlockResult<DataFrame> {
+fn parse_plain(data: &[u8], format: FileFormat, columns: &[Column]) -> BlockResult<DataFrame> {
     let frame = match format {
         FileFormat::Csv => read_csv(data, columns)?,
         FileFormat::Parquet => {
@@ -288,7 +396,7 @@ fn check_present(header: &[String], columns: &[Column]) -> BlockResult<()> {
     Ok(())
 }
 
-fn read_csv(data: &[u8], columns: &'static [Column]) -> BlockResult<DataFrame> {
+fn read_csv(data: &[u8], columns: &[Column]) -> BlockResult<DataFrame> {
     let header_line = data.split(|b| *b == b'\n').next().unwrap_or_default();
     let header: Vec<String> = String::from_utf8_lossy(header_line)
         .trim_end_matches('\r')

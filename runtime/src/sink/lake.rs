@@ -5,20 +5,28 @@
 //! file in `lpep_pickup_date=2021-02-01/`, and re-running a month replaces its files instead of
 //! adding copies. Files of this run's partition that the new data no longer produces are
 //! deleted after the new files are in place.
+//!
+//! Publishing is staged: every file is first uploaded under `_baton_staging/RUN_ID/`, and only
+//! when all uploads have succeeded are they copied into place (a server-side copy on S3 and GCS,
+//! a rename-like copy locally). A run that fails halfway through its uploads therefore leaves the
+//! published dataset as it was, instead of half old and half new. Large files go up as multipart
+//! uploads.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use polars::prelude::*;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::Column as ColumnDef;
+use crate::sink::export::encode;
+use crate::source::FileFormat;
+use crate::store::{open_store, put_file};
 
 /// A lake sink as compiled.
 #[derive(Clone, Copy, Debug)]
@@ -37,23 +45,10 @@ pub struct LakeTarget {
 const UPLOAD_CONCURRENCY: usize = 8;
 
 /// Hive's name for the folder of null partition values.
-const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+pub(crate) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
-/// Opens the lake at `url`: a local folder (`./lake`, `/data/lake`, `file:///data/lake`).
-pub fn open_lake(url: &str) -> BlockResult<Arc<dyn ObjectStore>> {
-    let local = match url.strip_prefix("file://") {
-        Some(path) => path,
-        None if url.contains("://") => {
-            return Err(BlockError::fatal(format!(
-                "lake URL `{url}`: this build writes lakes to local folders (`./lake`, `file:///path`) only"
-            )));
-        }
-        None => url,
-    };
-    std::fs::create_dir_all(local)
-        .map_err(|e| BlockError::fatal(format!("cannot create lake folder {local}: {e}")))?;
-    Ok(Arc::new(LocalFileSystem::new_with_prefix(local)?))
-}
+/// The folder, at the root of the lake, under which a run uploads its files before publishing.
+pub const STAGING_FOLDER: &str = "_baton_staging";
 
 /// Writes `frame` as Parquet files under the dataset folder.
 pub async fn write_lake(
@@ -62,7 +57,8 @@ pub async fn write_lake(
     frame: DataFrame,
 ) -> BlockResult<()> {
     let url = ctx.connection_url(target.connection)?;
-    let store = open_lake(&url)?;
+    let lake = open_store(&url)?;
+    let store = lake.store.clone();
     let file_name = match ctx.partition_opt() {
         Some(partition) => format!("part-{partition}.parquet"),
         None => "part-0.parquet".to_string(),
@@ -78,19 +74,41 @@ pub async fn write_lake(
     };
     let written: HashSet<String> = files.iter().map(|(path, _)| path.to_string()).collect();
     let count = files.len();
-    futures::stream::iter(files)
-        .map(|(path, bytes)| {
-            let store = store.clone();
-            async move {
-                store
-                    .put(&path, PutPayload::from(bytes))
-                    .await
-                    .map_err(|e| BlockError::retryable(format!("writing {path}: {e}")))
-            }
-        })
+    let staging = format!("{STAGING_FOLDER}/{}", ctx.run_id());
+    // (staged path, published path) of every file.
+    let moves: Vec<(ObjectPath, ObjectPath)> = files
+        .iter()
+        .map(|(path, _)| (ObjectPath::from(format!("{staging}/{path}")), path.clone()))
+        .collect();
+    let uploads: Vec<_> = files
+        .into_iter()
+        .zip(moves.iter())
+        .map(|((_, bytes), (staged, _))| put_file(store.clone(), staged.clone(), bytes))
+        .collect();
+    let uploaded = futures::stream::iter(uploads)
         .buffer_unordered(UPLOAD_CONCURRENCY)
         .try_collect::<Vec<_>>()
-        .await?;
+        .await;
+    if let Err(error) = uploaded {
+        remove_staging(&store, &staging).await;
+        return Err(error.context(&lake.display));
+    }
+    // Every file is uploaded: now make them visible. A copy within one store is cheap.
+    let publishes = moves.into_iter().map(|(from, to)| {
+        let store = store.clone();
+        async move {
+            store
+                .copy(&from, &to)
+                .await
+                .map_err(|e| BlockError::retryable(format!("publishing {to}: {e}")))
+        }
+    });
+    let published = futures::stream::iter(publishes)
+        .buffer_unordered(UPLOAD_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await;
+    remove_staging(&store, &staging).await;
+    published.map_err(|e| e.context(&lake.display))?;
     // Files of this run's partition that the new data did not produce again are stale.
     let prefix = ObjectPath::from(target.path);
     let stale: Vec<ObjectPath> = store
@@ -108,6 +126,7 @@ pub async fn write_lake(
         store.delete(path).await?;
     }
     info!(
+        lake = %lake.display,
         dataset = target.path,
         files = count,
         removed = stale.len(),
@@ -116,6 +135,29 @@ pub async fn write_lake(
         "wrote lake"
     );
     Ok(())
+}
+
+/// Deletes a run's staging folder. A leftover wastes space but is harmless, because readers
+/// (Baton, Spark, pyarrow) skip folders whose names start with `_`; so a failure is only logged.
+async fn remove_staging(store: &Arc<dyn ObjectStore>, staging: &str) {
+    let prefix = ObjectPath::from(staging);
+    let leftovers: Vec<ObjectPath> = match store
+        .list(Some(&prefix))
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await
+    {
+        Ok(paths) => paths,
+        Err(error) => {
+            warn!(%error, staging, "cannot list the staging folder");
+            return;
+        }
+    };
+    for path in leftovers {
+        if let Err(error) = store.delete(&path).await {
+            warn!(%error, %path, "cannot delete a staged file");
+        }
+    }
 }
 
 /// Splits the frame by the partition column and encodes each part as Parquet.
@@ -128,7 +170,7 @@ fn encode_files(
         let mut whole = frame.clone();
         return Ok(vec![(
             ObjectPath::from(format!("{}/{file_name}", target.path)),
-            parquet_bytes(&mut whole)?,
+            encode(&mut whole, FileFormat::Parquet)?,
         )]);
     };
     let mut files = Vec::new();
@@ -137,7 +179,7 @@ fn encode_files(
         // The key lives in the folder name, not inside the file, as pyarrow and Spark do it.
         let mut data = part.drop(column)?;
         let path = ObjectPath::from(format!("{}/{column}={key}/{file_name}", target.path));
-        files.push((path, parquet_bytes(&mut data)?));
+        files.push((path, encode(&mut data, FileFormat::Parquet)?));
     }
     Ok(files)
 }
@@ -153,12 +195,4 @@ fn folder_value(column: &Column) -> BlockResult<String> {
         }
         other => other.to_string(),
     })
-}
-
-fn parquet_bytes(frame: &mut DataFrame) -> BlockResult<Vec<u8>> {
-    let mut buffer = Vec::new();
-    ParquetWriter::new(&mut buffer)
-        .with_compression(ParquetCompression::Snappy)
-        .finish(frame)?;
-    Ok(buffer)
 }

@@ -296,6 +296,38 @@ fn partition_value(ctx: &RunContext, column: &ColumnDef) -> BlockResult<(Expr, S
     Ok((literal, text))
 }
 
+/// In `replace_partition` mode: the partition column and the text of this run's value in it,
+/// after checking that every row holds that value. A row of another partition would survive
+/// that partition's next replacement as a duplicate, so it is refused.
+pub fn own_partition(
+    ctx: &RunContext,
+    mode: WriteMode,
+    columns: &[ColumnDef],
+    frame: &DataFrame,
+) -> BlockResult<Option<(ColumnDef, String)>> {
+    let WriteMode::ReplacePartition { column } = mode else {
+        return Ok(None);
+    };
+    let definition = *columns.iter().find(|c| c.name == column).ok_or_else(|| {
+        BlockError::fatal(format!(
+            "partition column `{column}` is not among the columns"
+        ))
+    })?;
+    let (value, text) = partition_value(ctx, &definition)?;
+    let stray = frame
+        .clone()
+        .lazy()
+        .filter(col(column).neq(value).fill_null(lit(true)))
+        .collect()?
+        .height();
+    if stray > 0 {
+        return Err(BlockError::fatal(format!(
+            "{stray} rows have `{column}` different from this run's partition ({text}); replace_partition can only write the run's own partition"
+        )));
+    }
+    Ok(Some((definition, text)))
+}
+
 /// Writes `frame` into the target table in one transaction.
 pub async fn write_table(
     ctx: &RunContext,
@@ -305,35 +337,8 @@ pub async fn write_table(
     let warehouse = ctx.warehouse(target.connection).await?;
     let dialect = warehouse.dialect();
     let name = display_name(dialect, target);
-    // Only the rows of this run's partition may be written in replace_partition mode: a row
-    // of another partition would survive that partition's next replacement as a duplicate.
-    let partition_filter = match target.mode {
-        WriteMode::ReplacePartition { column } => {
-            let definition = target
-                .columns
-                .iter()
-                .find(|c| c.name == column)
-                .ok_or_else(|| {
-                    BlockError::fatal(format!(
-                        "partition column `{column}` is not among the columns"
-                    ))
-                })?;
-            let (value, text) = partition_value(ctx, definition)?;
-            let stray = frame
-                .clone()
-                .lazy()
-                .filter(col(column).neq(value).fill_null(lit(true)))
-                .collect()?
-                .height();
-            if stray > 0 {
-                return Err(BlockError::fatal(format!(
-                    "{stray} rows have `{column}` different from this run's partition ({text}); replace_partition can only write the run's own partition"
-                )));
-            }
-            Some((column, text))
-        }
-        _ => None,
-    };
+    let partition_filter = own_partition(ctx, target.mode, target.columns, &frame)?
+        .map(|(column, text)| (column.name, text));
     if target.mode != WriteMode::Replace
         && let Some(existing) = warehouse
             .existing_columns(target.schema, target.table)
