@@ -893,9 +893,21 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 statements.push(quote!(let frame = frame #applied;));
             }
             let output = schema_const(block);
+            // Steps that read neither a parameter nor the partition, and no checks, leave the
+            // context unused.
+            let body = quote!(#(#statements)* #checks);
+            let uses_context = body
+                .clone()
+                .into_iter()
+                .any(|token| mentions_context(&token));
+            let ctx = if uses_context {
+                quote!(ctx)
+            } else {
+                quote!(_ctx)
+            };
             quote! {
                 #(#doc)*
-                fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
+                fn #function(#ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
                     #(#statements)*
                     let frame = conform(frame.collect()?, #output)?;
                     #checks
@@ -997,6 +1009,15 @@ fn template_value(path: &[TemplatePart]) -> (TokenStream, TokenStream) {
         quote!()
     };
     (value, partition)
+}
+
+/// Whether a token tree uses the identifier `ctx`.
+fn mentions_context(token: &proc_macro2::TokenTree) -> bool {
+    match token {
+        proc_macro2::TokenTree::Ident(ident) => ident == "ctx",
+        proc_macro2::TokenTree::Group(group) => group.stream().into_iter().any(|t| mentions_context(&t)),
+        _ => false,
+    }
 }
 
 /// The `format!` string and arguments of a path template.
