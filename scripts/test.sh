@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what the tests use:
 # PostgreSQL server binaries (a throwaway cluster per test run), sqlite3 and python3 (the
-# loopback HTTP server and the independent row counts).
+# loopback HTTP server and the independent row counts), and the local cloud peers (S3, GCS and
+# BigQuery emulators, scripts/peers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+bash scripts/peers.sh
 
 cargo fmt --all --check
 # The end-to-end tests run the pipeline binaries that `cargo build` produces. `--all-targets`

@@ -1015,7 +1015,9 @@ fn template_value(path: &[TemplatePart]) -> (TokenStream, TokenStream) {
 fn mentions_context(token: &proc_macro2::TokenTree) -> bool {
     match token {
         proc_macro2::TokenTree::Ident(ident) => ident == "ctx",
-        proc_macro2::TokenTree::Group(group) => group.stream().into_iter().any(|t| mentions_context(&t)),
+        proc_macro2::TokenTree::Group(group) => {
+            group.stream().into_iter().any(|t| mentions_context(&t))
+        }
         _ => false,
     }
 }

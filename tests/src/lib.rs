@@ -1,6 +1,8 @@
 //! Test support: real peers on 127.0.0.1 (an HTTP file server, a throwaway PostgreSQL cluster)
 //! and paths into the workspace. Every wait is bounded.
 
+pub mod peers;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -67,6 +69,8 @@ pub struct ServerOptions {
     pub fail_only: Option<String>,
     /// GETs of files whose name contains this text stall for two minutes.
     pub stall: Option<String>,
+    /// Every request answers 500 with a JSON error body.
+    pub always_fail: bool,
 }
 
 /// A loopback HTTP peer (`tests/support/test_server.py`): serves a folder's files, fails or
@@ -103,6 +107,9 @@ impl HttpServer {
         }
         if let Some(only) = &options.fail_only {
             command.args(["--fail-only", only]);
+        }
+        if options.always_fail {
+            command.arg("--always-fail");
         }
         let child = command
             .stdout(Stdio::null())
@@ -280,9 +287,23 @@ impl Drop for Postgres {
 
 /// Variables the pipelines read, removed from every pipeline command so that a developer's own
 /// settings never leak into a test.
-const PIPELINE_VARIABLES: [&str; 6] = [
+const PIPELINE_VARIABLES: [&str; 20] = [
     "DATABASE_URL",
     "LAKE_URL",
+    "GCS_LAKE_URL",
+    "EXPORT_URL",
+    "BIGQUERY_URL",
+    "TLC_BASE_URL",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_SERVICE_ACCOUNT",
+    "GOOGLE_SERVICE_ACCOUNT_PATH",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT",
+    "AWS_REGION",
     "BATON_LEDGER_URL",
     "BATON_CHECKPOINT_DIR",
     "ALERT_WEBHOOK_URL",

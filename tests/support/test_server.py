@@ -8,6 +8,7 @@ purpose, and receives webhooks.
 --stall NAME    GETs of files whose name contains NAME wait 120 s before answering, so a test
                 can kill the client in the middle of a run.
 --log FILE      one line per request: `GET /path STATUS` or `POST /path <json body>`.
+--always-fail   every request answers 500 with a JSON error body, like a broken cloud API.
 
 Every POST is accepted with 204 and logged: that is the webhook receiver.
 """
@@ -26,6 +27,7 @@ parser.add_argument("--fail-first", type=int, default=0)
 parser.add_argument("--fail-only", default=None)
 parser.add_argument("--stall", default=None)
 parser.add_argument("--log", default=None)
+parser.add_argument("--always-fail", action="store_true")
 args = parser.parse_args()
 
 lock = threading.Lock()
@@ -45,7 +47,21 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def fail(self):
+        """Answers 500 with an error body shaped like Google's and AWS's JSON errors."""
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        log(f"{self.command} {self.path} 500")
+        body = b'{"error": {"code": 500, "message": "backend unavailable (test peer)"}}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self):
+        if args.always_fail:
+            return self.fail()
         with lock:
             gets[self.path] += 1
             count = gets[self.path]
@@ -63,9 +79,19 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
     def do_HEAD(self):
+        if args.always_fail:
+            return self.fail()
         super().do_HEAD()
 
+    def do_PUT(self):
+        self.fail()
+
+    def do_DELETE(self):
+        self.fail()
+
     def do_POST(self):
+        if args.always_fail:
+            return self.fail()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8", "replace")
         log(f"POST {self.path} {body}")
