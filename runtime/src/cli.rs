@@ -1154,6 +1154,24 @@ fn explain(pipeline: &Pipeline) -> String {
     out
 }
 
+/// Writes and deletes a small object under `folder` of a connection's store.
+async fn probe_writable(
+    ctx: &RunContext,
+    connection: &str,
+    folder: &str,
+) -> Result<(), crate::error::BlockError> {
+    let store = open_store(&ctx.connection_url(connection)?)?.store;
+    let probe = object_store::path::Path::from(format!("{folder}/.baton-validate"));
+    object_store::ObjectStoreExt::put(
+        store.as_ref(),
+        &probe,
+        object_store::PutPayload::from_static(b"ok"),
+    )
+    .await?;
+    object_store::ObjectStoreExt::delete(store.as_ref(), &probe).await?;
+    Ok(())
+}
+
 async fn validate(pipeline: &'static Pipeline) -> ExitCode {
     let ctx = RunContext::new(
         pipeline,
@@ -1199,24 +1217,44 @@ async fn validate(pipeline: &'static Pipeline) -> ExitCode {
                 }
             }
             (_, Some(SinkDef::Lake(target))) => {
-                let checked = async {
-                    let store = open_store(&ctx.connection_url(target.connection)?)?.store;
-                    let probe =
-                        object_store::path::Path::from(format!("{}/.baton-validate", target.path));
-                    object_store::ObjectStoreExt::put(
-                        store.as_ref(),
-                        &probe,
-                        object_store::PutPayload::from_static(b"ok"),
-                    )
-                    .await?;
-                    object_store::ObjectStoreExt::delete(store.as_ref(), &probe).await?;
-                    Ok::<_, crate::error::BlockError>(())
-                }
-                .await;
+                let checked = probe_writable(&ctx, target.connection, target.path).await;
                 match checked {
                     Ok(()) => report(
                         true,
                         format!("{}: lake dataset {} is writable", block.name, target.path),
+                    ),
+                    Err(error) => report(false, format!("{}: {error}", block.name)),
+                }
+            }
+            (_, Some(SinkDef::Export(target))) => {
+                match probe_writable(&ctx, target.connection, "").await {
+                    Ok(()) => report(
+                        true,
+                        format!(
+                            "{}: export store {} is writable",
+                            block.name, target.connection
+                        ),
+                    ),
+                    Err(error) => report(false, format!("{}: {error}", block.name)),
+                }
+            }
+            (_, Some(SinkDef::BigQuery(target))) => {
+                match crate::sink::bigquery::validate_bigquery(&ctx, &target).await {
+                    Ok(differences) if differences.is_empty() => report(
+                        true,
+                        format!(
+                            "{}: BigQuery table {} is reachable and compatible (or will be created)",
+                            block.name, target.table
+                        ),
+                    ),
+                    Ok(differences) => report(
+                        false,
+                        format!(
+                            "{}: BigQuery table {} differs:\n       - {}",
+                            block.name,
+                            target.table,
+                            differences.join("\n       - ")
+                        ),
                     ),
                     Err(error) => report(false, format!("{}: {error}", block.name)),
                 }

@@ -53,6 +53,9 @@ pub struct StoreLocation {
     pub display: String,
     /// Whether this is Google Cloud Storage (`gs://`), so BigQuery can load from it directly.
     pub gcs: Option<GcsRoot>,
+    /// The folder, for a local store: object stores have no folders, but a file system keeps
+    /// the empty ones that deleting objects leaves behind.
+    pub local_root: Option<std::path::PathBuf>,
 }
 
 /// Where a `gs://` connection points, for BigQuery load jobs that read the lake in place.
@@ -116,6 +119,7 @@ pub fn open_store(url: &str) -> BlockResult<StoreLocation> {
             store: Arc::new(LocalFileSystem::new_with_prefix(path)?),
             display,
             gcs: None,
+            local_root: Some(path.into()),
         });
     }
     let parsed = parse_cloud_url(url)?;
@@ -180,6 +184,7 @@ pub fn open_store(url: &str) -> BlockResult<StoreLocation> {
         store,
         display: display.clone(),
         gcs,
+        local_root: None,
     })
 }
 

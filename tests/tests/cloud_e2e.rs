@@ -48,6 +48,10 @@ fn write_local_lake(workdir: &Path, lake: &Path) {
         &env,
         &["backfill", "--from", MONTHS[0], "--to", MONTHS[1]],
     );
+    assert!(
+        !lake.join("_baton_staging").exists(),
+        "the staging folders are removed from a local lake"
+    );
 }
 
 /// The number of rows of Parquet objects, read whole with pyarrow (an independent reader) from
@@ -227,6 +231,12 @@ fn a_gcs_lake_loads_into_bigquery_with_the_warehouse_types_and_reruns_without_du
             "`{name}` is {ty} in the warehouse, {bigquery_type} in BigQuery"
         );
     }
+
+    let validated = run_ok("gcs_to_bigquery", work.path(), &env, &["validate"]);
+    assert!(
+        validated.contains("load_bigquery: BigQuery table green_taxi is reachable and compatible"),
+        "{validated}"
+    );
 
     // Re-running a month replaces its rows.
     run_ok(

@@ -219,6 +219,32 @@ pub async fn write_bigquery(
     Ok(())
 }
 
+/// For `validate`: how the existing table differs from what the sink writes; empty when it
+/// matches or does not exist yet (the sink creates it). Needs the API and credentials to work.
+pub async fn validate_bigquery(
+    ctx: &RunContext,
+    target: &BigQueryTarget,
+) -> BlockResult<Vec<String>> {
+    let url = BigQueryUrl::parse(&ctx.connection_url(target.connection)?)?;
+    let client = Client::connect(&url).await?;
+    let Some(dataset) = target.dataset.map(str::to_string).or(url.dataset) else {
+        return Ok(vec![format!(
+            "connection `{}` names no dataset",
+            target.connection
+        )]);
+    };
+    let table = TableRef {
+        dataset,
+        table: target.table.to_string(),
+    };
+    Ok(match client.table_fields(&table).await? {
+        Some(fields) if target.mode != WriteMode::Replace => {
+            field_differences(&fields, target.columns)
+        }
+        _ => Vec::new(),
+    })
+}
+
 /// A table of the connection's project.
 struct TableRef {
     dataset: String,

@@ -13,7 +13,6 @@
 //! uploads.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
@@ -26,7 +25,7 @@ use crate::error::{BlockError, BlockResult};
 use crate::pipeline::Column as ColumnDef;
 use crate::sink::export::encode;
 use crate::source::FileFormat;
-use crate::store::{open_store, put_file};
+use crate::store::{StoreLocation, open_store, put_file};
 
 /// A lake sink as compiled.
 #[derive(Clone, Copy, Debug)]
@@ -90,7 +89,7 @@ pub async fn write_lake(
         .try_collect::<Vec<_>>()
         .await;
     if let Err(error) = uploaded {
-        remove_staging(&store, &staging).await;
+        remove_staging(&lake, &staging).await;
         return Err(error.context(&lake.display));
     }
     // Every file is uploaded: now make them visible. A copy within one store is cheap.
@@ -107,7 +106,7 @@ pub async fn write_lake(
         .buffer_unordered(UPLOAD_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await;
-    remove_staging(&store, &staging).await;
+    remove_staging(&lake, &staging).await;
     published.map_err(|e| e.context(&lake.display))?;
     // Files of this run's partition that the new data did not produce again are stale.
     let prefix = ObjectPath::from(target.path);
@@ -139,7 +138,8 @@ pub async fn write_lake(
 
 /// Deletes a run's staging folder. A leftover wastes space but is harmless, because readers
 /// (Baton, Spark, pyarrow) skip folders whose names start with `_`; so a failure is only logged.
-async fn remove_staging(store: &Arc<dyn ObjectStore>, staging: &str) {
+async fn remove_staging(lake: &StoreLocation, staging: &str) {
+    let store = &lake.store;
     let prefix = ObjectPath::from(staging);
     let leftovers: Vec<ObjectPath> = match store
         .list(Some(&prefix))
@@ -157,6 +157,11 @@ async fn remove_staging(store: &Arc<dyn ObjectStore>, staging: &str) {
         if let Err(error) = store.delete(&path).await {
             warn!(%error, %path, "cannot delete a staged file");
         }
+    }
+    // A local lake keeps the emptied folders; remove them so the lake shows only datasets.
+    if let Some(root) = &lake.local_root {
+        let _ = std::fs::remove_dir_all(root.join(staging));
+        let _ = std::fs::remove_dir(root.join(STAGING_FOLDER));
     }
 }
 
