@@ -718,6 +718,19 @@ impl Checker<'_, '_> {
                 };
                 Some((op, Some(schema)))
             }
+            BlockKind::RestSource(source, options) => {
+                let connection = source.connection.as_ref()?;
+                let connection_ok = self.connection(connection);
+                let path = self.template(&source.path, false);
+                self.unique_columns(&source.schema);
+                let schema = decls_to_schema(&source.schema);
+                let op = ir::BlockOp::RestSource {
+                    connection: connection.value.clone(),
+                    path: path?,
+                    options: options.clone(),
+                };
+                connection_ok.then_some((op, Some(schema)))
+            }
             BlockKind::Transform { steps } => {
                 let mut schema = input?.clone();
                 let mut checked = Vec::new();

@@ -13,8 +13,8 @@ use crate::ir::{
     TypedExpr,
 };
 use crate::syntax::{
-    Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, SecretRef, Trigger,
-    WriteMode,
+    Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, Pagination, SecretRef,
+    Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -352,6 +352,7 @@ fn kind_tokens(op: &BlockOp) -> TokenStream {
             ..
         } => quote!(BlockKind::HttpSource),
         BlockOp::Source { .. } => quote!(BlockKind::FileSource),
+        BlockOp::RestSource { .. } => quote!(BlockKind::RestSource),
         BlockOp::Transform { .. } => quote!(BlockKind::Transform),
         BlockOp::Rust { .. } => quote!(BlockKind::Rust),
         BlockOp::TableSink { .. } => quote!(BlockKind::TableSink),
@@ -367,6 +368,7 @@ fn kind_name_tokens(kind: &str) -> TokenStream {
     match kind {
         "http" => quote!(BlockKind::HttpSource),
         "file" => quote!(BlockKind::FileSource),
+        "rest" => quote!(BlockKind::RestSource),
         "transform" => quote!(BlockKind::Transform),
         "rust" => quote!(BlockKind::Rust),
         "table" => quote!(BlockKind::TableSink),
@@ -660,6 +662,23 @@ pub(crate) fn summary(block: &Block) -> String {
             };
             format!("read {format}{gzip} from {location}{each}")
         }
+        BlockOp::RestSource {
+            connection,
+            path,
+            options,
+        } => {
+            let pages = match &options.pagination {
+                Pagination::None => "",
+                Pagination::Page { .. } => ", page by page",
+                Pagination::Offset { .. } => ", by offset",
+                Pagination::Cursor { .. } => ", by cursor",
+                Pagination::Link => ", following Link headers",
+            };
+            format!(
+                "read JSON records from {{{connection}}}{}{pages}",
+                template_text(path)
+            )
+        }
         BlockOp::Transform { steps } => format!(
             "{} step{}",
             steps.len(),
@@ -758,7 +777,9 @@ fn template_text(parts: &[TemplatePart]) -> String {
 fn dispatch_arm(index: usize, block: &Block) -> TokenStream {
     let function = function_name(block);
     let body = match &block.op {
-        BlockOp::Source { .. } => quote!(Box::pin(async move { #function(&ctx).await.map(Some) })),
+        BlockOp::Source { .. } | BlockOp::RestSource { .. } => {
+            quote!(Box::pin(async move { #function(&ctx).await.map(Some) }))
+        }
         BlockOp::Transform { .. } | BlockOp::Rust { .. } => {
             quote!(ctx.compute(move |ctx| #function(ctx, inputs.remove(0)).map(Some)))
         }
@@ -786,6 +807,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             ..
         } => "object store source",
         BlockOp::Source { .. } => "file source",
+        BlockOp::RestSource { .. } => "REST source",
         BlockOp::Transform { .. } => "transform",
         BlockOp::Rust { .. } => "hand-written Rust block",
         BlockOp::TableSink { .. } => "table sink",
@@ -877,6 +899,64 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                     #partition
                     let path = #path_value;
                     read_source(ctx, #location, #format, #compression, #file_columns).await
+                }
+            }
+        }
+        BlockOp::RestSource {
+            connection,
+            path,
+            options,
+        } => {
+            let output = schema_const(block);
+            let (path_value, partition) = template_value(path);
+            let records = &options.records;
+            let pagination = match &options.pagination {
+                Pagination::None => quote!(Pagination::None),
+                Pagination::Page { param, size } => {
+                    let size = match size {
+                        Some((name, n)) => quote!(Some((#name, #n))),
+                        None => quote!(None),
+                    };
+                    quote!(Pagination::Page { param: #param, size: #size })
+                }
+                Pagination::Offset {
+                    param,
+                    limit_param,
+                    limit,
+                } => {
+                    quote!(Pagination::Offset { param: #param, limit_param: #limit_param, limit: #limit })
+                }
+                Pagination::Cursor { param, next } => {
+                    quote!(Pagination::Cursor { param: #param, next: #next })
+                }
+                Pagination::Link => quote!(Pagination::Link),
+            };
+            let auth = match &options.auth {
+                Some(SecretRef::Env(var)) => quote!(Some(Secret::Env(#var))),
+                Some(SecretRef::File(path)) => quote!(Some(Secret::File(#path))),
+                None => quote!(None),
+            };
+            let auth_header = match &options.auth_header {
+                Some(header) => quote!(Some(#header)),
+                None => quote!(None),
+            };
+            let max_pages = options.max_pages;
+            quote! {
+                #(#doc)*
+                async fn #function(ctx: &RunContext) -> BlockResult<DataFrame> {
+                    static API: RestApi = RestApi {
+                        connection: #connection,
+                        records: #records,
+                        pagination: #pagination,
+                        auth: #auth,
+                        auth_header: #auth_header,
+                        max_pages: #max_pages,
+                    };
+                    #partition
+                    let path = #path_value;
+                    let frame = read_rest(ctx, &API, path, #output).await?;
+                    #checks
+                    Ok(frame)
                 }
             }
         }

@@ -6,17 +6,14 @@
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::ir::Pipeline;
 use crate::lineage::{Origin, lineage};
-use crate::syntax::{BlockKind, PipelineFile};
+use crate::syntax::PipelineFile;
 
 /// Checks where personal data flows; adds errors (E0025).
 pub fn check(file: &PipelineFile, pipeline: &Pipeline, diagnostics: &mut Vec<Diagnostic>) {
     // Tags are declared on sources, against their declared columns.
     let mut tagged: Vec<(String, String)> = Vec::new();
     for block in &file.blocks {
-        let source = match &block.kind {
-            BlockKind::HttpSource(source) | BlockKind::FileSource(source) => Some(source),
-            _ => None,
-        };
+        let source = block.kind.source();
         for column in &block.pii {
             match source {
                 None => diagnostics.push(

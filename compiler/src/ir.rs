@@ -5,8 +5,8 @@
 
 use crate::expr::BinaryOp;
 use crate::syntax::{
-    Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, SecretRef, Trigger,
-    WriteMode,
+    Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, RestOptions, SecretRef,
+    Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -175,6 +175,15 @@ pub enum BlockOp {
         compression: Compression,
         /// One file per item, unioned.
         fan_out: Option<FanOut>,
+    },
+    /// Reads the records of a paginated JSON API.
+    RestSource {
+        /// The connection holding the API's base URL.
+        connection: String,
+        /// The endpoint's path (and query) after the base URL.
+        path: Vec<TemplatePart>,
+        /// Records, pagination, authentication.
+        options: RestOptions,
     },
     /// Column operations.
     Transform {

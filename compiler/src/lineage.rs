@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::ir::{BlockOp, Pipeline, StepOp, TypedExpr};
+use crate::ir::{Block, BlockOp, Pipeline, StepOp, TypedExpr};
 use crate::syntax::ForEach;
 
 /// Where a column's values come from.
@@ -40,6 +40,26 @@ impl fmt::Display for Origin {
 /// Each output column of a block and its origins, in output order.
 pub type Lineage = Vec<(String, BTreeSet<Origin>)>;
 
+/// A source's columns originate in the source itself, except the fan-out item column.
+fn source_lineage(block: &Block, item_column: Option<&String>, item: &'static str) -> Lineage {
+    block
+        .output
+        .iter()
+        .flatten()
+        .map(|(name, _)| {
+            let origin = if Some(name) == item_column {
+                Origin::Item(item)
+            } else {
+                Origin::Column {
+                    block: block.name.clone(),
+                    column: name.clone(),
+                }
+            };
+            (name.clone(), BTreeSet::from([origin]))
+        })
+        .collect()
+}
+
 /// The lineage of every block's output, indexed like `pipeline.blocks` (sinks pass their
 /// input's lineage through).
 pub fn lineage(pipeline: &Pipeline) -> Vec<Lineage> {
@@ -51,29 +71,15 @@ pub fn lineage(pipeline: &Pipeline) -> Vec<Lineage> {
             .map(|&i| all[i].clone())
             .unwrap_or_default();
         let lineage = match &block.op {
+            BlockOp::RestSource { .. } => source_lineage(block, None, "item"),
             BlockOp::Source { fan_out, .. } => {
-                let item_column = fan_out.as_ref().and_then(|f| f.item_column.clone());
+                let item_column = fan_out.as_ref().and_then(|f| f.item_column.as_ref());
                 let item = match fan_out.as_ref().map(|f| &f.items) {
                     Some(ForEach::Days) => "day",
                     Some(ForEach::Hours) => "hour",
                     _ => "item",
                 };
-                block
-                    .output
-                    .iter()
-                    .flatten()
-                    .map(|(name, _)| {
-                        let origin = if Some(name) == item_column.as_ref() {
-                            Origin::Item(item)
-                        } else {
-                            Origin::Column {
-                                block: block.name.clone(),
-                                column: name.clone(),
-                            }
-                        };
-                        (name.clone(), BTreeSet::from([origin]))
-                    })
-                    .collect()
+                source_lineage(block, item_column, item)
             }
             BlockOp::Transform { steps } => {
                 let mut current = input;

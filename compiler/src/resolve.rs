@@ -128,10 +128,8 @@ fn is_sink(block: &Block) -> bool {
 }
 
 fn check_arity(block: &Block, diagnostics: &mut Vec<Diagnostic>) {
-    let is_source = matches!(
-        block.kind,
-        BlockKind::HttpSource(_) | BlockKind::FileSource(_) | BlockKind::Callback { .. }
-    );
+    let is_source =
+        block.kind.source().is_some() || matches!(block.kind, BlockKind::Callback { .. });
     let count = block.inputs.len();
     let (ok, expected) = if is_source {
         (count == 0, "no inputs")

@@ -212,9 +212,10 @@ pub enum WriteMode {
 }
 
 /// Block kinds, as written in `kind = "..."`.
-pub const BLOCK_KINDS: [&str; 9] = [
+pub const BLOCK_KINDS: [&str; 10] = [
     "http",
     "file",
+    "rest",
     "transform",
     "rust",
     "table",
@@ -288,8 +289,10 @@ impl CallbackOn {
 pub enum BlockKind {
     /// Downloads a file over HTTP(S).
     HttpSource(FileSource),
-    /// Reads a local file.
+    /// Reads local files or files of an object store.
     FileSource(FileSource),
+    /// Reads a paginated JSON API; the `FileSource` holds its connection, path and schema.
+    RestSource(FileSource, RestOptions),
     /// A sequence of column operations.
     Transform {
         /// The steps, applied in order.
@@ -322,6 +325,16 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
+    /// The declared source of a source block: its connection, path template and schema.
+    pub fn source(&self) -> Option<&FileSource> {
+        match self {
+            BlockKind::HttpSource(source)
+            | BlockKind::FileSource(source)
+            | BlockKind::RestSource(source, _) => Some(source),
+            _ => None,
+        }
+    }
+
     /// Whether the block writes its input somewhere and has no output.
     pub fn is_sink(&self) -> bool {
         matches!(
@@ -397,6 +410,54 @@ pub struct LakeSink {
     pub path: Located<String>,
     /// The column the files are partitioned by, hive-style.
     pub partition_by: Option<Located<String>>,
+}
+
+/// How a REST source reads its records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestOptions {
+    /// The dotted path of the records array in each response (`data`, `result.items`); empty
+    /// when the body is the array.
+    pub records: String,
+    /// How the next page is asked for.
+    pub pagination: Pagination,
+    /// The secret sent with every request.
+    pub auth: Option<SecretRef>,
+    /// The header carrying it: `Authorization` (as `Bearer TOKEN`) unless set.
+    pub auth_header: Option<String>,
+    /// The most pages one run reads; more is an error, not a silent cut.
+    pub max_pages: u32,
+}
+
+/// Pagination styles of REST sources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pagination {
+    /// One request.
+    None,
+    /// `?page=1,2,...`, until a page has fewer than `size` records (or none).
+    Page {
+        /// The page number parameter.
+        param: String,
+        /// The page size parameter and value, if the API takes one.
+        size: Option<(String, u32)>,
+    },
+    /// `?offset=0,limit,2*limit,...&limit=N`, until a page has fewer than `limit` records.
+    Offset {
+        /// The offset parameter.
+        param: String,
+        /// The limit parameter.
+        limit_param: String,
+        /// Records per page.
+        limit: u32,
+    },
+    /// `?cursor=VALUE`, with the value taken from each response at `next`, until it is absent.
+    Cursor {
+        /// The cursor parameter.
+        param: String,
+        /// The dotted path of the next cursor in a response.
+        next: String,
+    },
+    /// The `Link: <...>; rel="next"` response header (RFC 8288), until there is none.
+    Link,
 }
 
 /// An export sink: one file per run.
@@ -1241,6 +1302,7 @@ impl Reader<'_, '_> {
         match kind.value.as_str() {
             "http" => self.file_source(cursor, true).map(BlockKind::HttpSource),
             "file" => self.file_source(cursor, false).map(BlockKind::FileSource),
+            "rest" => self.rest_source(cursor),
             "transform" => {
                 let steps = match cursor.get("steps") {
                     Some(value) => self
@@ -1484,28 +1546,8 @@ impl Reader<'_, '_> {
             Some(Located::new(items, value.span()))
         });
         let item_column = self.opt_string(cursor, "item_column");
-        let concurrency = cursor
-            .get("concurrency")
-            .and_then(|value| match value.get_ref() {
-                DeValue::Integer(i) => match i.as_str().parse::<u32>() {
-                    Ok(n) if (1..=256).contains(&n) => Some(Located::new(n, value.span())),
-                    _ => {
-                        self.wrong_type("concurrency", value, "an integer from 1 to 256");
-                        None
-                    }
-                },
-                _ => {
-                    self.wrong_type("concurrency", value, "an integer from 1 to 256");
-                    None
-                }
-            });
-        let (schema, schema_span) = match cursor.get("schema") {
-            Some(value) => (self.column_table("schema", value)?, value.span()),
-            None => {
-                self.missing(cursor, "schema", "declare the file's columns: `[blocks.NAME.schema]` with `column = \"int64?\"` lines");
-                return None;
-            }
-        };
+        let concurrency = self.opt_integer(cursor, "concurrency", 1..=256);
+        let (schema, schema_span) = self.source_schema(cursor)?;
         Some(FileSource {
             connection,
             path,
@@ -1517,6 +1559,151 @@ impl Reader<'_, '_> {
             item_column,
             concurrency,
         })
+    }
+
+    /// A source's required `schema` table and its span.
+    fn source_schema(
+        &mut self,
+        cursor: &mut TableCursor<'_, '_>,
+    ) -> Option<(Vec<ColumnDecl>, Span)> {
+        match cursor.get("schema") {
+            Some(value) => Some((self.column_table("schema", value)?, value.span())),
+            None => {
+                self.missing(cursor, "schema", "declare the source's columns: `[blocks.NAME.schema]` with `column = \"int64?\"` lines");
+                None
+            }
+        }
+    }
+
+    /// An optional integer key within `range`.
+    fn opt_integer(
+        &mut self,
+        cursor: &mut TableCursor<'_, '_>,
+        key: &'static str,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Option<Located<u32>> {
+        let value = cursor.get(key)?;
+        let parsed = match value.get_ref() {
+            DeValue::Integer(i) => i.as_str().parse::<u32>().ok().filter(|n| range.contains(n)),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.wrong_type(
+                key,
+                value,
+                &format!("an integer from {} to {}", range.start(), range.end()),
+            );
+        }
+        parsed.map(|n| Located::new(n, value.span()))
+    }
+
+    fn rest_source(&mut self, cursor: &mut TableCursor<'_, '_>) -> Option<BlockKind> {
+        let connection = self.req_string(
+            cursor,
+            "connection",
+            "name the connection holding the API's base URL, e.g. `connection = \"api\"`",
+        );
+        let path = self.req_string(
+            cursor,
+            "path",
+            "the endpoint's path template, e.g. `path = \"/v1/trips?date={partition.key}\"`",
+        );
+        let records = self
+            .opt_string(cursor, "records")
+            .map(|r| r.value)
+            .unwrap_or_default();
+        let auth = cursor
+            .get("auth")
+            .and_then(|value| self.secret("auth", value))
+            .map(|s| s.value);
+        let auth_header = self.opt_string(cursor, "auth_header").map(|h| h.value);
+        let max_pages = self
+            .opt_integer(cursor, "max_pages", 1..=1_000_000)
+            .map_or(10_000, |n| n.value);
+        let pagination = match cursor.get("pagination") {
+            None => Some(Pagination::None),
+            Some(value) => self.pagination(value),
+        };
+        // The schema is read even when a key above is wrong, so that it is not reported as an
+        // unknown key too.
+        let (schema, schema_span) = self.source_schema(cursor)?;
+        let pagination = pagination?;
+        let source = FileSource {
+            connection: Some(connection?),
+            path: path?,
+            format: FileFormat::Csv,
+            compression: Compression::None,
+            schema,
+            schema_span,
+            for_each: None,
+            item_column: None,
+            concurrency: None,
+        };
+        let options = RestOptions {
+            records,
+            pagination,
+            auth,
+            auth_header,
+            max_pages,
+        };
+        Some(BlockKind::RestSource(source, options))
+    }
+
+    fn pagination(&mut self, value: &Value<'_>) -> Option<Pagination> {
+        let table = self.table("pagination", value)?;
+        let mut cursor = TableCursor::new(table, value.span(), "`pagination`");
+        let styles = ["page", "offset", "cursor", "link", "none"];
+        let style = self.req_string(
+            &mut cursor,
+            "style",
+            "one of `page`, `offset`, `cursor`, `link`, `none`",
+        );
+        let text = |this: &mut Self,
+                    cursor: &mut TableCursor<'_, '_>,
+                    key: &'static str,
+                    default: &str| {
+            this.opt_string(cursor, key)
+                .map_or_else(|| default.to_string(), |v| v.value)
+        };
+        let pagination = match style.as_ref().map(|s| s.value.as_str()) {
+            Some("page") => {
+                let param = text(self, &mut cursor, "param", "page");
+                let size_param = self.opt_string(&mut cursor, "size_param").map(|p| p.value);
+                let size = self
+                    .opt_integer(&mut cursor, "size", 1..=1_000_000)
+                    .map(|n| n.value);
+                Some(Pagination::Page {
+                    param,
+                    size: size.map(|n| (size_param.unwrap_or_else(|| "per_page".to_string()), n)),
+                })
+            }
+            Some("offset") => Some(Pagination::Offset {
+                param: text(self, &mut cursor, "param", "offset"),
+                limit_param: text(self, &mut cursor, "limit_param", "limit"),
+                limit: self
+                    .opt_integer(&mut cursor, "limit", 1..=1_000_000)
+                    .map_or(100, |n| n.value),
+            }),
+            Some("cursor") => {
+                let param = text(self, &mut cursor, "param", "cursor");
+                let next = self.req_string(&mut cursor, "next", "the dotted path of the next cursor in a response, e.g. `next = \"meta.next_cursor\"`");
+                next.map(|next| Pagination::Cursor {
+                    param,
+                    next: next.value,
+                })
+            }
+            Some("link") => Some(Pagination::Link),
+            Some("none") => Some(Pagination::None),
+            Some(other) => {
+                let span = style.as_ref().map(|s| s.span.clone()).unwrap_or_default();
+                self.invalid_value("style", span, other, &styles);
+                // Which keys belong is unknown without a valid style: report nothing more.
+                return None;
+            }
+            None => return None,
+        };
+        self.finish(cursor);
+        pagination
     }
 
     fn column_table(&mut self, key: &str, value: &Value<'_>) -> Option<Vec<ColumnDecl>> {

@@ -333,7 +333,7 @@ impl RunContext {
     }
 }
 
-fn read_secret(secret: Secret) -> Result<String, String> {
+pub(crate) fn read_secret(secret: Secret) -> Result<String, String> {
     match secret {
         Secret::Env(var) => {
             std::env::var(var).map_err(|_| format!("secret environment variable {var} is not set"))

@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod partition;
 pub mod pipeline;
 pub mod prepare;
+pub mod rest;
 pub mod schema;
 pub mod serve;
 pub mod sink;
@@ -43,6 +44,7 @@ pub mod prelude {
         Overlap, ParamDef, ParamValue, PartitionSpec, Pipeline, Policy, ScheduleDef, Secret,
         SinkDef, Trigger,
     };
+    pub use crate::rest::{Pagination, RestApi, read_rest};
     pub use crate::schema::conform;
     pub use crate::sink::bigquery::{BigQueryTarget, write_bigquery};
     pub use crate::sink::export::{ExportTarget, write_export};

@@ -147,6 +147,8 @@ pub enum BlockKind {
     HttpSource,
     /// Reads local files or files of an object store.
     FileSource,
+    /// Reads the records of a paginated JSON API.
+    RestSource,
     /// Column operations compiled from TOML.
     Transform,
     /// A hand-written Rust function.
@@ -169,6 +171,7 @@ impl BlockKind {
         match self {
             BlockKind::HttpSource => "http",
             BlockKind::FileSource => "file",
+            BlockKind::RestSource => "rest",
             BlockKind::Transform => "transform",
             BlockKind::Rust => "rust",
             BlockKind::TableSink => "table",

@@ -287,7 +287,7 @@ impl Drop for Postgres {
 
 /// Variables the pipelines read, removed from every pipeline command so that a developer's own
 /// settings never leak into a test.
-const PIPELINE_VARIABLES: [&str; 20] = [
+const PIPELINE_VARIABLES: [&str; 22] = [
     "DATABASE_URL",
     "LAKE_URL",
     "GCS_LAKE_URL",
@@ -304,6 +304,8 @@ const PIPELINE_VARIABLES: [&str; 20] = [
     "AWS_PROFILE",
     "AWS_ENDPOINT",
     "AWS_REGION",
+    "ZONES_API_URL",
+    "ZONES_API_TOKEN",
     "BATON_LEDGER_URL",
     "BATON_CHECKPOINT_DIR",
     "ALERT_WEBHOOK_URL",
