@@ -731,6 +731,18 @@ impl Checker<'_, '_> {
                 };
                 connection_ok.then_some((op, Some(schema)))
             }
+            BlockKind::SqlSource(source) => {
+                let connection = source.connection.as_ref()?;
+                let connection_ok = self.connection(connection);
+                let query = self.template(&source.path, false);
+                self.unique_columns(&source.schema);
+                let schema = decls_to_schema(&source.schema);
+                let op = ir::BlockOp::SqlSource {
+                    connection: connection.value.clone(),
+                    query: query?,
+                };
+                connection_ok.then_some((op, Some(schema)))
+            }
             BlockKind::Transform { steps } => {
                 let mut schema = input?.clone();
                 let mut checked = Vec::new();

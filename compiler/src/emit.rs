@@ -353,6 +353,7 @@ fn kind_tokens(op: &BlockOp) -> TokenStream {
         } => quote!(BlockKind::HttpSource),
         BlockOp::Source { .. } => quote!(BlockKind::FileSource),
         BlockOp::RestSource { .. } => quote!(BlockKind::RestSource),
+        BlockOp::SqlSource { .. } => quote!(BlockKind::SqlSource),
         BlockOp::Transform { .. } => quote!(BlockKind::Transform),
         BlockOp::Rust { .. } => quote!(BlockKind::Rust),
         BlockOp::TableSink { .. } => quote!(BlockKind::TableSink),
@@ -369,6 +370,7 @@ fn kind_name_tokens(kind: &str) -> TokenStream {
         "http" => quote!(BlockKind::HttpSource),
         "file" => quote!(BlockKind::FileSource),
         "rest" => quote!(BlockKind::RestSource),
+        "sql" => quote!(BlockKind::SqlSource),
         "transform" => quote!(BlockKind::Transform),
         "rust" => quote!(BlockKind::Rust),
         "table" => quote!(BlockKind::TableSink),
@@ -679,6 +681,9 @@ pub(crate) fn summary(block: &Block) -> String {
                 template_text(path)
             )
         }
+        BlockOp::SqlSource { connection, query } => {
+            format!("query {{{connection}}}: {}", template_text(query))
+        }
         BlockOp::Transform { steps } => format!(
             "{} step{}",
             steps.len(),
@@ -777,7 +782,7 @@ fn template_text(parts: &[TemplatePart]) -> String {
 fn dispatch_arm(index: usize, block: &Block) -> TokenStream {
     let function = function_name(block);
     let body = match &block.op {
-        BlockOp::Source { .. } | BlockOp::RestSource { .. } => {
+        BlockOp::Source { .. } | BlockOp::RestSource { .. } | BlockOp::SqlSource { .. } => {
             quote!(Box::pin(async move { #function(&ctx).await.map(Some) }))
         }
         BlockOp::Transform { .. } | BlockOp::Rust { .. } => {
@@ -808,6 +813,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
         } => "object store source",
         BlockOp::Source { .. } => "file source",
         BlockOp::RestSource { .. } => "REST source",
+        BlockOp::SqlSource { .. } => "SQL source",
         BlockOp::Transform { .. } => "transform",
         BlockOp::Rust { .. } => "hand-written Rust block",
         BlockOp::TableSink { .. } => "table sink",
@@ -960,6 +966,20 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 }
             }
         }
+        BlockOp::SqlSource { connection, query } => {
+            let output = schema_const(block);
+            let (query_value, partition) = sql_template_value(query);
+            quote! {
+                #(#doc)*
+                async fn #function(ctx: &RunContext) -> BlockResult<DataFrame> {
+                    #partition
+                    let query = #query_value;
+                    let frame = read_query(ctx, #connection, query, #output).await?;
+                    #checks
+                    Ok(frame)
+                }
+            }
+        }
         BlockOp::Transform { steps } => {
             let mut statements = vec![quote!(let frame = input.lazy();)];
             for step in steps {
@@ -1087,6 +1107,32 @@ fn template_value(path: &[TemplatePart]) -> (TokenStream, TokenStream) {
         quote!(let partition = ctx.partition()?;)
     } else {
         quote!()
+    };
+    (value, partition)
+}
+
+/// Like [`template_value`] for a query: the partition key and formatted dates become quoted SQL
+/// literals (`sql_text(...)`), numbers stay bare.
+fn sql_template_value(query: &[TemplatePart]) -> (TokenStream, TokenStream) {
+    let (literal, args) = template_format(query);
+    let args = query
+        .iter()
+        .filter(|part| !matches!(part, TemplatePart::Text(_)))
+        .zip(args)
+        .map(|(part, arg)| match part {
+            TemplatePart::Field {
+                field: PartitionField::Key,
+                ..
+            }
+            | TemplatePart::Date { .. } => quote!(sql_text(&#arg.to_string())),
+            _ => arg,
+        })
+        .collect::<Vec<_>>();
+    let (_, partition) = template_value(query);
+    let value = if args.is_empty() {
+        quote!(#literal.to_string())
+    } else {
+        quote!(format!(#literal, #(#args),*))
     };
     (value, partition)
 }

@@ -185,6 +185,14 @@ pub enum BlockOp {
         /// Records, pagination, authentication.
         options: RestOptions,
     },
+    /// Runs a query on a SQLite or Postgres database; partition values in the template are
+    /// inserted as SQL literals.
+    SqlSource {
+        /// The database connection.
+        connection: String,
+        /// The query template.
+        query: Vec<TemplatePart>,
+    },
     /// Column operations.
     Transform {
         /// The steps in order.

@@ -71,7 +71,9 @@ pub fn lineage(pipeline: &Pipeline) -> Vec<Lineage> {
             .map(|&i| all[i].clone())
             .unwrap_or_default();
         let lineage = match &block.op {
-            BlockOp::RestSource { .. } => source_lineage(block, None, "item"),
+            BlockOp::RestSource { .. } | BlockOp::SqlSource { .. } => {
+                source_lineage(block, None, "item")
+            }
             BlockOp::Source { fan_out, .. } => {
                 let item_column = fan_out.as_ref().and_then(|f| f.item_column.as_ref());
                 let item = match fan_out.as_ref().map(|f| &f.items) {

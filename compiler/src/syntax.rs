@@ -212,10 +212,11 @@ pub enum WriteMode {
 }
 
 /// Block kinds, as written in `kind = "..."`.
-pub const BLOCK_KINDS: [&str; 10] = [
+pub const BLOCK_KINDS: [&str; 11] = [
     "http",
     "file",
     "rest",
+    "sql",
     "transform",
     "rust",
     "table",
@@ -293,6 +294,9 @@ pub enum BlockKind {
     FileSource(FileSource),
     /// Reads a paginated JSON API; the `FileSource` holds its connection, path and schema.
     RestSource(FileSource, RestOptions),
+    /// Runs a query on a database; the `FileSource` holds its connection, the query template
+    /// (as `path`) and the schema.
+    SqlSource(FileSource),
     /// A sequence of column operations.
     Transform {
         /// The steps, applied in order.
@@ -330,7 +334,8 @@ impl BlockKind {
         match self {
             BlockKind::HttpSource(source)
             | BlockKind::FileSource(source)
-            | BlockKind::RestSource(source, _) => Some(source),
+            | BlockKind::RestSource(source, _)
+            | BlockKind::SqlSource(source) => Some(source),
             _ => None,
         }
     }
@@ -1303,6 +1308,30 @@ impl Reader<'_, '_> {
             "http" => self.file_source(cursor, true).map(BlockKind::HttpSource),
             "file" => self.file_source(cursor, false).map(BlockKind::FileSource),
             "rest" => self.rest_source(cursor),
+            "sql" => {
+                let connection = self.req_string(
+                    cursor,
+                    "connection",
+                    "name the database connection, e.g. `connection = \"warehouse\"`",
+                );
+                let query = self.req_string(
+                    cursor,
+                    "query",
+                    "the query, e.g. `query = \"SELECT * FROM trips WHERE day = {partition.start:%Y-%m-%d}\"`",
+                );
+                let (schema, schema_span) = self.source_schema(cursor)?;
+                Some(BlockKind::SqlSource(FileSource {
+                    connection: Some(connection?),
+                    path: query?,
+                    format: FileFormat::Csv,
+                    compression: Compression::None,
+                    schema,
+                    schema_span,
+                    for_each: None,
+                    item_column: None,
+                    concurrency: None,
+                }))
+            }
             "transform" => {
                 let steps = match cursor.get("steps") {
                     Some(value) => self

@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod partition;
 pub mod pipeline;
 pub mod prepare;
+pub mod query;
 pub mod rest;
 pub mod schema;
 pub mod serve;
@@ -44,6 +45,7 @@ pub mod prelude {
         Overlap, ParamDef, ParamValue, PartitionSpec, Pipeline, Policy, ScheduleDef, Secret,
         SinkDef, Trigger,
     };
+    pub use crate::query::{read_query, sql_text};
     pub use crate::rest::{Pagination, RestApi, read_rest};
     pub use crate::schema::conform;
     pub use crate::sink::bigquery::{BigQueryTarget, write_bigquery};

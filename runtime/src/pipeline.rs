@@ -149,6 +149,8 @@ pub enum BlockKind {
     FileSource,
     /// Reads the records of a paginated JSON API.
     RestSource,
+    /// Runs a query on a database.
+    SqlSource,
     /// Column operations compiled from TOML.
     Transform,
     /// A hand-written Rust function.
@@ -172,6 +174,7 @@ impl BlockKind {
             BlockKind::HttpSource => "http",
             BlockKind::FileSource => "file",
             BlockKind::RestSource => "rest",
+            BlockKind::SqlSource => "sql",
             BlockKind::Transform => "transform",
             BlockKind::Rust => "rust",
             BlockKind::TableSink => "table",

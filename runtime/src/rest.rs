@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::DateTime;
 use polars::prelude::*;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::context::{RunContext, read_secret};
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::{BaseType, Column, Secret};
-use crate::schema::conform;
+use crate::schema::{conform, parse_date, parse_timestamp};
 
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -417,15 +417,7 @@ pub fn records_frame(records: &[Map<String, Value>], columns: &[Column]) -> Bloc
                 Series::new(name, text)
             }
             BaseType::Date => {
-                let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
-                let days = collect(
-                    values,
-                    |v| {
-                        let date = NaiveDate::parse_from_str(v.as_str()?, "%Y-%m-%d").ok()?;
-                        i32::try_from((date - epoch).num_days()).ok()
-                    },
-                    wrong,
-                )?;
+                let days = collect(values, |v| parse_date(v.as_str()?), wrong)?;
                 Series::new(name, days).cast(&DataType::Date)?
             }
             BaseType::Timestamp => {
@@ -457,17 +449,6 @@ fn collect<'v, T>(
             Some(value) => convert(value).map(Some).ok_or_else(|| wrong(index, value)),
         })
         .collect()
-}
-
-/// An ISO 8601 timestamp: naive (`2021-01-01T00:15:56`, `2021-01-01 00:15:56.5`) or with an
-/// offset (`...Z`, `...+01:00`), which is converted to UTC.
-fn parse_timestamp(text: &str) -> Option<NaiveDateTime> {
-    if let Ok(with_offset) = DateTime::parse_from_rfc3339(text) {
-        return Some(with_offset.naive_utc());
-    }
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
 }
 
 #[cfg(test)]

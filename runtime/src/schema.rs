@@ -5,6 +5,25 @@ use polars::prelude::*;
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::{BaseType, Column};
 
+/// An ISO 8601 date (`2021-01-05`) as days since 1970-01-01, polars' date representation.
+pub(crate) fn parse_date(text: &str) -> Option<i32> {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    let date = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok()?;
+    i32::try_from((date - epoch).num_days()).ok()
+}
+
+/// An ISO 8601 timestamp: naive (`2021-01-01T00:15:56`, `2021-01-01 00:15:56.5`) or with an
+/// offset (`...Z`, `...+01:00`), which is converted to UTC.
+pub(crate) fn parse_timestamp(text: &str) -> Option<chrono::NaiveDateTime> {
+    let text = text.trim();
+    if let Ok(with_offset) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(with_offset.naive_utc());
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+}
+
 /// The polars schema of a compiled column list.
 pub fn polars_schema(columns: &[Column]) -> Schema {
     columns
