@@ -911,7 +911,10 @@ impl Checker<'_, '_> {
             BlockKind::LakeSink(sink) => {
                 let input = input?;
                 let connection_ok = self.connection(&sink.connection);
-                if let Some(column) = &sink.partition_by {
+                for (index, column) in sink.partition_by.iter().enumerate() {
+                    if sink.partition_by[..index].iter().any(|c| c.value == column.value) {
+                        self.push(Diagnostic::error("E0017", format!("`{}` is listed twice in `partition_by`", column.value), column.span.clone(), "already a folder level"));
+                    }
                     match find(input, &column.value) {
                         Some(ty) if matches!(ty.base, BaseType::Float64 | BaseType::Timestamp) => self.push(
                             Diagnostic::error("E0010", format!("cannot partition files by a {} column", ty.base.name()), column.span.clone(), "one folder per distinct value")
@@ -932,7 +935,7 @@ impl Checker<'_, '_> {
                 let op = ir::BlockOp::LakeSink {
                     connection: sink.connection.value.clone(),
                     path: sink.path.value.trim_matches('/').to_string(),
-                    partition_by: sink.partition_by.as_ref().map(|c| c.value.clone()),
+                    partition_by: sink.partition_by.iter().map(|c| c.value.clone()).collect(),
                 };
                 connection_ok.then_some((op, None))
             }

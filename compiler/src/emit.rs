@@ -538,16 +538,12 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             path,
             partition_by,
         } => {
-            let partition_by = match partition_by {
-                Some(column) => quote!(Some(#column)),
-                None => quote!(None),
-            };
             Some(quote! {
                 #[doc = #doc]
                 const #name: LakeTarget = LakeTarget {
                     connection: #connection,
                     path: #path,
-                    partition_by: #partition_by,
+                    partition_by: &[#(#partition_by),*],
                     columns: #input_schema,
                 };
             })
@@ -713,10 +709,10 @@ pub(crate) fn summary(block: &Block) -> String {
             connection,
             path,
             partition_by,
-        } => match partition_by {
-            Some(column) => format!("write parquet to {{{connection}}}/{path}/{column}=*/"),
-            None => format!("write parquet to {{{connection}}}/{path}/"),
-        },
+        } => {
+            let folders: String = partition_by.iter().map(|c| format!("{c}=*/")).collect();
+            format!("write parquet to {{{connection}}}/{path}/{folders}")
+        }
         BlockOp::ExportSink {
             connection,
             path,

@@ -253,8 +253,8 @@ pub enum BlockOp {
         connection: String,
         /// The dataset folder.
         path: String,
-        /// The hive partition column.
-        partition_by: Option<String>,
+        /// The hive partition columns, outermost folder first.
+        partition_by: Vec<String>,
     },
 }
 

@@ -238,10 +238,11 @@ fn sinks(out: &mut String, pipeline: &Pipeline, lineages: &[Lineage]) {
                 partition_by,
             } => format!(
                 "Parquet dataset `{path}` on `{connection}`{}",
-                partition_by
-                    .as_ref()
-                    .map(|c| format!(", partitioned by `{c}`"))
-                    .unwrap_or_default()
+                if partition_by.is_empty() {
+                    String::new()
+                } else {
+                    format!(", partitioned by `{}`", partition_by.join("`, `"))
+                }
             ),
             op if op.is_sink() => crate::emit::summary(block),
             _ => continue,

@@ -413,8 +413,8 @@ pub struct LakeSink {
     pub connection: Located<String>,
     /// The dataset's folder inside the lake.
     pub path: Located<String>,
-    /// The column the files are partitioned by, hive-style.
-    pub partition_by: Option<Located<String>>,
+    /// The columns the files are partitioned by, hive-style, outermost folder first.
+    pub partition_by: Vec<Located<String>>,
 }
 
 /// How a REST source reads its records.
@@ -1430,7 +1430,14 @@ impl Reader<'_, '_> {
                     "path",
                     "the dataset's folder in the lake, e.g. `path = \"green_taxi\"`",
                 );
-                let partition_by = self.opt_string(cursor, "partition_by");
+                // One column (`"day"`) or several (`["year", "month"]`), outermost first.
+                let partition_by = match cursor.get("partition_by") {
+                    None => Vec::new(),
+                    Some(value) => match value.get_ref() {
+                        DeValue::Array(_) => self.string_list("partition_by", value),
+                        _ => self.string("partition_by", value).into_iter().collect(),
+                    },
+                };
                 Some(BlockKind::LakeSink(LakeSink {
                     connection: connection?,
                     path: path?,

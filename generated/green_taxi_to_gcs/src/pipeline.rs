@@ -177,7 +177,7 @@ pub const CLEAN_GREEN_TAXI_OUTPUT: &[Column] = &[
 const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     connection: "lake",
     path: "green_taxi",
-    partition_by: Some("lpep_pickup_date"),
+    partition_by: &["lpep_pickup_date"],
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 

@@ -34,8 +34,8 @@ pub struct LakeTarget {
     pub connection: &'static str,
     /// The dataset's folder in the lake.
     pub path: &'static str,
-    /// The column whose values name the folders, hive-style.
-    pub partition_by: Option<&'static str>,
+    /// The columns whose values name the folders, hive-style, outermost first.
+    pub partition_by: &'static [&'static str],
     /// The columns flowing in.
     pub columns: &'static [ColumnDef],
 }
@@ -165,39 +165,79 @@ async fn remove_staging(lake: &StoreLocation, staging: &str) {
     }
 }
 
-/// Splits the frame by the partition column and encodes each part as Parquet.
+/// Splits the frame by the partition columns and encodes each part as Parquet.
 fn encode_files(
     frame: &DataFrame,
     target: &LakeTarget,
     file_name: &str,
 ) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
-    let Some(column) = target.partition_by else {
+    if target.partition_by.is_empty() {
         let mut whole = frame.clone();
         return Ok(vec![(
             ObjectPath::from(format!("{}/{file_name}", target.path)),
             encode(&mut whole, FileFormat::Parquet)?,
         )]);
-    };
+    }
     let mut files = Vec::new();
-    for part in frame.partition_by_stable([column], true)? {
-        let key = folder_value(part.column(column)?)?;
-        // The key lives in the folder name, not inside the file, as pyarrow and Spark do it.
-        let mut data = part.drop(column)?;
-        let path = ObjectPath::from(format!("{}/{column}={key}/{file_name}", target.path));
+    for part in frame.partition_by_stable(target.partition_by.iter().copied(), true)? {
+        // One path part per folder: object_store escapes a `/` inside a value as `%2F`.
+        let mut path = ObjectPath::from(target.path);
+        for column in target.partition_by {
+            let value = folder_value(part.column(column)?)?;
+            path = path.join(format!("{column}={value}"));
+        }
+        let path = path.join(file_name);
+        // The keys live in the folder names, not inside the file, as pyarrow and Spark do it.
+        let mut data = part.drop_many(target.partition_by.iter().copied());
         files.push((path, encode(&mut data, FileFormat::Parquet)?));
     }
     Ok(files)
 }
 
+/// The folder value of a partition: its text, or Hive's name for null.
 fn folder_value(column: &Column) -> BlockResult<String> {
-    let value = column.get(0)?;
-    Ok(match value {
-        AnyValue::Null => NULL_PARTITION.to_string(),
-        AnyValue::String(s) => s.replace('/', "%2F"),
-        AnyValue::Date(_) => {
-            let text = column.head(Some(1)).cast(&DataType::String)?;
-            text.str()?.get(0).unwrap_or(NULL_PARTITION).to_string()
-        }
-        other => other.to_string(),
-    })
+    let text = column.head(Some(1)).cast(&DataType::String)?;
+    Ok(text.str()?.get(0).unwrap_or(NULL_PARTITION).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::BaseType;
+
+    #[test]
+    fn several_partition_columns_nest_folders_outermost_first() {
+        let frame = df![
+            "year" => [2021i64, 2021, 2022],
+            "borough" => [Some("Queens"), None, Some("a/b")],
+            "fare" => [1.0, 2.0, 3.0],
+        ]
+        .unwrap();
+        const COLUMNS: &[ColumnDef] = &[
+            ColumnDef::required("year", BaseType::Int64),
+            ColumnDef::nullable("borough", BaseType::String),
+            ColumnDef::required("fare", BaseType::Float64),
+        ];
+        let target = LakeTarget {
+            connection: "lake",
+            path: "trips",
+            partition_by: &["year", "borough"],
+            columns: COLUMNS,
+        };
+        let files = encode_files(&frame, &target, "part-2021.parquet").unwrap();
+        let mut paths: Vec<String> = files.iter().map(|(p, _)| p.to_string()).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "trips/year=2021/borough=Queens/part-2021.parquet",
+                "trips/year=2021/borough=__HIVE_DEFAULT_PARTITION__/part-2021.parquet",
+                "trips/year=2022/borough=a%2Fb/part-2021.parquet",
+            ]
+        );
+        // The files hold only the other columns.
+        let (_, bytes) = &files[0];
+        let read = ParquetReader::new(std::io::Cursor::new(bytes)).finish().unwrap();
+        assert_eq!(read.get_column_names(), ["fare"]);
+    }
 }
