@@ -238,11 +238,14 @@ fn a_gcs_lake_loads_into_bigquery_with_the_warehouse_types_and_reruns_without_du
         "{validated}"
     );
 
-    // Re-running a month replaces its rows.
+    // Re-running a month replaces its rows. This run sends its data as a resumable upload in
+    // 256 KiB chunks, the way loads above a few megabytes go.
+    let chunked_url = format!("{bigquery_url}&resumable_above=0&upload_chunk=262144");
+    let chunked_env = [env[0], env[1], ("BIGQUERY_URL", chunked_url.as_str())];
     run_ok(
         "gcs_to_bigquery",
         work.path(),
-        &env,
+        &chunked_env,
         &["run", "--partition", MONTHS[0]],
     );
     assert_eq!(per_month(&bigquery), counts, "no duplicates after a re-run");

@@ -38,6 +38,13 @@ const DEFAULT_ENDPOINT: &str = "https://bigquery.googleapis.com";
 /// How long one API request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Loads larger than this go up as resumable uploads; BigQuery takes multipart uploads of a
+/// few megabytes only.
+const DEFAULT_RESUMABLE_ABOVE: usize = 5 * 1024 * 1024;
+
+/// The size of one chunk of a resumable upload (a multiple of 256 KiB, as the API requires).
+const DEFAULT_UPLOAD_CHUNK: usize = 8 * 1024 * 1024;
+
 /// The longest pause between two polls of a running job.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -67,6 +74,10 @@ pub struct BigQueryUrl {
     pub dataset: Option<String>,
     /// The jobs' location (`US`, `EU`, `europe-west1`), if set.
     pub location: Option<String>,
+    /// Loads larger than this many bytes use a resumable upload.
+    pub resumable_above: usize,
+    /// The chunk size of resumable uploads.
+    pub upload_chunk: usize,
     /// Google credential settings for object_store's credential provider.
     pub credentials: Vec<(String, String)>,
 }
@@ -95,11 +106,27 @@ impl BigQueryUrl {
         let dataset = Some(parsed.path().trim_matches('/').to_string()).filter(|d| !d.is_empty());
         let mut endpoint = DEFAULT_ENDPOINT.to_string();
         let mut location = None;
+        let mut resumable_above = DEFAULT_RESUMABLE_ABOVE;
+        let mut upload_chunk = DEFAULT_UPLOAD_CHUNK;
         let mut credentials = Vec::new();
+        let bytes = |key: &str, value: &str| {
+            value.parse::<usize>().map_err(|_| {
+                BlockError::fatal(format!("`{shown}`: `{key}` must be a number of bytes"))
+            })
+        };
         for (key, value) in parsed.query_pairs() {
             match key.as_ref() {
                 "endpoint" => endpoint = value.trim_end_matches('/').to_string(),
                 "location" => location = Some(value.into_owned()),
+                "resumable_above" => resumable_above = bytes(&key, &value)?,
+                "upload_chunk" => {
+                    upload_chunk = bytes(&key, &value)?;
+                    if upload_chunk == 0 || upload_chunk % (256 * 1024) != 0 {
+                        return Err(BlockError::fatal(format!(
+                            "`{shown}`: `upload_chunk` must be a positive multiple of 262144 bytes"
+                        )));
+                    }
+                }
                 _ => credentials.push((key.into_owned(), value.into_owned())),
             }
         }
@@ -108,6 +135,8 @@ impl BigQueryUrl {
             project,
             dataset,
             location,
+            resumable_above,
+            upload_chunk,
             credentials,
         })
     }
@@ -355,6 +384,8 @@ struct Client {
     project: String,
     location: Option<String>,
     token: Option<String>,
+    resumable_above: usize,
+    upload_chunk: usize,
 }
 
 impl Client {
@@ -370,6 +401,8 @@ impl Client {
             project: url.project.clone(),
             location: url.location.clone(),
             token: bearer_token(&url.credentials).await?,
+            resumable_above: url.resumable_above,
+            upload_chunk: url.upload_chunk,
         })
     }
 
@@ -543,6 +576,10 @@ impl Client {
         if let Some(location) = &self.location {
             job["jobReference"] = json!({"projectId": self.project, "location": location});
         }
+        if parquet.len() > self.resumable_above {
+            let started = self.resumable_upload(&job, parquet, &what).await?;
+            return self.wait(started, &what).await;
+        }
         let boundary = format!("baton_{:016x}", fastrand::u64(..));
         let mut bytes = format!(
             "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{job}\r\n--{boundary}\r\nContent-Type: application/vnd.apache.parquet\r\n\r\n"
@@ -563,6 +600,74 @@ impl Client {
             )
             .await?;
         self.wait(started, &what).await
+    }
+
+    /// Uploads a load job's data in chunks: the job is announced, then each chunk is PUT to the
+    /// session URI with its byte range. Returns the job BigQuery answers with after the last
+    /// chunk.
+    async fn resumable_upload(&self, job: &Value, data: Vec<u8>, what: &str) -> BlockResult<Value> {
+        let url = format!(
+            "{}/upload/bigquery/v2/projects/{}/jobs?uploadType=resumable",
+            self.endpoint, self.project
+        );
+        let mut request = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=UTF-8")
+            .header("X-Upload-Content-Type", "application/octet-stream")
+            .header("X-Upload-Content-Length", data.len().to_string())
+            .body(job.to_string());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| BlockError::retryable(format!("{what}: starting the upload failed: {e}")))?;
+        let status = response.status();
+        let session = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body: Value = serde_json::from_str(&response.text().await.unwrap_or_default())
+            .unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(api_error(status, &body, what));
+        }
+        let session = session.ok_or_else(|| {
+            BlockError::fatal(format!("{what}: BigQuery returned no upload session"))
+        })?;
+        let total = data.len();
+        let mut start = 0;
+        loop {
+            let end = (start + self.upload_chunk).min(total);
+            let range = if total == 0 {
+                "bytes */0".to_string()
+            } else {
+                format!("bytes {start}-{}/{total}", end - 1)
+            };
+            let mut request = self
+                .http
+                .put(&session)
+                .header(reqwest::header::CONTENT_RANGE, range)
+                .body(data[start..end].to_vec());
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.map_err(|e| {
+                BlockError::retryable(format!("{what}: uploading bytes {start}-{end} failed: {e}"))
+            })?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            match status.as_u16() {
+                // Resume Incomplete: the chunk is stored; send the next one.
+                308 if end < total => start = end,
+                _ if status.is_success() => return Ok(body),
+                _ => return Err(api_error(status, &body, what)),
+            }
+        }
     }
 
     /// Runs a GoogleSQL query job (a script may hold a transaction) and waits for it.
@@ -713,6 +818,9 @@ mod tests {
             url.credentials,
             vec![("service_account_key".to_string(), "{}".to_string())]
         );
+        let tuned = BigQueryUrl::parse("bigquery://p/d?resumable_above=0&upload_chunk=262144").unwrap();
+        assert_eq!((tuned.resumable_above, tuned.upload_chunk), (0, 262_144));
+        assert!(BigQueryUrl::parse("bigquery://p/d?upload_chunk=1000").is_err());
         let plain = BigQueryUrl::parse("bigquery://p").unwrap();
         assert_eq!(plain.endpoint, DEFAULT_ENDPOINT);
         assert_eq!(plain.dataset, None);
