@@ -912,8 +912,16 @@ impl Checker<'_, '_> {
                 let input = input?;
                 let connection_ok = self.connection(&sink.connection);
                 for (index, column) in sink.partition_by.iter().enumerate() {
-                    if sink.partition_by[..index].iter().any(|c| c.value == column.value) {
-                        self.push(Diagnostic::error("E0017", format!("`{}` is listed twice in `partition_by`", column.value), column.span.clone(), "already a folder level"));
+                    if sink.partition_by[..index]
+                        .iter()
+                        .any(|c| c.value == column.value)
+                    {
+                        self.push(Diagnostic::error(
+                            "E0017",
+                            format!("`{}` is listed twice in `partition_by`", column.value),
+                            column.span.clone(),
+                            "already a folder level",
+                        ));
                     }
                     match find(input, &column.value) {
                         Some(ty) if matches!(ty.base, BaseType::Float64 | BaseType::Timestamp) => self.push(

@@ -537,17 +537,15 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             connection,
             path,
             partition_by,
-        } => {
-            Some(quote! {
-                #[doc = #doc]
-                const #name: LakeTarget = LakeTarget {
-                    connection: #connection,
-                    path: #path,
-                    partition_by: &[#(#partition_by),*],
-                    columns: #input_schema,
-                };
-            })
-        }
+        } => Some(quote! {
+            #[doc = #doc]
+            const #name: LakeTarget = LakeTarget {
+                connection: #connection,
+                path: #path,
+                partition_by: &[#(#partition_by),*],
+                columns: #input_schema,
+            };
+        }),
         BlockOp::ExportSink {
             connection,
             path,

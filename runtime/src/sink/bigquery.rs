@@ -613,25 +613,27 @@ impl Client {
         let mut request = self
             .http
             .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=UTF-8")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/json; charset=UTF-8",
+            )
             .header("X-Upload-Content-Type", "application/octet-stream")
             .header("X-Upload-Content-Length", data.len().to_string())
             .body(job.to_string());
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| BlockError::retryable(format!("{what}: starting the upload failed: {e}")))?;
+        let response = request.send().await.map_err(|e| {
+            BlockError::retryable(format!("{what}: starting the upload failed: {e}"))
+        })?;
         let status = response.status();
         let session = response
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body: Value = serde_json::from_str(&response.text().await.unwrap_or_default())
-            .unwrap_or(Value::Null);
+        let body: Value =
+            serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(api_error(status, &body, what));
         }
@@ -818,7 +820,8 @@ mod tests {
             url.credentials,
             vec![("service_account_key".to_string(), "{}".to_string())]
         );
-        let tuned = BigQueryUrl::parse("bigquery://p/d?resumable_above=0&upload_chunk=262144").unwrap();
+        let tuned =
+            BigQueryUrl::parse("bigquery://p/d?resumable_above=0&upload_chunk=262144").unwrap();
         assert_eq!((tuned.resumable_above, tuned.upload_chunk), (0, 262_144));
         assert!(BigQueryUrl::parse("bigquery://p/d?upload_chunk=1000").is_err());
         let plain = BigQueryUrl::parse("bigquery://p").unwrap();

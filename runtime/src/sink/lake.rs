@@ -237,7 +237,9 @@ mod tests {
         );
         // The files hold only the other columns.
         let (_, bytes) = &files[0];
-        let read = ParquetReader::new(std::io::Cursor::new(bytes)).finish().unwrap();
+        let read = ParquetReader::new(std::io::Cursor::new(bytes))
+            .finish()
+            .unwrap();
         assert_eq!(read.get_column_names(), ["fare"]);
     }
 }
