@@ -121,7 +121,7 @@ impl BigQueryUrl {
                 "resumable_above" => resumable_above = bytes(&key, &value)?,
                 "upload_chunk" => {
                     upload_chunk = bytes(&key, &value)?;
-                    if upload_chunk == 0 || upload_chunk % (256 * 1024) != 0 {
+                    if upload_chunk == 0 || !upload_chunk.is_multiple_of(256 * 1024) {
                         return Err(BlockError::fatal(format!(
                             "`{shown}`: `upload_chunk` must be a positive multiple of 262144 bytes"
                         )));
