@@ -455,24 +455,19 @@ fn block_definition(pipeline: &Pipeline, block: &Block) -> TokenStream {
     };
     let timeout_ms = proc_macro2::Literal::u64_unsuffixed(block.policy.timeout_ms);
     let summary = summary(block);
-    let sink = match &block.op {
-        BlockOp::TableSink { .. } => {
+    let sink_variant = match &block.op {
+        BlockOp::TableSink { .. } => Some(quote!(Table)),
+        BlockOp::LakeSink { .. } => Some(quote!(Lake)),
+        BlockOp::ExportSink { .. } => Some(quote!(Export)),
+        BlockOp::BigQuerySink { .. } => Some(quote!(BigQuery)),
+        _ => None,
+    };
+    let sink = match sink_variant {
+        Some(variant) => {
             let target = target_const(block);
-            quote!(Some(SinkDef::Table(#target)))
+            quote!(Some(SinkDef::#variant(#target)))
         }
-        BlockOp::LakeSink { .. } => {
-            let target = target_const(block);
-            quote!(Some(SinkDef::Lake(#target)))
-        }
-        BlockOp::ExportSink { .. } => {
-            let target = target_const(block);
-            quote!(Some(SinkDef::Export(#target)))
-        }
-        BlockOp::BigQuerySink { .. } => {
-            let target = target_const(block);
-            quote!(Some(SinkDef::BigQuery(#target)))
-        }
-        _ => quote!(None),
+        None => quote!(None),
     };
     quote! {
         BlockDef {

@@ -40,6 +40,24 @@ pub fn green_data_dir() -> PathBuf {
     dir
 }
 
+/// The real green-taxi files of these months (`2021-01`), from [`green_data_dir`].
+pub fn green_month_files(months: &[&str]) -> Vec<PathBuf> {
+    let dir = green_data_dir();
+    months
+        .iter()
+        .map(|m| dir.join(format!("green_tripdata_{m}.csv.gz")))
+        .collect()
+}
+
+/// The lines of a peer's request log; none when it does not exist yet.
+pub fn log_lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -130,11 +148,7 @@ impl HttpServer {
 
     /// Every request so far, one line each: `GET /path STATUS` or `POST /path BODY`.
     pub fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        log_lines(&self.log)
     }
 }
 

@@ -18,11 +18,7 @@ use baton_tests::{
 const MONTHS: [&str; 2] = ["2021-01", "2021-02"];
 
 fn month_files() -> Vec<PathBuf> {
-    let dir = green_data_dir();
-    MONTHS
-        .iter()
-        .map(|m| dir.join(format!("green_tripdata_{m}.csv.gz")))
-        .collect()
+    baton_tests::green_month_files(&MONTHS)
 }
 
 /// Runs a pipeline binary and asserts that it succeeded.

@@ -46,11 +46,7 @@ fn lake_files(lake: &Path) -> usize {
 }
 
 fn month_files() -> Vec<PathBuf> {
-    let dir = green_data_dir();
-    MONTHS
-        .iter()
-        .map(|m| dir.join(format!("green_tripdata_{m}.csv.gz")))
-        .collect()
+    baton_tests::green_month_files(&MONTHS)
 }
 
 #[test]

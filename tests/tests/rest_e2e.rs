@@ -58,11 +58,7 @@ impl ZonesApi {
     }
 
     fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        baton_tests::log_lines(&self.log)
     }
 }
 
