@@ -944,6 +944,7 @@ impl Checker<'_, '_> {
                     connection: sink.connection.value.clone(),
                     path: sink.path.value.trim_matches('/').to_string(),
                     partition_by: sink.partition_by.iter().map(|c| c.value.clone()).collect(),
+                    max_rows_per_file: sink.max_rows_per_file.as_ref().map(|n| n.value),
                 };
                 connection_ok.then_some((op, None))
             }

@@ -532,15 +532,26 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             connection,
             path,
             partition_by,
-        } => Some(quote! {
-            #[doc = #doc]
-            const #name: LakeTarget = LakeTarget {
-                connection: #connection,
-                path: #path,
-                partition_by: &[#(#partition_by),*],
-                columns: #input_schema,
+            max_rows_per_file,
+        } => {
+            let max_rows_per_file = match max_rows_per_file {
+                Some(rows) => {
+                    let rows = proc_macro2::Literal::usize_unsuffixed(*rows as usize);
+                    quote!(Some(#rows))
+                }
+                None => quote!(None),
             };
-        }),
+            Some(quote! {
+                #[doc = #doc]
+                const #name: LakeTarget = LakeTarget {
+                    connection: #connection,
+                    path: #path,
+                    partition_by: &[#(#partition_by),*],
+                    max_rows_per_file: #max_rows_per_file,
+                    columns: #input_schema,
+                };
+            })
+        }
         BlockOp::ExportSink {
             connection,
             path,
@@ -702,6 +713,7 @@ pub(crate) fn summary(block: &Block) -> String {
             connection,
             path,
             partition_by,
+            ..
         } => {
             let folders: String = partition_by.iter().map(|c| format!("{c}=*/")).collect();
             format!("write parquet to {{{connection}}}/{path}/{folders}")

@@ -255,6 +255,8 @@ pub enum BlockOp {
         path: String,
         /// The hive partition columns, outermost folder first.
         partition_by: Vec<String>,
+        /// The most rows one file holds.
+        max_rows_per_file: Option<u32>,
     },
 }
 

@@ -236,6 +236,7 @@ fn sinks(out: &mut String, pipeline: &Pipeline, lineages: &[Lineage]) {
                 connection,
                 path,
                 partition_by,
+                ..
             } => format!(
                 "Parquet dataset `{path}` on `{connection}`{}",
                 if partition_by.is_empty() {

@@ -415,6 +415,8 @@ pub struct LakeSink {
     pub path: Located<String>,
     /// The columns the files are partitioned by, hive-style, outermost folder first.
     pub partition_by: Vec<Located<String>>,
+    /// The most rows one file holds.
+    pub max_rows_per_file: Option<Located<u32>>,
 }
 
 /// How a REST source reads its records.
@@ -1438,10 +1440,12 @@ impl Reader<'_, '_> {
                         _ => self.string("partition_by", value).into_iter().collect(),
                     },
                 };
+                let max_rows_per_file = self.opt_integer(cursor, "max_rows_per_file", 1..=u32::MAX);
                 Some(BlockKind::LakeSink(LakeSink {
                     connection: connection?,
                     path: path?,
                     partition_by,
+                    max_rows_per_file,
                 }))
             }
             "export" => {

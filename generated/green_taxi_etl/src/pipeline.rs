@@ -225,6 +225,7 @@ const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     connection: "lake",
     path: "green_taxi",
     partition_by: &["lpep_pickup_date"],
+    max_rows_per_file: None,
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 

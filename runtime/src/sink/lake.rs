@@ -36,6 +36,8 @@ pub struct LakeTarget {
     pub path: &'static str,
     /// The columns whose values name the folders, hive-style, outermost first.
     pub partition_by: &'static [&'static str],
+    /// The most rows one file holds; a larger partition is written as several files.
+    pub max_rows_per_file: Option<usize>,
     /// The columns flowing in.
     pub columns: &'static [ColumnDef],
 }
@@ -58,16 +60,16 @@ pub async fn write_lake(
     let url = ctx.connection_url(target.connection)?;
     let lake = open_store(&url)?;
     let store = lake.store.clone();
-    let file_name = match ctx.partition_opt() {
-        Some(partition) => format!("part-{partition}.parquet"),
-        None => "part-0.parquet".to_string(),
+    let stem = match ctx.partition_opt() {
+        Some(partition) => format!("part-{partition}"),
+        None => "part-0".to_string(),
     };
     let started = std::time::Instant::now();
     let rows = frame.height();
     let files = {
         let target = *target;
-        let file_name = file_name.clone();
-        tokio::task::spawn_blocking(move || encode_files(&frame, &target, &file_name))
+        let stem = stem.clone();
+        tokio::task::spawn_blocking(move || encode_files(&frame, &target, &stem))
             .await
             .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??
     };
@@ -114,7 +116,9 @@ pub async fn write_lake(
         .list(Some(&prefix))
         .try_filter(|meta| {
             std::future::ready(
-                meta.location.filename() == Some(file_name.as_str())
+                meta.location
+                    .filename()
+                    .is_some_and(|name| owned_by(name, &stem))
                     && !written.contains(&meta.location.to_string()),
             )
         })
@@ -165,31 +169,57 @@ async fn remove_staging(lake: &StoreLocation, staging: &str) {
     }
 }
 
-/// Splits the frame by the partition columns and encodes each part as Parquet.
+/// Whether a file name is one of the files a run writes with this stem: `STEM.parquet`, or
+/// `STEM.0001.parquet` and so on when a partition is split.
+fn owned_by(file_name: &str, stem: &str) -> bool {
+    let Some(rest) = file_name.strip_prefix(stem) else {
+        return false;
+    };
+    match rest.strip_suffix(".parquet") {
+        Some("") => true,
+        Some(number) => number
+            .strip_prefix('.')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
+/// Splits the frame by the partition columns and encodes each part as Parquet, in files of at
+/// most `max_rows_per_file` rows.
 fn encode_files(
     frame: &DataFrame,
     target: &LakeTarget,
-    file_name: &str,
+    stem: &str,
 ) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
-    if target.partition_by.is_empty() {
-        let mut whole = frame.clone();
-        return Ok(vec![(
-            ObjectPath::from(format!("{}/{file_name}", target.path)),
-            encode(&mut whole, FileFormat::Parquet)?,
-        )]);
-    }
+    let parts = if target.partition_by.is_empty() {
+        vec![frame.clone()]
+    } else {
+        frame.partition_by_stable(target.partition_by.iter().copied(), true)?
+    };
     let mut files = Vec::new();
-    for part in frame.partition_by_stable(target.partition_by.iter().copied(), true)? {
+    for part in parts {
         // One path part per folder: object_store escapes a `/` inside a value as `%2F`.
-        let mut path = ObjectPath::from(target.path);
+        let mut folder = ObjectPath::from(target.path);
         for column in target.partition_by {
             let value = folder_value(part.column(column)?)?;
-            path = path.join(format!("{column}={value}"));
+            folder = folder.join(format!("{column}={value}"));
         }
-        let path = path.join(file_name);
         // The keys live in the folder names, not inside the file, as pyarrow and Spark do it.
-        let mut data = part.drop_many(target.partition_by.iter().copied());
-        files.push((path, encode(&mut data, FileFormat::Parquet)?));
+        let data = part.drop_many(target.partition_by.iter().copied());
+        let limit = target.max_rows_per_file.unwrap_or(usize::MAX).max(1);
+        let chunks = data.height().div_ceil(limit).max(1);
+        for index in 0..chunks {
+            let mut chunk = data.slice((index * limit) as i64, limit);
+            let name = if chunks == 1 {
+                format!("{stem}.parquet")
+            } else {
+                format!("{stem}.{:04}.parquet", index + 1)
+            };
+            files.push((
+                folder.clone().join(name),
+                encode(&mut chunk, FileFormat::Parquet)?,
+            ));
+        }
     }
     Ok(files)
 }
@@ -222,9 +252,10 @@ mod tests {
             connection: "lake",
             path: "trips",
             partition_by: &["year", "borough"],
+            max_rows_per_file: None,
             columns: COLUMNS,
         };
-        let files = encode_files(&frame, &target, "part-2021.parquet").unwrap();
+        let files = encode_files(&frame, &target, "part-2021").unwrap();
         let mut paths: Vec<String> = files.iter().map(|(p, _)| p.to_string()).collect();
         paths.sort();
         assert_eq!(
@@ -241,5 +272,47 @@ mod tests {
             .finish()
             .unwrap();
         assert_eq!(read.get_column_names(), ["fare"]);
+    }
+
+    #[test]
+    fn large_partitions_are_split_into_numbered_files() {
+        let frame = df!["fare" => (0..10).map(f64::from).collect::<Vec<_>>()].unwrap();
+        const COLUMNS: &[ColumnDef] = &[ColumnDef::required("fare", BaseType::Float64)];
+        let target = LakeTarget {
+            connection: "lake",
+            path: "trips",
+            partition_by: &[],
+            max_rows_per_file: Some(4),
+            columns: COLUMNS,
+        };
+        let files = encode_files(&frame, &target, "part-2021-01").unwrap();
+        let names: Vec<String> = files.iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "trips/part-2021-01.0001.parquet",
+                "trips/part-2021-01.0002.parquet",
+                "trips/part-2021-01.0003.parquet",
+            ]
+        );
+        let rows: Vec<usize> = files
+            .iter()
+            .map(|(_, bytes)| {
+                ParquetReader::new(std::io::Cursor::new(bytes))
+                    .finish()
+                    .unwrap()
+                    .height()
+            })
+            .collect();
+        assert_eq!(rows, [4, 4, 2]);
+    }
+
+    #[test]
+    fn a_run_owns_only_its_own_files() {
+        assert!(owned_by("part-2021-01.parquet", "part-2021-01"));
+        assert!(owned_by("part-2021-01.0002.parquet", "part-2021-01"));
+        assert!(!owned_by("part-2021-01-01.parquet", "part-2021-01"));
+        assert!(!owned_by("part-2021-01.x.parquet", "part-2021-01"));
+        assert!(!owned_by("part-2021-02.parquet", "part-2021-01"));
     }
 }
