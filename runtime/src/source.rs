@@ -154,28 +154,55 @@ async fn read_store(
         )));
     }
     let count = files.len();
-    let reads = files.into_iter().map(|path| {
+    // `prepare` records the columns of the first file, and those its folder names add.
+    let observing = ctx.resources().observing();
+    let reads = files.into_iter().enumerate().map(|(index, path)| {
         let store = location.store.clone();
         let origin = format!("{}/{path}", location.display.trim_end_matches('/'));
         let columns = columns.to_vec();
+        let observe_this = observing && index == 0;
         async move {
             let bytes = async { Ok::<_, BlockError>(store.get(&path).await?.bytes().await?) }
                 .await
                 .map_err(|e| e.context(&origin))?;
+            let shown = origin.clone();
             tokio::task::spawn_blocking(move || {
                 let data = decompress(&bytes, compression)?;
-                parse_with_hive_columns(&data, format, &columns, &path)
+                let observed = observe_this
+                    .then(|| {
+                        let mut columns = observe(&data, format)?;
+                        columns.extend(
+                            hive_folders(&path)
+                                .into_iter()
+                                .map(|(name, value)| (name, folder_type(&value).to_string())),
+                        );
+                        Ok::<_, BlockError>(columns)
+                    })
+                    .transpose()?;
+                let frame = parse_with_hive_columns(&data, format, &columns, &path)?;
+                Ok((frame, observed.map(|columns| (shown, columns))))
             })
             .await
             .map_err(|e| BlockError::fatal(format!("parser panicked: {e}")))?
-            .map_err(|e| e.context(&origin))
+            .map_err(|e: BlockError| e.context(&origin))
         }
     });
-    let frames: Vec<DataFrame> = futures::stream::iter(reads)
-        .buffered(STORE_READ_CONCURRENCY)
-        .try_collect()
-        .await
-        .map_err(|e: BlockError| e.context(partition_text(ctx)))?;
+    let read: Vec<(DataFrame, Option<(String, Vec<(String, String)>)>)> =
+        futures::stream::iter(reads)
+            .buffered(STORE_READ_CONCURRENCY)
+            .try_collect()
+            .await
+            .map_err(|e: BlockError| e.context(partition_text(ctx)))?;
+    let mut frames = Vec::with_capacity(read.len());
+    for (frame, observed) in read {
+        if let Some((origin, columns)) = observed {
+            ctx.resources().observe(crate::prepare::Observation {
+                location: crate::context::redact(&origin),
+                columns,
+            });
+        }
+        frames.push(frame);
+    }
     let mut frames = frames.into_iter();
     let mut frame = frames.next().unwrap_or_default();
     for next in frames {
@@ -184,6 +211,29 @@ async fn read_store(
     frame.rechunk_mut();
     info!(source = %shown, files = count, rows = frame.height(), "read source");
     Ok(frame)
+}
+
+/// The `name=value` folders of a path, outermost first.
+fn hive_folders(path: &object_store::path::Path) -> Vec<(String, String)> {
+    path.parts()
+        .filter_map(|part| {
+            let (name, value) = part.as_ref().split_once('=')?;
+            Some((name.to_string(), value.replace("%2F", "/")))
+        })
+        .collect()
+}
+
+/// The type `prepare` records for a folder value: what it parses as.
+fn folder_type(value: &str) -> &'static str {
+    if value == crate::sink::lake::NULL_PARTITION {
+        "null"
+    } else if crate::schema::parse_date(value).is_some() {
+        "date"
+    } else if value.parse::<i64>().is_ok() {
+        "int64"
+    } else {
+        "string"
+    }
 }
 
 /// Parses one file of a hive-partitioned dataset. A declared column that appears as a
@@ -195,13 +245,7 @@ fn parse_with_hive_columns(
     columns: &[Column],
     path: &object_store::path::Path,
 ) -> BlockResult<DataFrame> {
-    let folders: Vec<(String, String)> = path
-        .parts()
-        .filter_map(|part| {
-            let (name, value) = part.as_ref().split_once('=')?;
-            Some((name.to_string(), value.replace("%2F", "/")))
-        })
-        .collect();
+    let folders = hive_folders(path);
     let from_folder = |column: &Column| folders.iter().find(|(name, _)| name == column.name);
     let in_file: Vec<Column> = columns
         .iter()
@@ -213,10 +257,15 @@ fn parse_with_hive_columns(
         .iter()
         .filter_map(|column| {
             let (_, value) = from_folder(column)?;
-            let value = if value == crate::sink::lake::NULL_PARTITION {
-                lit(NULL)
-            } else {
-                lit(value.clone())
+            // Dates and timestamps are parsed here: polars' string-to-date cast is deprecated.
+            // A value that does not parse becomes null, which `conform` reports for a NOT NULL
+            // column.
+            let value = match column.ty {
+                _ if value == crate::sink::lake::NULL_PARTITION => lit(NULL),
+                BaseType::Date => crate::schema::parse_date(value).map_or(lit(NULL), lit),
+                BaseType::Timestamp => crate::schema::parse_timestamp(value)
+                    .map_or(lit(NULL), |t| lit(t.and_utc().timestamp_micros())),
+                _ => lit(value.clone()),
             };
             Some(value.cast(column.ty.dtype()).alias(column.name))
         })

@@ -278,7 +278,39 @@ fn a_daily_backfill_writes_one_export_per_day_at_the_templated_path() {
         keys, expected,
         "five objects, one per execution date, after two backfills"
     );
+    // The pickup date comes from the lake's folder names, typed as a date.
+    let dates = peers::python(
+        "import io, sys, boto3, pyarrow.parquet as pq\n\
+         s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n\
+         for key in sys.argv[2:]:\n    \
+             t = pq.read_table(io.BytesIO(s3.get_object(Bucket='exports', Key=key)['Body'].read()), use_threads=False)\n    \
+             print(str(t.schema.field('lpep_pickup_date').type), sorted({str(d) for d in t['lpep_pickup_date'].to_pylist()}))",
+        &[&[s3.url().as_str()][..], &keys].concat(),
+    );
+    let expected_dates: Vec<String> = (1..=5)
+        .map(|day| format!("date32[day] ['2021-01-{day:02}']"))
+        .collect();
+    assert_eq!(dates.lines().collect::<Vec<_>>(), expected_dates);
     let exported = s3_parquet_rows(&s3, "exports", &keys);
+
+    // `prepare` locks the columns of the files and of the folder names.
+    run_ok(
+        "daily_trips_export",
+        work.path(),
+        &env,
+        &["prepare", "--partition", "2021-01-04"],
+    );
+    let lock: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("pipelines/daily_trips_export.lock.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let locked = lock["sources"]["read_day"]["columns"].to_string();
+    assert!(
+        locked.contains(r#"["lpep_pickup_date","date"]"#)
+            && locked.contains(r#"["lpep_pickup_datetime","timestamp"]"#),
+        "{locked}"
+    );
     for (day, rows) in (1..=5).zip(exported) {
         let folder = lake.join(format!("green_taxi/lpep_pickup_date=2021-01-{day:02}"));
         let files: Vec<PathBuf> = std::fs::read_dir(&folder)
