@@ -180,26 +180,26 @@ async fn read_store(
                     })
                     .transpose()?;
                 let frame = parse_with_hive_columns(&data, format, &columns, &path)?;
-                Ok((frame, observed.map(|columns| (shown, columns))))
+                let observation = observed.map(|columns| crate::prepare::Observation {
+                    location: crate::context::redact(&shown),
+                    columns,
+                });
+                Ok((frame, observation))
             })
             .await
             .map_err(|e| BlockError::fatal(format!("parser panicked: {e}")))?
             .map_err(|e: BlockError| e.context(&origin))
         }
     });
-    let read: Vec<(DataFrame, Option<(String, Vec<(String, String)>)>)> =
-        futures::stream::iter(reads)
-            .buffered(STORE_READ_CONCURRENCY)
-            .try_collect()
-            .await
-            .map_err(|e: BlockError| e.context(partition_text(ctx)))?;
+    let read: Vec<(DataFrame, Option<crate::prepare::Observation>)> = futures::stream::iter(reads)
+        .buffered(STORE_READ_CONCURRENCY)
+        .try_collect()
+        .await
+        .map_err(|e: BlockError| e.context(partition_text(ctx)))?;
     let mut frames = Vec::with_capacity(read.len());
     for (frame, observed) in read {
-        if let Some((origin, columns)) = observed {
-            ctx.resources().observe(crate::prepare::Observation {
-                location: crate::context::redact(&origin),
-                columns,
-            });
+        if let Some(observation) = observed {
+            ctx.resources().observe(observation);
         }
         frames.push(frame);
     }
