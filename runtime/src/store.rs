@@ -136,6 +136,9 @@ pub fn open_store(url: &str) -> BlockResult<StoreLocation> {
             let mut builder = AmazonS3Builder::from_env()
                 .with_url(&bucket_url)
                 .with_retry(request_retries());
+            for (key, value) in aws_profile(|name| std::env::var(name).ok()) {
+                builder = builder.with_config(key, value);
+            }
             for (key, value) in &parsed.options {
                 let key: AmazonS3ConfigKey = key.parse().map_err(|_| bad_key(key))?;
                 builder = builder.with_config(key, value);
@@ -186,6 +189,50 @@ pub fn open_store(url: &str) -> BlockResult<StoreLocation> {
         gcs,
         local_root: None,
     })
+}
+
+/// Settings from the AWS CLI's shared files for `AWS_PROFILE` (else `default`), for what the
+/// environment leaves unset: keys and session token from `~/.aws/credentials`
+/// (`AWS_SHARED_CREDENTIALS_FILE`), the region from `~/.aws/config` (`AWS_CONFIG_FILE`).
+/// object_store reads the environment and instance roles but not these files.
+fn aws_profile(env: impl Fn(&str) -> Option<String>) -> Vec<(AmazonS3ConfigKey, String)> {
+    let home = env("HOME").unwrap_or_default();
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+    let read = |variable: &str, default: &str| {
+        let path = env(variable).unwrap_or_else(|| format!("{home}/.aws/{default}"));
+        ini::Ini::load_from_file(path).ok()
+    };
+    let mut settings = Vec::new();
+    if env("AWS_ACCESS_KEY_ID").is_none()
+        && let Some(credentials) = read("AWS_SHARED_CREDENTIALS_FILE", "credentials")
+        && let Some(section) = credentials.section(Some(profile.as_str()))
+    {
+        for (name, key) in [
+            ("aws_access_key_id", AmazonS3ConfigKey::AccessKeyId),
+            ("aws_secret_access_key", AmazonS3ConfigKey::SecretAccessKey),
+            ("aws_session_token", AmazonS3ConfigKey::Token),
+        ] {
+            if let Some(value) = section.get(name) {
+                settings.push((key, value.to_string()));
+            }
+        }
+    }
+    // The config file names profiles `[profile NAME]`, except `[default]`.
+    let config_section = if profile == "default" {
+        profile.clone()
+    } else {
+        format!("profile {profile}")
+    };
+    if env("AWS_REGION").is_none()
+        && env("AWS_DEFAULT_REGION").is_none()
+        && let Some(config) = read("AWS_CONFIG_FILE", "config")
+        && let Some(region) = config
+            .section(Some(config_section.as_str()))
+            .and_then(|section| section.get("region"))
+    {
+        settings.push((AmazonS3ConfigKey::Region, region.to_string()));
+    }
+    settings
 }
 
 /// Uploads one file: in one request when small, as a multipart upload when large. Either way
@@ -348,6 +395,49 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(names(plain), ["trips/notes.txt"]);
+    }
+
+    #[test]
+    fn aws_profiles_fill_what_the_environment_leaves_unset() {
+        let folder = tempfile::tempdir().unwrap();
+        let credentials = folder.path().join("credentials");
+        let config = folder.path().join("config");
+        std::fs::write(
+            &credentials,
+            "[default]\naws_access_key_id = D\naws_secret_access_key = DS\n\n[etl]\naws_access_key_id = E\naws_secret_access_key = ES\naws_session_token = ET\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            "[default]\nregion = us-east-1\n\n[profile etl]\nregion = eu-west-1\n",
+        )
+        .unwrap();
+        let files = [
+            ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+        ];
+        let lookup = |extra: &'static [(&'static str, &'static str)]| {
+            let vars: Vec<(String, String)> = files
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        };
+        let values = |settings: Vec<(AmazonS3ConfigKey, String)>| {
+            settings.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
+        };
+        assert_eq!(values(aws_profile(lookup(&[]))), ["D", "DS", "us-east-1"]);
+        assert_eq!(
+            values(aws_profile(lookup(&[("AWS_PROFILE", "etl")]))),
+            ["E", "ES", "ET", "eu-west-1"]
+        );
+        // The environment wins.
+        let set = &[("AWS_ACCESS_KEY_ID", "X"), ("AWS_REGION", "ap-south-1")];
+        assert!(aws_profile(lookup(set)).is_empty());
+        // No files, no settings.
+        let missing = |name: &str| name.ends_with("_FILE").then(|| "/nonexistent".to_string());
+        assert!(aws_profile(missing).is_empty());
     }
 
     #[test]
