@@ -99,9 +99,28 @@ impl From<object_store::Error> for BlockError {
             | E::Unauthenticated { .. }
             | E::UnknownConfigurationKey { .. }
             | E::NotImplemented { .. } => BlockError::fatal(error.to_string()),
+            _ if refused_request(&error) => BlockError::fatal(error.to_string()),
             _ => BlockError::retryable(error.to_string()),
         }
     }
+}
+
+/// Whether the store answered with a 4xx status other than 408 and 429: the request itself is
+/// wrong (a bad bucket, a refused signature) and would be refused again. object_store keeps the
+/// status in a private error type, so it is read from the message its client writes,
+/// `... non-2xx status code: 403 Forbidden ...`.
+fn refused_request(error: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        let text = current.to_string();
+        if let Some((_, rest)) = text.split_once("status code: ")
+            && let Some(Ok(status)) = rest.get(..3).map(str::parse::<u16>)
+        {
+            return (400..500).contains(&status) && status != 408 && status != 429;
+        }
+        source = current.source();
+    }
+    false
 }
 
 impl From<std::io::Error> for BlockError {

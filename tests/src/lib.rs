@@ -87,8 +87,10 @@ pub struct ServerOptions {
     pub fail_only: Option<String>,
     /// GETs of files whose name contains this text stall for two minutes.
     pub stall: Option<String>,
-    /// Every request answers 500 with a JSON error body.
+    /// Every request answers `fail_status` (500 when unset) with a JSON error body.
     pub always_fail: bool,
+    /// The status of `always_fail`.
+    pub fail_status: Option<u16>,
 }
 
 /// A loopback HTTP peer (`tests/support/test_server.py`): serves a folder's files, fails or
@@ -128,6 +130,9 @@ impl HttpServer {
         }
         if options.always_fail {
             command.arg("--always-fail");
+        }
+        if let Some(status) = options.fail_status {
+            command.args(["--fail-status", &status.to_string()]);
         }
         let child = command
             .stdout(Stdio::null())

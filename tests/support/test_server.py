@@ -9,6 +9,7 @@ purpose, and receives webhooks.
                 can kill the client in the middle of a run.
 --log FILE      one line per request: `GET /path STATUS` or `POST /path <json body>`.
 --always-fail   every request answers 500 with a JSON error body, like a broken cloud API.
+--fail-status N the status --always-fail answers with (default 500).
 
 Every POST is accepted with 204 and logged: that is the webhook receiver.
 """
@@ -16,6 +17,7 @@ Every POST is accepted with 204 and logged: that is the webhook receiver.
 import argparse
 import collections
 import http.server
+import json
 
 import threading
 import time
@@ -28,6 +30,7 @@ parser.add_argument("--fail-only", default=None)
 parser.add_argument("--stall", default=None)
 parser.add_argument("--log", default=None)
 parser.add_argument("--always-fail", action="store_true")
+parser.add_argument("--fail-status", type=int, default=500)
 args = parser.parse_args()
 
 lock = threading.Lock()
@@ -48,12 +51,14 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def fail(self):
-        """Answers 500 with an error body shaped like Google's and AWS's JSON errors."""
+        """Answers --fail-status with an error body shaped like Google's JSON errors."""
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
-        log(f"{self.command} {self.path} 500")
-        body = b'{"error": {"code": 500, "message": "backend unavailable (test peer)"}}'
-        self.send_response(500)
+        status = args.fail_status
+        log(f"{self.command} {self.path} {status}")
+        message = "backend unavailable (test peer)" if status >= 500 else "refused (test peer)"
+        body = json.dumps({"error": {"code": status, "message": message}}).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

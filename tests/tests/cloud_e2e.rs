@@ -322,7 +322,7 @@ fn a_daily_backfill_writes_one_export_per_day_at_the_templated_path() {
 }
 
 #[test]
-fn a_cloud_api_that_answers_500s_is_retried_then_reported() {
+fn a_cloud_api_that_answers_500s_is_retried_and_one_that_refuses_is_not() {
     let work = tempfile::tempdir().unwrap();
     let lake = work.path().join("lake");
     write_local_lake(work.path(), &lake);
