@@ -71,6 +71,18 @@ struct Checker<'a, 'd> {
     granularity: Option<Granularity>,
 }
 
+/// A template without leading and trailing `/`: dataset folders are relative to the lake.
+fn trim_slashes(mut parts: Vec<TemplatePart>) -> Vec<TemplatePart> {
+    if let Some(TemplatePart::Text(first)) = parts.first_mut() {
+        *first = first.trim_start_matches('/').to_string();
+    }
+    if let Some(TemplatePart::Text(last)) = parts.last_mut() {
+        *last = last.trim_end_matches('/').to_string();
+    }
+    parts.retain(|part| !matches!(part, TemplatePart::Text(text) if text.is_empty()));
+    parts
+}
+
 fn find<'s>(schema: &'s Schema, name: &str) -> Option<&'s ColumnType> {
     schema.iter().find(|(n, _)| n == name).map(|(_, t)| t)
 }
@@ -940,9 +952,10 @@ impl Checker<'_, '_> {
                         "contains `..`",
                     ));
                 }
+                let path = self.template(&sink.path, false);
                 let op = ir::BlockOp::LakeSink {
                     connection: sink.connection.value.clone(),
-                    path: sink.path.value.trim_matches('/').to_string(),
+                    path: trim_slashes(path?),
                     partition_by: sink.partition_by.iter().map(|c| c.value.clone()).collect(),
                     max_rows_per_file: sink.max_rows_per_file.as_ref().map(|n| n.value),
                 };

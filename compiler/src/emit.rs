@@ -541,6 +541,7 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
                 }
                 None => quote!(None),
             };
+            let path = template_text(path);
             Some(quote! {
                 #[doc = #doc]
                 const #name: LakeTarget = LakeTarget {
@@ -715,6 +716,7 @@ pub(crate) fn summary(block: &Block) -> String {
             partition_by,
             ..
         } => {
+            let path = template_text(path);
             let folders: String = partition_by.iter().map(|c| format!("{c}=*/")).collect();
             format!("write parquet to {{{connection}}}/{path}/{folders}")
         }
@@ -766,7 +768,8 @@ pub(crate) fn summary(block: &Block) -> String {
     }
 }
 
-fn template_text(parts: &[TemplatePart]) -> String {
+/// A template as written, for messages and summaries.
+pub(crate) fn template_text(parts: &[TemplatePart]) -> String {
     parts
         .iter()
         .map(|part| match part {
@@ -1046,12 +1049,15 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 }
             }
         }
-        BlockOp::LakeSink { .. } => {
+        BlockOp::LakeSink { path, .. } => {
             let target = target_const(block);
+            let (path_value, partition) = template_value(path);
             quote! {
                 #(#doc)*
                 async fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
-                    write_lake(ctx, &#target, input).await
+                    #partition
+                    let path = #path_value;
+                    write_lake(ctx, &#target, &path, input).await
                 }
             }
         }

@@ -251,8 +251,8 @@ pub enum BlockOp {
     LakeSink {
         /// The lake connection.
         connection: String,
-        /// The dataset folder.
-        path: String,
+        /// The dataset folder's template.
+        path: Vec<TemplatePart>,
         /// The hive partition columns, outermost folder first.
         partition_by: Vec<String>,
         /// The most rows one file holds.

@@ -238,7 +238,8 @@ fn sinks(out: &mut String, pipeline: &Pipeline, lineages: &[Lineage]) {
                 partition_by,
                 ..
             } => format!(
-                "Parquet dataset `{path}` on `{connection}`{}",
+                "Parquet dataset `{}` on `{connection}`{}",
+                crate::emit::template_text(path),
                 if partition_by.is_empty() {
                     String::new()
                 } else {

@@ -1217,7 +1217,9 @@ async fn validate(pipeline: &'static Pipeline) -> ExitCode {
                 }
             }
             (_, Some(SinkDef::Lake(target))) => {
-                let checked = probe_writable(&ctx, target.connection, target.path).await;
+                // A templated dataset path is probed at its fixed part.
+                let folder = target.path.split('{').next().unwrap_or_default();
+                let checked = probe_writable(&ctx, target.connection, folder).await;
                 match checked {
                     Ok(()) => report(
                         true,

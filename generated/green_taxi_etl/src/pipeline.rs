@@ -319,7 +319,8 @@ async fn load_warehouse(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
 ///
 /// Write Parquet files partitioned hive-style by pickup date.
 async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
-    write_lake(ctx, &LOAD_LAKE_TARGET, input).await
+    let path = "green_taxi".to_string();
+    write_lake(ctx, &LOAD_LAKE_TARGET, &path, input).await
 }
 
 /// `report_failure`: callback, declared at pipelines/green_taxi_etl.toml:137.

@@ -235,7 +235,8 @@ fn clean_green_taxi(_ctx: &RunContext, input: DataFrame) -> BlockResult<DataFram
 ///
 /// Parquet files partitioned hive-style by pickup date; a re-run replaces the month's own files.
 async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
-    write_lake(ctx, &LOAD_LAKE_TARGET, input).await
+    let path = "green_taxi".to_string();
+    write_lake(ctx, &LOAD_LAKE_TARGET, &path, input).await
 }
 
 /// `export_month`: export sink, declared at pipelines/green_taxi_to_gcs.toml:75.

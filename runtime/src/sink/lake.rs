@@ -32,7 +32,7 @@ use crate::store::{StoreLocation, open_store, put_file};
 pub struct LakeTarget {
     /// The lake connection's role.
     pub connection: &'static str,
-    /// The dataset's folder in the lake.
+    /// The dataset's folder in the lake, as written (it may be a template).
     pub path: &'static str,
     /// The columns whose values name the folders, hive-style, outermost first.
     pub partition_by: &'static [&'static str],
@@ -51,10 +51,12 @@ pub(crate) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 /// The folder, at the root of the lake, under which a run uploads its files before publishing.
 pub const STAGING_FOLDER: &str = "_baton_staging";
 
-/// Writes `frame` as Parquet files under the dataset folder.
+/// Writes `frame` as Parquet files under the dataset folder `path` (the target's template
+/// filled in for this run).
 pub async fn write_lake(
     ctx: &RunContext,
     target: &LakeTarget,
+    path: &str,
     frame: DataFrame,
 ) -> BlockResult<()> {
     let url = ctx.connection_url(target.connection)?;
@@ -69,7 +71,8 @@ pub async fn write_lake(
     let files = {
         let target = *target;
         let stem = stem.clone();
-        tokio::task::spawn_blocking(move || encode_files(&frame, &target, &stem))
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || encode_files(&frame, &target, &path, &stem))
             .await
             .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??
     };
@@ -111,7 +114,7 @@ pub async fn write_lake(
     remove_staging(&lake, &staging).await;
     published.map_err(|e| e.context(&lake.display))?;
     // Files of this run's partition that the new data did not produce again are stale.
-    let prefix = ObjectPath::from(target.path);
+    let prefix = ObjectPath::from(path);
     let stale: Vec<ObjectPath> = store
         .list(Some(&prefix))
         .try_filter(|meta| {
@@ -130,7 +133,7 @@ pub async fn write_lake(
     }
     info!(
         lake = %lake.display,
-        dataset = target.path,
+        dataset = path,
         files = count,
         removed = stale.len(),
         rows,
@@ -189,6 +192,7 @@ fn owned_by(file_name: &str, stem: &str) -> bool {
 fn encode_files(
     frame: &DataFrame,
     target: &LakeTarget,
+    dataset: &str,
     stem: &str,
 ) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
     let parts = if target.partition_by.is_empty() {
@@ -199,7 +203,7 @@ fn encode_files(
     let mut files = Vec::new();
     for part in parts {
         // One path part per folder: object_store escapes a `/` inside a value as `%2F`.
-        let mut folder = ObjectPath::from(target.path);
+        let mut folder = ObjectPath::from(dataset);
         for column in target.partition_by {
             let value = folder_value(part.column(column)?)?;
             folder = folder.join(format!("{column}={value}"));
@@ -255,7 +259,7 @@ mod tests {
             max_rows_per_file: None,
             columns: COLUMNS,
         };
-        let files = encode_files(&frame, &target, "part-2021").unwrap();
+        let files = encode_files(&frame, &target, "trips", "part-2021").unwrap();
         let mut paths: Vec<String> = files.iter().map(|(p, _)| p.to_string()).collect();
         paths.sort();
         assert_eq!(
@@ -285,7 +289,7 @@ mod tests {
             max_rows_per_file: Some(4),
             columns: COLUMNS,
         };
-        let files = encode_files(&frame, &target, "part-2021-01").unwrap();
+        let files = encode_files(&frame, &target, "trips", "part-2021-01").unwrap();
         let names: Vec<String> = files.iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(
             names,
