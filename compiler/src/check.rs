@@ -814,14 +814,7 @@ impl Checker<'_, '_> {
                     ),
                     (None, _) => {}
                 }
-                if bigquery && sink.mode.value == WriteMode::Upsert {
-                    self.push(
-                        Diagnostic::error("E0027", "a BigQuery sink cannot `upsert`", sink.mode.span.clone(), "not supported by this sink")
-                            .with_help("use `replace_partition` with `partition_column` so that re-runs replace their own rows, or `replace`"),
-                    );
-                } else {
-                    self.upsert_key(sink, input);
-                }
+                self.upsert_key(sink, input);
                 if sink.mode.value == WriteMode::Append && self.granularity.is_some() {
                     self.push(
                         Diagnostic::warning("W0002", "`append` in a partitioned pipeline adds a partition's rows again when it is re-run", sink.mode.span.clone(), "re-running a partition (`run`, `backfill --rerun-all`) inserts its rows twice")
@@ -857,6 +850,11 @@ impl Checker<'_, '_> {
                         ));
                     }
                 }
+                let key: Vec<String> = sink
+                    .key
+                    .as_ref()
+                    .map(|k| k.value.iter().map(|c| c.value.clone()).collect())
+                    .unwrap_or_default();
                 let op = if bigquery {
                     ir::BlockOp::BigQuerySink {
                         connection: sink.connection.value.clone(),
@@ -864,6 +862,7 @@ impl Checker<'_, '_> {
                         dataset: sink.db_schema.as_ref().map(|s| s.value.clone()),
                         mode: sink.mode.value,
                         partition_column: sink.partition_column.as_ref().map(|c| c.value.clone()),
+                        key: key.clone(),
                     }
                 } else {
                     ir::BlockOp::TableSink {
@@ -872,11 +871,7 @@ impl Checker<'_, '_> {
                         db_schema: sink.db_schema.as_ref().map(|s| s.value.clone()),
                         mode: sink.mode.value,
                         partition_column: sink.partition_column.as_ref().map(|c| c.value.clone()),
-                        key: sink
-                            .key
-                            .as_ref()
-                            .map(|k| k.value.iter().map(|c| c.value.clone()).collect())
-                            .unwrap_or_default(),
+                        key,
                     }
                 };
                 connection_ok.then_some((op, None))

@@ -576,12 +576,13 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             dataset,
             mode,
             partition_column,
+            key,
         } => {
             let dataset = match dataset {
                 Some(dataset) => quote!(Some(#dataset)),
                 None => quote!(None),
             };
-            let mode = write_mode_tokens(*mode, partition_column.as_deref(), &[]);
+            let mode = write_mode_tokens(*mode, partition_column.as_deref(), key);
             Some(quote! {
                 #[doc = #doc]
                 const #name: BigQueryTarget = BigQueryTarget {
@@ -629,6 +630,18 @@ pub(crate) fn qualified_table(db_schema: Option<&str>, table: &str) -> String {
     match db_schema {
         Some(schema) => format!("{schema}.{table}"),
         None => table.to_string(),
+    }
+}
+
+/// A write mode as `explain` shows it: `replace_partition by partition_month`.
+fn mode_text(mode: WriteMode, partition_column: Option<&str>, key: &[String]) -> String {
+    match mode {
+        WriteMode::Replace => "replace".to_string(),
+        WriteMode::Append => "append".to_string(),
+        WriteMode::ReplacePartition => {
+            format!("replace_partition by {}", partition_column.unwrap_or("?"))
+        }
+        WriteMode::Upsert => format!("upsert on {}", key.join(", ")),
     }
 }
 
@@ -700,14 +713,7 @@ pub(crate) fn summary(block: &Block) -> String {
             key,
         } => {
             let table = qualified_table(db_schema.as_deref(), table);
-            let mode = match (mode, partition_column) {
-                (WriteMode::Replace, _) => "replace".to_string(),
-                (WriteMode::Append, _) => "append".to_string(),
-                (WriteMode::ReplacePartition, column) => {
-                    format!("replace_partition by {}", column.as_deref().unwrap_or("?"))
-                }
-                (WriteMode::Upsert, _) => format!("upsert on {}", key.join(", ")),
-            };
+            let mode = mode_text(*mode, partition_column.as_deref(), key);
             format!("write table {table} on {{{connection}}} ({mode})")
         }
         BlockOp::LakeSink {
@@ -740,16 +746,10 @@ pub(crate) fn summary(block: &Block) -> String {
             dataset,
             mode,
             partition_column,
+            key,
         } => {
             let table = qualified_table(dataset.as_deref(), table);
-            let mode = match (mode, partition_column) {
-                (WriteMode::ReplacePartition, column) => {
-                    format!("replace_partition by {}", column.as_deref().unwrap_or("?"))
-                }
-                (WriteMode::Replace, _) => "replace".to_string(),
-                (WriteMode::Append, _) => "append".to_string(),
-                (WriteMode::Upsert, _) => "upsert".to_string(),
-            };
+            let mode = mode_text(*mode, partition_column.as_deref(), key);
             format!("load BigQuery table {table} on {{{connection}}} ({mode})")
         }
         BlockOp::Callback { webhook, .. } => {

@@ -220,10 +220,12 @@ pub enum BlockOp {
         table: String,
         /// The dataset, when not the connection's.
         dataset: Option<String>,
-        /// Replace, append or replace_partition.
+        /// Replace, append, replace_partition or upsert.
         mode: WriteMode,
         /// The column holding the partition key, for `replace_partition`.
         partition_column: Option<String>,
+        /// The columns identifying a row, for `upsert`.
+        key: Vec<String>,
     },
     /// A SQL table sink.
     TableSink {

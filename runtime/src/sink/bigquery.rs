@@ -15,7 +15,9 @@
 //! - `append`: one load job with `WRITE_APPEND`;
 //! - `replace_partition`: a load into a staging table, then one transaction that deletes the
 //!   run's partition from the table and inserts the staged rows, then the staging table is
-//!   dropped. Readers see the old partition or the new one, never both or neither.
+//!   dropped. Readers see the old partition or the new one, never both or neither;
+//! - `upsert`: a load into a staging table, then one `MERGE` on the key columns that updates the
+//!   rows whose key exists and inserts the others.
 
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::{BaseType, Column as ColumnDef};
 use crate::sink::export::encode;
-use crate::sink::table::{WriteMode, own_partition};
+use crate::sink::table::{WriteMode, last_row_per_key, own_partition};
 use crate::source::FileFormat;
 
 /// BigQuery's API root.
@@ -149,6 +151,7 @@ pub async fn write_bigquery(
     frame: DataFrame,
 ) -> BlockResult<()> {
     let own = own_partition(ctx, target.mode, target.columns, &frame)?;
+    let frame = last_row_per_key(frame, target.mode, target.table)?;
     let url = BigQueryUrl::parse(&ctx.connection_url(target.connection)?)?;
     let dataset = target
         .dataset
@@ -198,45 +201,55 @@ pub async fn write_bigquery(
                 .await?
         }
         (WriteMode::ReplacePartition { .. }, Some((column, value))) => {
-            let staging = TableRef {
-                dataset: dataset.clone(),
-                table: staging_table(target.table, ctx.run_id()),
+            let names = column_list(target.columns);
+            client
+                .through_staging(&table, &fields, ctx.run_id(), parquet, |staging| {
+                    format!(
+                        "BEGIN TRANSACTION;\nDELETE FROM {table} WHERE `{column}` = {value};\nINSERT INTO {table} ({names}) SELECT {names} FROM {staging};\nCOMMIT TRANSACTION;",
+                        table = client.qualified(&table),
+                        column = column.name,
+                        value = sql_literal(column.ty, &value),
+                    )
+                })
+                .await?;
+        }
+        (WriteMode::Upsert { key }, _) => {
+            let names = column_list(target.columns);
+            let matches = key
+                .iter()
+                .map(|k| format!("t.`{k}` = s.`{k}`"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let updates = target
+                .columns
+                .iter()
+                .filter(|c| !key.contains(&c.name))
+                .map(|c| format!("`{0}` = s.`{0}`", c.name))
+                .collect::<Vec<_>>();
+            let values = target
+                .columns
+                .iter()
+                .map(|c| format!("s.`{}`", c.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let update = if updates.is_empty() {
+                String::new()
+            } else {
+                format!("WHEN MATCHED THEN UPDATE SET {} ", updates.join(", "))
             };
-            client.create_table(&staging, &fields).await?;
-            let replaced = async {
-                client
-                    .load(&staging, &fields, "WRITE_TRUNCATE", parquet)
-                    .await?;
-                let names = target
-                    .columns
-                    .iter()
-                    .map(|c| format!("`{}`", c.name))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let script = format!(
-                    "BEGIN TRANSACTION;\nDELETE FROM {table} WHERE `{column}` = {value};\nINSERT INTO {table} ({names}) SELECT {names} FROM {staging};\nCOMMIT TRANSACTION;",
-                    table = client.qualified(&table),
-                    column = column.name,
-                    value = sql_literal(column.ty, &value),
-                    staging = client.qualified(&staging),
-                );
-                client.query(&script).await
-            }
-            .await;
-            if let Err(error) = client.delete_table(&staging).await {
-                warn!(%error, table = %client.qualified(&staging), "cannot drop the staging table");
-            }
-            replaced?;
+            client
+                .through_staging(&table, &fields, ctx.run_id(), parquet, |staging| {
+                    format!(
+                        "MERGE {table} AS t USING {staging} AS s ON {matches} {update}WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values});",
+                        table = client.qualified(&table),
+                    )
+                })
+                .await?;
         }
         (WriteMode::ReplacePartition { column }, None) => {
             return Err(BlockError::fatal(format!(
                 "replace_partition by `{column}` needs a partitioned run"
             )));
-        }
-        (WriteMode::Upsert { .. }, _) => {
-            return Err(BlockError::fatal(
-                "a BigQuery sink cannot upsert (the compiler rejects it)",
-            ));
         }
     }
     info!(
@@ -272,6 +285,15 @@ pub async fn validate_bigquery(
         }
         _ => Vec::new(),
     })
+}
+
+/// The columns, backquoted and comma-separated, for SQL.
+fn column_list(columns: &[ColumnDef]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("`{}`", c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A table of the connection's project.
@@ -670,6 +692,33 @@ impl Client {
                 _ => return Err(api_error(status, &body, what)),
             }
         }
+    }
+
+    /// Loads the data into a staging table of this run, runs the SQL that `statement` makes of
+    /// the staging table's name, and drops the staging table whatever happened.
+    async fn through_staging(
+        &self,
+        table: &TableRef,
+        fields: &Value,
+        run_id: &str,
+        parquet: Vec<u8>,
+        statement: impl FnOnce(&str) -> String,
+    ) -> BlockResult<()> {
+        let staging = TableRef {
+            dataset: table.dataset.clone(),
+            table: staging_table(&table.table, run_id),
+        };
+        self.create_table(&staging, fields).await?;
+        let result = async {
+            self.load(&staging, fields, "WRITE_TRUNCATE", parquet)
+                .await?;
+            self.query(&statement(&self.qualified(&staging))).await
+        }
+        .await;
+        if let Err(error) = self.delete_table(&staging).await {
+            warn!(%error, table = %self.qualified(&staging), "cannot drop the staging table");
+        }
+        result
     }
 
     /// Runs a GoogleSQL query job (a script may hold a transaction) and waits for it.

@@ -328,6 +328,31 @@ pub fn own_partition(
     Ok(Some((definition, text)))
 }
 
+/// In `upsert` mode, the frame with one row per key. Two rows with one key in a batch would
+/// make the upsert ambiguous (Postgres and BigQuery refuse it): the last one wins, as it would
+/// had they arrived one after the other.
+pub fn last_row_per_key(frame: DataFrame, mode: WriteMode, table: &str) -> BlockResult<DataFrame> {
+    let WriteMode::Upsert { key } = mode else {
+        return Ok(frame);
+    };
+    let before = frame.height();
+    let unique = frame
+        .lazy()
+        .unique_stable_generic(
+            Some(key.iter().map(|k| col(*k)).collect()),
+            UniqueKeepStrategy::Last,
+        )
+        .collect()?;
+    if unique.height() < before {
+        warn!(
+            table,
+            duplicates = before - unique.height(),
+            "rows with the same key in one load: the last of each is kept"
+        );
+    }
+    Ok(unique)
+}
+
 /// Writes `frame` into the target table in one transaction.
 pub async fn write_table(
     ctx: &RunContext,
@@ -352,29 +377,7 @@ pub async fn write_table(
             )));
         }
     }
-    // Two rows with one key in a batch would make the upsert ambiguous (Postgres refuses it):
-    // the last one wins, as it would had they arrived one after the other.
-    let frame = match target.mode {
-        WriteMode::Upsert { key } => {
-            let before = frame.height();
-            let unique = frame
-                .lazy()
-                .unique_stable_generic(
-                    Some(key.iter().map(|k| col(*k)).collect()),
-                    UniqueKeepStrategy::Last,
-                )
-                .collect()?;
-            if unique.height() < before {
-                warn!(
-                    table = %name,
-                    duplicates = before - unique.height(),
-                    "rows with the same key in one load: the last of each is kept"
-                );
-            }
-            unique
-        }
-        _ => frame,
-    };
+    let frame = last_row_per_key(frame, target.mode, &name)?;
     let rows = frame.height();
     let started = std::time::Instant::now();
     match &warehouse {
