@@ -51,31 +51,9 @@ pub struct StoreLocation {
     pub store: Arc<dyn ObjectStore>,
     /// The URL without secrets, to name this store in messages and logs.
     pub display: String,
-    /// Whether this is Google Cloud Storage (`gs://`), so BigQuery can load from it directly.
-    pub gcs: Option<GcsRoot>,
     /// The folder, for a local store: object stores have no folders, but a file system keeps
     /// the empty ones that deleting objects leaves behind.
     pub local_root: Option<std::path::PathBuf>,
-}
-
-/// Where a `gs://` connection points, for BigQuery load jobs that read the lake in place.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GcsRoot {
-    /// The bucket.
-    pub bucket: String,
-    /// The prefix inside the bucket, without leading or trailing slashes.
-    pub prefix: String,
-}
-
-impl GcsRoot {
-    /// The `gs://` URI of `path` under this root.
-    pub fn uri(&self, path: &str) -> String {
-        if self.prefix.is_empty() {
-            format!("gs://{}/{path}", self.bucket)
-        } else {
-            format!("gs://{}/{}/{path}", self.bucket, self.prefix)
-        }
-    }
 }
 
 /// The URL's scheme, bucket, prefix and query options.
@@ -118,19 +96,12 @@ pub fn open_store(url: &str) -> BlockResult<StoreLocation> {
         return Ok(StoreLocation {
             store: Arc::new(LocalFileSystem::new_with_prefix(path)?),
             display,
-            gcs: None,
             local_root: Some(path.into()),
         });
     }
     let parsed = parse_cloud_url(url)?;
     let bucket_url = format!("{}://{}", parsed.scheme, parsed.bucket);
     let display = &display;
-    let bad_key = |key: &str| {
-        BlockError::fatal(format!(
-            "{display}: unknown option `{key}` (see object_store's configuration keys for {})",
-            parsed.scheme
-        ))
-    };
     let store: Arc<dyn ObjectStore> = match parsed.scheme.as_str() {
         "s3" | "s3a" => {
             let mut builder = AmazonS3Builder::from_env()
@@ -139,30 +110,27 @@ pub fn open_store(url: &str) -> BlockResult<StoreLocation> {
             for (key, value) in aws_profile(|name| std::env::var(name).ok()) {
                 builder = builder.with_config(key, value);
             }
-            for (key, value) in &parsed.options {
-                let key: AmazonS3ConfigKey = key.parse().map_err(|_| bad_key(key))?;
-                builder = builder.with_config(key, value);
-            }
+            let builder = configure(builder, &parsed, display, |b, k: AmazonS3ConfigKey, v| {
+                b.with_config(k, v)
+            })?;
             Arc::new(builder.build()?)
         }
         "gs" => {
-            let mut builder = GoogleCloudStorageBuilder::from_env()
+            let builder = GoogleCloudStorageBuilder::from_env()
                 .with_url(&bucket_url)
                 .with_retry(request_retries());
-            for (key, value) in &parsed.options {
-                let key: GoogleConfigKey = key.parse().map_err(|_| bad_key(key))?;
-                builder = builder.with_config(key, value);
-            }
+            let builder = configure(builder, &parsed, display, |b, k: GoogleConfigKey, v| {
+                b.with_config(k, v)
+            })?;
             Arc::new(builder.build()?)
         }
         "az" | "azure" | "abfs" | "abfss" => {
-            let mut builder = MicrosoftAzureBuilder::from_env()
+            let builder = MicrosoftAzureBuilder::from_env()
                 .with_url(&bucket_url)
                 .with_retry(request_retries());
-            for (key, value) in &parsed.options {
-                let key: AzureConfigKey = key.parse().map_err(|_| bad_key(key))?;
-                builder = builder.with_config(key, value);
-            }
+            let builder = configure(builder, &parsed, display, |b, k: AzureConfigKey, v| {
+                b.with_config(k, v)
+            })?;
             Arc::new(builder.build()?)
         }
         other => {
@@ -171,10 +139,6 @@ pub fn open_store(url: &str) -> BlockResult<StoreLocation> {
             )));
         }
     };
-    let gcs = (parsed.scheme == "gs").then(|| GcsRoot {
-        bucket: parsed.bucket.clone(),
-        prefix: parsed.prefix.clone(),
-    });
     let store = if parsed.prefix.is_empty() {
         store
     } else {
@@ -186,7 +150,6 @@ pub fn open_store(url: &str) -> BlockResult<StoreLocation> {
     Ok(StoreLocation {
         store,
         display: display.clone(),
-        gcs,
         local_root: None,
     })
 }
@@ -292,6 +255,26 @@ pub async fn matching_files(
         .await?;
     files.sort();
     Ok(files)
+}
+
+/// Applies the URL's query options to a store builder, each read as one of its configuration
+/// keys; an unknown key is an error naming it.
+fn configure<B, K: std::str::FromStr>(
+    mut builder: B,
+    url: &ParsedUrl,
+    display: &str,
+    with_config: fn(B, K, &str) -> B,
+) -> BlockResult<B> {
+    for (key, value) in &url.options {
+        let parsed: K = key.parse().map_err(|_| {
+            BlockError::fatal(format!(
+                "{display}: unknown option `{key}` (see object_store's configuration keys for {})",
+                url.scheme
+            ))
+        })?;
+        builder = with_config(builder, parsed, value);
+    }
+    Ok(builder)
 }
 
 /// The URL with its password and every query value redacted, except endpoints, regions and
@@ -438,14 +421,5 @@ mod tests {
         // No files, no settings.
         let missing = |name: &str| name.ends_with("_FILE").then(|| "/nonexistent".to_string());
         assert!(aws_profile(missing).is_empty());
-    }
-
-    #[test]
-    fn gcs_roots_make_uris() {
-        let root = GcsRoot {
-            bucket: "b".into(),
-            prefix: "lake".into(),
-        };
-        assert_eq!(root.uri("t/x.parquet"), "gs://b/lake/t/x.parquet");
     }
 }
