@@ -953,6 +953,7 @@ impl Checker<'_, '_> {
                     path: trim_slashes(path?),
                     partition_by: sink.partition_by.iter().map(|c| c.value.clone()).collect(),
                     max_rows_per_file: sink.max_rows_per_file.as_ref().map(|n| n.value),
+                    format: sink.format,
                 };
                 connection_ok.then_some((op, None))
             }

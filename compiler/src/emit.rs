@@ -533,7 +533,9 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             path,
             partition_by,
             max_rows_per_file,
+            format,
         } => {
+            let format = format_tokens(*format);
             let max_rows_per_file = match max_rows_per_file {
                 Some(rows) => {
                     let rows = proc_macro2::Literal::usize_unsuffixed(*rows as usize);
@@ -549,6 +551,7 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
                     path: #path,
                     partition_by: &[#(#partition_by),*],
                     max_rows_per_file: #max_rows_per_file,
+                    format: #format,
                     columns: #input_schema,
                 };
             })
@@ -720,11 +723,16 @@ pub(crate) fn summary(block: &Block) -> String {
             connection,
             path,
             partition_by,
+            format,
             ..
         } => {
             let path = template_text(path);
             let folders: String = partition_by.iter().map(|c| format!("{c}=*/")).collect();
-            format!("write parquet to {{{connection}}}/{path}/{folders}")
+            let format = match format {
+                FileFormat::Csv => "csv",
+                FileFormat::Parquet => "parquet",
+            };
+            format!("write {format} to {{{connection}}}/{path}/{folders}")
         }
         BlockOp::ExportSink {
             connection,

@@ -259,6 +259,8 @@ pub enum BlockOp {
         partition_by: Vec<String>,
         /// The most rows one file holds.
         max_rows_per_file: Option<u32>,
+        /// Parquet or CSV.
+        format: FileFormat,
     },
 }
 

@@ -417,6 +417,8 @@ pub struct LakeSink {
     pub partition_by: Vec<Located<String>>,
     /// The most rows one file holds.
     pub max_rows_per_file: Option<Located<u32>>,
+    /// Parquet (the default) or CSV.
+    pub format: FileFormat,
 }
 
 /// How a REST source reads its records.
@@ -1441,11 +1443,14 @@ impl Reader<'_, '_> {
                     },
                 };
                 let max_rows_per_file = self.opt_integer(cursor, "max_rows_per_file", 1..=u32::MAX);
+                // The dataset is a folder, so only `format` says CSV; Parquet by default.
+                let (format, _) = self.file_format(cursor, ".parquet", false);
                 Some(BlockKind::LakeSink(LakeSink {
                     connection: connection?,
                     path: path?,
                     partition_by,
                     max_rows_per_file,
+                    format,
                 }))
             }
             "export" => {

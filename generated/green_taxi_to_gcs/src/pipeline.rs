@@ -179,6 +179,7 @@ const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     path: "green_taxi",
     partition_by: &["lpep_pickup_date"],
     max_rows_per_file: None,
+    format: FileFormat::Parquet,
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 

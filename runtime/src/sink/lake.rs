@@ -1,4 +1,4 @@
-//! The lake sink: Parquet files partitioned hive-style, through object_store.
+//! The lake sink: Parquet (or CSV) files partitioned hive-style, through object_store.
 //!
 //! Files are named after the run's partition (`part-2021-01.parquet`), so a run rewrites
 //! exactly its own files: two monthly runs that both have pickups on 2021-02-01 each own one
@@ -38,6 +38,8 @@ pub struct LakeTarget {
     pub partition_by: &'static [&'static str],
     /// The most rows one file holds; a larger partition is written as several files.
     pub max_rows_per_file: Option<usize>,
+    /// Parquet (Snappy) or CSV with a header.
+    pub format: FileFormat,
     /// The columns flowing in.
     pub columns: &'static [ColumnDef],
 }
@@ -121,7 +123,7 @@ pub async fn write_lake(
             std::future::ready(
                 meta.location
                     .filename()
-                    .is_some_and(|name| owned_by(name, &stem))
+                    .is_some_and(|name| owned_by(name, &stem, target.format))
                     && !written.contains(&meta.location.to_string()),
             )
         })
@@ -172,13 +174,21 @@ async fn remove_staging(lake: &StoreLocation, staging: &str) {
     }
 }
 
+/// The file name extension of a format, with its dot.
+fn extension(format: FileFormat) -> &'static str {
+    match format {
+        FileFormat::Parquet => ".parquet",
+        FileFormat::Csv => ".csv",
+    }
+}
+
 /// Whether a file name is one of the files a run writes with this stem: `STEM.parquet`, or
-/// `STEM.0001.parquet` and so on when a partition is split.
-fn owned_by(file_name: &str, stem: &str) -> bool {
+/// `STEM.0001.parquet` and so on when a partition is split (`.csv` for CSV datasets).
+fn owned_by(file_name: &str, stem: &str, format: FileFormat) -> bool {
     let Some(rest) = file_name.strip_prefix(stem) else {
         return false;
     };
-    match rest.strip_suffix(".parquet") {
+    match rest.strip_suffix(extension(format)) {
         Some("") => true,
         Some(number) => number
             .strip_prefix('.')
@@ -215,13 +225,13 @@ fn encode_files(
         for index in 0..chunks {
             let mut chunk = data.slice((index * limit) as i64, limit);
             let name = if chunks == 1 {
-                format!("{stem}.parquet")
+                format!("{stem}{}", extension(target.format))
             } else {
-                format!("{stem}.{:04}.parquet", index + 1)
+                format!("{stem}.{:04}{}", index + 1, extension(target.format))
             };
             files.push((
                 folder.clone().join(name),
-                encode(&mut chunk, FileFormat::Parquet)?,
+                encode(&mut chunk, target.format)?,
             ));
         }
     }
@@ -257,6 +267,7 @@ mod tests {
             path: "trips",
             partition_by: &["year", "borough"],
             max_rows_per_file: None,
+            format: FileFormat::Parquet,
             columns: COLUMNS,
         };
         let files = encode_files(&frame, &target, "trips", "part-2021").unwrap();
@@ -287,6 +298,7 @@ mod tests {
             path: "trips",
             partition_by: &[],
             max_rows_per_file: Some(4),
+            format: FileFormat::Parquet,
             columns: COLUMNS,
         };
         let files = encode_files(&frame, &target, "trips", "part-2021-01").unwrap();
@@ -312,11 +324,62 @@ mod tests {
     }
 
     #[test]
+    fn csv_datasets_write_csv_files_with_a_header() {
+        let frame = df!["day" => ["2021-01-01", "2021-01-02"], "fare" => [1.5, 2.0]].unwrap();
+        const COLUMNS: &[ColumnDef] = &[
+            ColumnDef::required("day", BaseType::String),
+            ColumnDef::required("fare", BaseType::Float64),
+        ];
+        let target = LakeTarget {
+            connection: "lake",
+            path: "trips",
+            partition_by: &["day"],
+            max_rows_per_file: None,
+            format: FileFormat::Csv,
+            columns: COLUMNS,
+        };
+        let files = encode_files(&frame, &target, "trips", "part-2021-01").unwrap();
+        let (path, bytes) = &files[0];
+        assert_eq!(path.to_string(), "trips/day=2021-01-01/part-2021-01.csv");
+        assert_eq!(String::from_utf8_lossy(bytes), "fare\n1.5\n");
+    }
+
+    #[test]
     fn a_run_owns_only_its_own_files() {
-        assert!(owned_by("part-2021-01.parquet", "part-2021-01"));
-        assert!(owned_by("part-2021-01.0002.parquet", "part-2021-01"));
-        assert!(!owned_by("part-2021-01-01.parquet", "part-2021-01"));
-        assert!(!owned_by("part-2021-01.x.parquet", "part-2021-01"));
-        assert!(!owned_by("part-2021-02.parquet", "part-2021-01"));
+        assert!(owned_by(
+            "part-2021-01.parquet",
+            "part-2021-01",
+            FileFormat::Parquet
+        ));
+        assert!(owned_by(
+            "part-2021-01.0002.parquet",
+            "part-2021-01",
+            FileFormat::Parquet
+        ));
+        assert!(!owned_by(
+            "part-2021-01-01.parquet",
+            "part-2021-01",
+            FileFormat::Parquet
+        ));
+        assert!(!owned_by(
+            "part-2021-01.x.parquet",
+            "part-2021-01",
+            FileFormat::Parquet
+        ));
+        assert!(!owned_by(
+            "part-2021-02.parquet",
+            "part-2021-01",
+            FileFormat::Parquet
+        ));
+        assert!(owned_by(
+            "part-2021-01.csv",
+            "part-2021-01",
+            FileFormat::Csv
+        ));
+        assert!(!owned_by(
+            "part-2021-01.parquet",
+            "part-2021-01",
+            FileFormat::Csv
+        ));
     }
 }
