@@ -143,11 +143,7 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
     let connections = pipeline.connections.iter().map(|connection| {
         let name = &connection.name;
         let url = &connection.url;
-        let password = match &connection.password {
-            Some(SecretRef::Env(var)) => quote!(Some(Secret::Env(#var))),
-            Some(SecretRef::File(path)) => quote!(Some(Secret::File(#path))),
-            None => quote!(None),
-        };
+        let password = secret_tokens(connection.password.as_ref());
         quote!(ConnectionDef { name: #name, url: #url, password: #password })
     });
     let module = match &options.rust_module {
@@ -512,10 +508,7 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             partition_column,
             key,
         } => {
-            let db_schema = match db_schema {
-                Some(schema) => quote!(Some(#schema)),
-                None => quote!(None),
-            };
+            let db_schema = optional(db_schema.as_deref());
             let mode = write_mode_tokens(*mode, partition_column.as_deref(), key);
             Some(quote! {
                 #[doc = #doc]
@@ -581,10 +574,7 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             partition_column,
             key,
         } => {
-            let dataset = match dataset {
-                Some(dataset) => quote!(Some(#dataset)),
-                None => quote!(None),
-            };
+            let dataset = optional(dataset.as_deref());
             let mode = write_mode_tokens(*mode, partition_column.as_deref(), key);
             Some(quote! {
                 #[doc = #doc]
@@ -598,6 +588,23 @@ fn sink_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
             })
         }
         _ => None,
+    }
+}
+
+/// `Some("text")` or `None`, as tokens.
+fn optional(value: Option<&str>) -> TokenStream {
+    match value {
+        Some(text) => quote!(Some(#text)),
+        None => quote!(None),
+    }
+}
+
+/// A secret reference as the runtime's `Option<Secret>`.
+fn secret_tokens(secret: Option<&SecretRef>) -> TokenStream {
+    match secret {
+        Some(SecretRef::Env(var)) => quote!(Some(Secret::Env(#var))),
+        Some(SecretRef::File(path)) => quote!(Some(Secret::File(#path))),
+        None => quote!(None),
     }
 }
 
@@ -897,10 +904,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             };
             let name = &block.name;
             let concurrency = proc_macro2::Literal::usize_unsuffixed(fan_out.concurrency as usize);
-            let item_column = match &fan_out.item_column {
-                Some(column) => quote!(Some(#column)),
-                None => quote!(None),
-            };
+            let item_column = optional(fan_out.item_column.as_deref());
             let item_function = format_ident!("{}_item", block.name);
             let item_doc = format!(" One item of `{}`'s fan-out.", block.name);
             quote! {
@@ -949,15 +953,8 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 }
                 Pagination::Link => quote!(Pagination::Link),
             };
-            let auth = match &options.auth {
-                Some(SecretRef::Env(var)) => quote!(Some(Secret::Env(#var))),
-                Some(SecretRef::File(path)) => quote!(Some(Secret::File(#path))),
-                None => quote!(None),
-            };
-            let auth_header = match &options.auth_header {
-                Some(header) => quote!(Some(#header)),
-                None => quote!(None),
-            };
+            let auth = secret_tokens(options.auth.as_ref());
+            let auth_header = optional(options.auth_header.as_deref());
             let max_pages = options.max_pages;
             quote! {
                 #(#doc)*
@@ -1091,10 +1088,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             }
         }
         BlockOp::Callback { message, webhook } => {
-            let webhook = match webhook {
-                Some(connection) => quote!(Some(#connection)),
-                None => quote!(None),
-            };
+            let webhook = optional(webhook.as_deref());
             quote! {
                 #(#doc)*
                 async fn #function(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
