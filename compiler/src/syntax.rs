@@ -226,6 +226,15 @@ pub const BLOCK_KINDS: [&str; 11] = [
     "callback",
 ];
 
+/// Webhook bodies of callbacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// Baton's JSON: pipeline, run, partition, status, message, failed blocks.
+    Json,
+    /// `{"text": message}`, what Slack-compatible incoming webhooks take.
+    Slack,
+}
+
 /// Trigger rules: when a block runs, given how its upstream blocks ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -323,8 +332,15 @@ pub enum BlockKind {
         on: Located<CallbackOn>,
         /// The message template.
         message: Option<Located<String>>,
-        /// The connection whose URL receives a JSON POST.
+        /// The connection whose URL receives a POST.
         webhook: Option<Located<String>>,
+        /// The webhook's body: Baton's JSON or Slack's `{"text": ...}`.
+        webhook_format: WebhookFormat,
+        /// The `smtp://` connection that mails the message.
+        email: Option<Located<String>>,
+        /// Whether a failure alert is held back while the pipeline's previous run also failed
+        /// (default: yes for `on = "failure"`).
+        dedupe: Option<Located<bool>>,
     },
 }
 
@@ -930,16 +946,7 @@ impl Reader<'_, '_> {
         let timeout_ms = cursor
             .get("timeout")
             .and_then(|v| self.duration("timeout", v));
-        let require_timeouts =
-            cursor
-                .get("require_timeouts")
-                .and_then(|value| match value.get_ref() {
-                    DeValue::Boolean(b) => Some(Located::new(*b, value.span())),
-                    _ => {
-                        self.wrong_type("require_timeouts", value, "true or false");
-                        None
-                    }
-                });
+        let require_timeouts = self.opt_bool(&mut cursor, "require_timeouts");
         let schedule = match cursor.get("schedule") {
             Some(value) => self
                 .table("schedule", value)
@@ -1497,10 +1504,26 @@ impl Reader<'_, '_> {
                     });
                 let message = self.opt_string(cursor, "message");
                 let webhook = self.opt_string(cursor, "webhook");
+                let webhook_format = match self.opt_string(cursor, "format") {
+                    None => WebhookFormat::Json,
+                    Some(format) => match format.value.as_str() {
+                        "json" => WebhookFormat::Json,
+                        "slack" => WebhookFormat::Slack,
+                        other => {
+                            self.invalid_value("format", format.span, other, &["json", "slack"]);
+                            WebhookFormat::Json
+                        }
+                    },
+                };
+                let email = self.opt_string(cursor, "email");
+                let dedupe = self.opt_bool(cursor, "dedupe");
                 Some(BlockKind::Callback {
                     on: on?,
                     message,
                     webhook,
+                    webhook_format,
+                    email,
+                    dedupe,
                 })
             }
             other => {
@@ -1615,6 +1638,22 @@ impl Reader<'_, '_> {
             Some(value) => Some((self.column_table("schema", value)?, value.span())),
             None => {
                 self.missing(cursor, "schema", "declare the source's columns: `[blocks.NAME.schema]` with `column = \"int64?\"` lines");
+                None
+            }
+        }
+    }
+
+    /// An optional boolean key.
+    fn opt_bool(
+        &mut self,
+        cursor: &mut TableCursor<'_, '_>,
+        key: &'static str,
+    ) -> Option<Located<bool>> {
+        let value = cursor.get(key)?;
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(Located::new(*b, value.span())),
+            _ => {
+                self.wrong_type(key, value, "true or false");
                 None
             }
         }

@@ -1179,6 +1179,7 @@ async fn validate(pipeline: &'static Pipeline) -> ExitCode {
         None,
         &HashMap::new(),
         Arc::new(Resources::default()),
+        None,
     );
     let mut problems = 0;
     let mut report = |ok: bool, line: String| {

@@ -160,6 +160,8 @@ struct Inner {
     partition: Option<Partition>,
     params: HashMap<&'static str, Value>,
     resources: Arc<Resources>,
+    /// The run ledger, when the run is recorded: callbacks read the pipeline's previous runs.
+    ledger: Option<crate::ledger::Ledger>,
     /// Blocks that have ended so far, for callbacks that report on the run.
     outcomes: std::sync::Mutex<Vec<BlockOutcome>>,
     /// Items of fanned-out sources already read in this run, by block and item, so that a
@@ -182,6 +184,7 @@ impl RunContext {
         partition: Option<Partition>,
         overrides: &HashMap<String, Value>,
         resources: Arc<Resources>,
+        ledger: Option<crate::ledger::Ledger>,
     ) -> RunContext {
         let params = pipeline
             .params
@@ -203,10 +206,16 @@ impl RunContext {
                 partition,
                 params,
                 resources,
+                ledger,
                 outcomes: std::sync::Mutex::new(Vec::new()),
                 items: std::sync::Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The run ledger, when this run is recorded in one.
+    pub fn ledger(&self) -> Option<&crate::ledger::Ledger> {
+        self.inner.ledger.as_ref()
     }
 
     /// The pipeline.
@@ -251,6 +260,8 @@ impl RunContext {
         let url = crate::env::interpolate(connection.url, |var| std::env::var(var).ok())
             .map_err(|e| BlockError::fatal(format!("connection `{name}`: {e}")))?;
         match connection.password {
+            // An empty URL switches an optional channel off; it needs no password.
+            _ if url.trim().is_empty() => Ok(url),
             None => Ok(url),
             Some(secret) => {
                 let password = read_secret(secret)

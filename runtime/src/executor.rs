@@ -247,6 +247,7 @@ pub async fn run(
         request.partition,
         &request.params,
         services.resources.clone(),
+        services.ledger.clone(),
     );
     let span = info_span!("run", pipeline = pipeline.name, partition = %request.partition.map(|p| p.key()).unwrap_or_default());
     let mut execution = Execution::new(pipeline, &run_id, request.partition, services, ctx);

@@ -505,6 +505,23 @@ impl Ledger {
             .next())
     }
 
+    /// The pipeline's most recently ended run other than `run_id` that succeeded or failed.
+    pub async fn previous_finished_run(
+        &self,
+        pipeline: &str,
+        run_id: &str,
+    ) -> Result<Option<RunRecord>, LedgerError> {
+        Ok(self
+            .select_runs(
+                "WHERE pipeline = $1 AND run_id <> $2 AND status IN ('succeeded', 'failed') \
+                 ORDER BY ended_at DESC, run_id DESC LIMIT 1",
+                &[pipeline, run_id],
+            )
+            .await?
+            .into_iter()
+            .next())
+    }
+
     async fn select_runs(
         &self,
         clause: &str,

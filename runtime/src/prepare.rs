@@ -83,6 +83,7 @@ pub async fn observe(
             partition,
             &HashMap::new(),
             services.resources.clone(),
+            None,
         );
         let warehouse = ctx
             .warehouse(target.connection)

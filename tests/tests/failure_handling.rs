@@ -145,6 +145,7 @@ async fn failures_skip_downstream_run_cleanup_and_alert_once() {
         ("load", "skipped"),
         ("audit", "succeeded"),
         ("alert", "succeeded"),
+        ("alert_slack", "succeeded"),
     ]
     .iter()
     .map(|(b, s)| (b.to_string(), s.to_string()))

@@ -13,7 +13,7 @@ pub static PIPELINE: Pipeline = Pipeline {
     owner: "data-engineering",
     tags: &["nyc-tlc", "zoomcamp", "green-taxi"],
     source_path: "pipelines/green_taxi_etl.toml",
-    source_hash: "2228803751c6ce59",
+    source_hash: "6a042a33c340abf4",
     git_commit: option_env!("BATON_GIT_COMMIT"),
     timeout_ms: None,
     limits: &[],
@@ -50,6 +50,11 @@ pub static PIPELINE: Pipeline = Pipeline {
             url: "${ALERT_WEBHOOK_URL:-}",
             password: None,
         },
+        ConnectionDef {
+            name: "alert_email",
+            url: "${ALERT_EMAIL_URL:-}",
+            password: Some(Secret::Env("SMTP_PASSWORD")),
+        },
     ],
     blocks: &BLOCKS,
     run_block,
@@ -60,7 +65,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "extract_green_taxi",
         kind: BlockKind::HttpSource,
-        line: 38,
+        line: 40,
         description: "Download one month of green taxi trips (gzip CSV) with the course's column types.",
         summary: "read csv (gzip) from {tlc}/green_tripdata_{partition.year}-{partition.month}.csv.gz",
         inputs: &[],
@@ -80,7 +85,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "clean_green_taxi",
         kind: BlockKind::Transform,
-        line: 67,
+        line: 69,
         description: "Drop trips without passengers or distance, add the pickup date, snake_case the id columns.",
         summary: "3 steps",
         inputs: &[0],
@@ -100,7 +105,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "load_warehouse",
         kind: BlockKind::TableSink,
-        line: 94,
+        line: 96,
         description: "Replace this month's rows of green_taxi in one transaction.",
         summary: "write table mage.green_taxi on {warehouse} (replace_partition by partition_month)",
         inputs: &[1],
@@ -120,7 +125,7 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "load_lake",
         kind: BlockKind::LakeSink,
-        line: 129,
+        line: 131,
         description: "Write Parquet files partitioned hive-style by pickup date.",
         summary: "write parquet to {lake}/green_taxi/lpep_pickup_date=*/",
         inputs: &[1],
@@ -140,8 +145,8 @@ static BLOCKS: [BlockDef; 5] = [
     BlockDef {
         name: "report_failure",
         kind: BlockKind::Callback,
-        line: 137,
-        description: "Say which block failed and why; with ALERT_WEBHOOK_URL set, also POST it as JSON.",
+        line: 139,
+        description: "Say which block failed and why; with ALERT_WEBHOOK_URL or ALERT_EMAIL_URL set, also POST it as JSON or mail it, once per incident.",
         summary: "report the run on failure: log and POST to {alerts}",
         inputs: &[],
         after: &[0, 1, 2, 3],
@@ -159,7 +164,7 @@ static BLOCKS: [BlockDef; 5] = [
     },
 ];
 
-/// Columns leaving `extract_green_taxi` (pipelines/green_taxi_etl.toml:38).
+/// Columns leaving `extract_green_taxi` (pipelines/green_taxi_etl.toml:40).
 pub const EXTRACT_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("VendorID", BaseType::Int64),
     Column::required("lpep_pickup_datetime", BaseType::Timestamp),
@@ -183,7 +188,7 @@ pub const EXTRACT_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("congestion_surcharge", BaseType::Float64),
 ];
 
-/// Columns leaving `clean_green_taxi` (pipelines/green_taxi_etl.toml:67).
+/// Columns leaving `clean_green_taxi` (pipelines/green_taxi_etl.toml:69).
 pub const CLEAN_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::nullable("vendor_id", BaseType::Int64),
     Column::required("lpep_pickup_datetime", BaseType::Timestamp),
@@ -209,7 +214,7 @@ pub const CLEAN_GREEN_TAXI_OUTPUT: &[Column] = &[
     Column::required("partition_month", BaseType::Date),
 ];
 
-/// Where `load_warehouse` writes (pipelines/green_taxi_etl.toml:94).
+/// Where `load_warehouse` writes (pipelines/green_taxi_etl.toml:96).
 const LOAD_WAREHOUSE_TARGET: TableTarget = TableTarget {
     connection: "warehouse",
     schema: Some("mage"),
@@ -220,7 +225,7 @@ const LOAD_WAREHOUSE_TARGET: TableTarget = TableTarget {
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 
-/// Where `load_lake` writes (pipelines/green_taxi_etl.toml:129).
+/// Where `load_lake` writes (pipelines/green_taxi_etl.toml:131).
 const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     connection: "lake",
     path: "green_taxi",
@@ -230,7 +235,7 @@ const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     columns: CLEAN_GREEN_TAXI_OUTPUT,
 };
 
-/// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_etl.toml:38.
+/// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_etl.toml:40.
 ///
 /// Download one month of green taxi trips (gzip CSV) with the course's column types.
 async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<DataFrame> {
@@ -252,23 +257,23 @@ async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<DataFrame> {
     Ok(frame)
 }
 
-/// `clean_green_taxi`: transform, declared at pipelines/green_taxi_etl.toml:67.
+/// `clean_green_taxi`: transform, declared at pipelines/green_taxi_etl.toml:69.
 ///
 /// Drop trips without passengers or distance, add the pickup date, snake_case the id columns.
 fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
     let frame = input.lazy();
-    // pipelines/green_taxi_etl.toml:74: filter = "passenger_count > 0 and trip_distance > 0"
+    // pipelines/green_taxi_etl.toml:76: filter = "passenger_count > 0 and trip_distance > 0"
     let frame = frame
         .filter(
             col("passenger_count").gt(lit(0i64)).and(col("trip_distance").gt(lit(0i64))),
         );
-    // pipelines/green_taxi_etl.toml:79: derive = { lpep_pickup_date = "date(lpep_pickup_datetime)", partition_month = "partition.start" }
+    // pipelines/green_taxi_etl.toml:81: derive = { lpep_pickup_date = "date(lpep_pickup_datetime)", partition_month = "partition.start" }
     let frame = frame
         .with_columns([
             col("lpep_pickup_datetime").dt().date().alias("lpep_pickup_date"),
             ctx.partition()?.start().alias("partition_month"),
         ]);
-    // pipelines/green_taxi_etl.toml:82: rename = { VendorID = "vendor_id", RatecodeID = "ratecode_id", PULocationID = "pu_location_id", DOLocationI...
+    // pipelines/green_taxi_etl.toml:84: rename = { VendorID = "vendor_id", RatecodeID = "ratecode_id", PULocationID = "pu_location_id", DOLocationI...
     let frame = frame
         .rename(
             ["VendorID", "RatecodeID", "PULocationID", "DOLocationID"],
@@ -281,7 +286,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "vendor_id in (1, 2)",
-            location: "pipelines/green_taxi_etl.toml:84",
+            location: "pipelines/green_taxi_etl.toml:86",
             severity: CheckSeverity::Fail,
         },
         col("vendor_id").is_in(int_list(&[1i64, 2i64]), false),
@@ -291,7 +296,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "passenger_count > 0",
-            location: "pipelines/green_taxi_etl.toml:88",
+            location: "pipelines/green_taxi_etl.toml:90",
             severity: CheckSeverity::Fail,
         },
         col("passenger_count").gt(lit(0i64)),
@@ -301,7 +306,7 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
         &frame,
         &CheckDef {
             name: "trip_distance > 0",
-            location: "pipelines/green_taxi_etl.toml:91",
+            location: "pipelines/green_taxi_etl.toml:93",
             severity: CheckSeverity::Fail,
         },
         col("trip_distance").gt(lit(0i64)),
@@ -309,14 +314,14 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
     Ok(frame)
 }
 
-/// `load_warehouse`: table sink, declared at pipelines/green_taxi_etl.toml:94.
+/// `load_warehouse`: table sink, declared at pipelines/green_taxi_etl.toml:96.
 ///
 /// Replace this month's rows of green_taxi in one transaction.
 async fn load_warehouse(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
     write_table(ctx, &LOAD_WAREHOUSE_TARGET, input).await
 }
 
-/// `load_lake`: lake sink, declared at pipelines/green_taxi_etl.toml:129.
+/// `load_lake`: lake sink, declared at pipelines/green_taxi_etl.toml:131.
 ///
 /// Write Parquet files partitioned hive-style by pickup date.
 async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
@@ -324,13 +329,16 @@ async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
     write_lake(ctx, &LOAD_LAKE_TARGET, &path, input).await
 }
 
-/// `report_failure`: callback, declared at pipelines/green_taxi_etl.toml:137.
+/// `report_failure`: callback, declared at pipelines/green_taxi_etl.toml:139.
 ///
-/// Say which block failed and why; with ALERT_WEBHOOK_URL set, also POST it as JSON.
+/// Say which block failed and why; with ALERT_WEBHOOK_URL or ALERT_EMAIL_URL set, also POST it as JSON or mail it, once per incident.
 async fn report_failure(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
     static TARGET: CallbackTarget = CallbackTarget {
         message: "green_taxi_etl failed for {partition} in {failed_blocks}: {error}",
         webhook: Some("alerts"),
+        format: WebhookFormat::Json,
+        email: Some("alert_email"),
+        dedupe: true,
     };
     notify(ctx, &TARGET).await
 }

@@ -295,6 +295,9 @@ async fn report_failure(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
     static TARGET: CallbackTarget = CallbackTarget {
         message: "yellow_taxi_2019 failed in {failed_blocks}: {error}",
         webhook: Some("alerts"),
+        format: WebhookFormat::Json,
+        email: None,
+        dedupe: true,
     };
     notify(ctx, &TARGET).await
 }

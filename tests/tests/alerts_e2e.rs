@@ -1,0 +1,166 @@
+//! Alerts end to end through the `pipeline!` macro and a real SQLite ledger: a failing run sends
+//! exactly one JSON webhook, one Slack-format webhook and one email to loopback receivers (an
+//! HTTP server and an SMTP server); further failures of the same incident send nothing; after a
+//! success, the next failure alerts again.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use baton_runtime::executor::{RunRequest, Services, run};
+use baton_runtime::ledger::{Ledger, TriggerKind};
+use baton_runtime::partition::{Granularity, Partition};
+use baton_tests::{HttpServer, free_port, peers, wait_for_port, workspace_root};
+
+mod orchestrated {
+    baton_macros::pipeline!("fixtures/pipelines/orchestrated.toml");
+}
+
+/// The loopback SMTP server (`tests/support/smtp_sink.py`), stopped on drop.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+}
+
+impl SmtpSink {
+    fn start(dir: &Path) -> SmtpSink {
+        let port = free_port();
+        let child = Command::new(peers::peers_python())
+            .arg(workspace_root().join("tests/support/smtp_sink.py"))
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the SMTP sink starts");
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "the SMTP sink did not start"
+        );
+        SmtpSink { child, port }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mails(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_alert_per_incident_on_every_channel() {
+    let work = tempfile::tempdir().unwrap();
+    let files = work.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(
+        files.join("trips_2024-01-03.csv"),
+        "trip_id,fare\n1,12.5\n2,0\n3,\n4,7.0\n",
+    )
+    .unwrap();
+    let server = HttpServer::serve(&files);
+    let mailbox = work.path().join("mail");
+    std::fs::create_dir_all(&mailbox).unwrap();
+    let smtp = SmtpSink::start(&mailbox);
+    let db = work.path().join("warehouse.db");
+    // SAFETY: this test binary runs one test, so no other thread reads the environment.
+    unsafe {
+        std::env::set_var("API_URL", &server.url);
+        std::env::set_var("DATABASE_URL", format!("sqlite://{}", db.display()));
+        std::env::set_var("ALERT_WEBHOOK_URL", format!("{}/hook", server.url));
+        std::env::set_var("SLACK_WEBHOOK_URL", format!("{}/slack", server.url));
+        std::env::set_var(
+            "ALERT_EMAIL_URL",
+            format!(
+                "smtp://127.0.0.1:{}?tls=none&from=baton@example.com&to=oncall@example.com,data@example.com",
+                smtp.port
+            ),
+        );
+    }
+    let ledger = Ledger::open(&format!(
+        "sqlite://{}",
+        work.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
+    let services = Services {
+        ledger: Some(ledger),
+        ..Services::default()
+    };
+    let run_day = |key: &'static str| {
+        let partition = Partition::parse(Granularity::Daily, key).unwrap();
+        run(
+            &orchestrated::PIPELINE,
+            RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Run),
+            &services,
+        )
+    };
+    let posts = |path: &str| {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.starts_with(&format!("POST {path} ")))
+            .count()
+    };
+
+    // 2024-01-02 has no file: the incident opens and every channel hears of it once.
+    assert!(!run_day("2024-01-02").await.unwrap().succeeded());
+    assert_eq!((posts("/hook"), posts("/slack")), (1, 1));
+    let slack: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("POST /slack "))
+        .collect();
+    let body: serde_json::Value =
+        serde_json::from_str(slack[0].strip_prefix("POST /slack ").unwrap()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"text": ":rotating_light: orchestrated 2024-01-02: extract failed"})
+    );
+    let sent = mails(&mailbox);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].contains("X-Envelope-To: oncall@example.com, data@example.com"),
+        "{}",
+        sent[0]
+    );
+    assert!(
+        sent[0].contains("Subject: [baton] orchestrated failed for 2024-01-02"),
+        "{}",
+        sent[0]
+    );
+    assert!(
+        sent[0].contains("orchestrated failed for 2024-01-02 in extract"),
+        "{}",
+        sent[0]
+    );
+
+    // 2024-01-04 fails the same way: the incident is open, nothing more is sent.
+    assert!(!run_day("2024-01-04").await.unwrap().succeeded());
+    assert_eq!(
+        (posts("/hook"), posts("/slack"), mails(&mailbox).len()),
+        (1, 1, 1)
+    );
+
+    // A success closes the incident; the next failure alerts again.
+    assert!(run_day("2024-01-03").await.unwrap().succeeded());
+    assert!(!run_day("2024-01-05").await.unwrap().succeeded());
+    assert_eq!(
+        (posts("/hook"), posts("/slack"), mails(&mailbox).len()),
+        (2, 2, 2)
+    );
+}
