@@ -1265,8 +1265,8 @@ impl Checker<'_, '_> {
                 } else {
                     ok = false;
                     self.push(
-                        Diagnostic::error("E0011", "`{item}` is used but the source has no `for_each`", span, "no item to fill in")
-                            .with_help("add `for_each = \"partition.days\"` (or a list of strings) to read one file per item"),
+                        Diagnostic::error("E0011", "`{item}` is used but nothing fills it in", span, "no item to fill in")
+                            .with_help("`{item}` belongs to http and file sources with `for_each = \"partition.days\"` (or a list of strings), which read one file per item"),
                     );
                 }
             } else {
