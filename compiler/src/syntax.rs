@@ -1168,6 +1168,12 @@ impl Reader<'_, '_> {
     }
 
     fn secret(&mut self, key: &str, value: &Value<'_>) -> Option<Located<SecretRef>> {
+        // Examples that fit what the secret is for: a database password or an API token.
+        let (variable, secret_file) = if key == "password" {
+            ("PGPASSWORD", "pg")
+        } else {
+            ("API_TOKEN", "api-token")
+        };
         match value.get_ref() {
             DeValue::Table(table) => {
                 let mut cursor = TableCursor::new(table, value.span(), format!("secret `{key}`"));
@@ -1184,7 +1190,7 @@ impl Reader<'_, '_> {
                     _ => {
                         self.error(
                             Diagnostic::error("E0013", format!("`{key}` must name exactly one secret source"), value.span(), "expected `env` or `file`")
-                                .with_help(format!("write `{key} = {{ env = \"PGPASSWORD\" }}` or `{key} = {{ file = \"/run/secrets/pg\" }}`")),
+                                .with_help(format!("write `{key} = {{ env = \"{variable}\" }}` or `{key} = {{ file = \"/run/secrets/{secret_file}\" }}`")),
                         );
                         None
                     }
@@ -1193,7 +1199,7 @@ impl Reader<'_, '_> {
             DeValue::String(_) => {
                 self.error(
                     Diagnostic::error("E0013", format!("`{key}` is a secret and cannot be written in the pipeline file"), value.span(), "a literal secret")
-                        .with_help(format!("reference it instead: `{key} = {{ env = \"PGPASSWORD\" }}` or `{key} = {{ file = \"/run/secrets/pg\" }}`")),
+                        .with_help(format!("reference it instead: `{key} = {{ env = \"{variable}\" }}` or `{key} = {{ file = \"/run/secrets/{secret_file}\" }}`")),
                 );
                 None
             }
