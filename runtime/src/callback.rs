@@ -90,7 +90,12 @@ pub async fn notify(
     if target.dedupe && !failed.is_empty() && incident_open(&ctx).await {
         return Ok(None);
     }
-    if let Some(connection) = target.webhook {
+    // One key per callback block and channel: a retry after one channel failed sends only the
+    // channels that have not delivered yet.
+    let channel = |kind: &str| format!("{:p}/{kind}", target);
+    if let Some(connection) = target.webhook
+        && !ctx.delivered(&channel("webhook"))
+    {
         let body = match target.format {
             WebhookFormat::Slack => serde_json::json!({ "text": message }),
             WebhookFormat::Json => serde_json::json!({
@@ -107,8 +112,11 @@ pub async fn notify(
             }),
         };
         post_webhook(&ctx.connection_url(connection)?, &body).await?;
+        ctx.mark_delivered(channel("webhook"));
     }
-    if let Some(connection) = target.email {
+    if let Some(connection) = target.email
+        && !ctx.delivered(&channel("email"))
+    {
         let subject = format!(
             "[baton] {} {status}{}",
             ctx.pipeline().name,
@@ -119,6 +127,7 @@ pub async fn notify(
             }
         );
         send_email(&ctx.connection_url(connection)?, &subject, &message).await?;
+        ctx.mark_delivered(channel("email"));
     }
     Ok(None)
 }

@@ -167,6 +167,9 @@ struct Inner {
     /// Items of fanned-out sources already read in this run, by block and item, so that a
     /// retry reads only the items that failed.
     items: std::sync::Mutex<HashMap<(&'static str, String), DataFrame>>,
+    /// Alert channels already delivered in this run, so that a callback's retry after one
+    /// channel failed does not send the others again.
+    delivered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// What a block knows about its run: the pipeline, the partition, parameters and connections.
@@ -209,6 +212,7 @@ impl RunContext {
                 ledger,
                 outcomes: std::sync::Mutex::new(Vec::new()),
                 items: std::sync::Mutex::new(HashMap::new()),
+                delivered: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -302,6 +306,21 @@ impl RunContext {
     pub(crate) fn forget_items(&self, block: &'static str) {
         if let Ok(mut items) = self.inner.items.lock() {
             items.retain(|(b, _), _| *b != block);
+        }
+    }
+
+    /// Whether this run delivered on the channel `key` already.
+    pub(crate) fn delivered(&self, key: &str) -> bool {
+        self.inner
+            .delivered
+            .lock()
+            .is_ok_and(|delivered| delivered.contains(key))
+    }
+
+    /// Records a delivery on the channel `key`.
+    pub(crate) fn mark_delivered(&self, key: String) {
+        if let Ok(mut delivered) = self.inner.delivered.lock() {
+            delivered.insert(key);
         }
     }
 

@@ -1,14 +1,16 @@
 //! Alerts end to end through the `pipeline!` macro and a real SQLite ledger: a failing run sends
 //! exactly one JSON webhook, one Slack-format webhook and one email to loopback receivers (an
 //! HTTP server and an SMTP server); further failures of the same incident send nothing; after a
-//! success, the next failure alerts again.
+//! success, the next failure alerts again. When one channel fails, the callback's retries resend
+//! only that channel. When one channel fails, the callback's retries resend
+//! only that channel.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use baton_runtime::executor::{RunRequest, Services, run};
+use baton_runtime::executor::{BlockStatus, RunRequest, Services, run};
 use baton_runtime::ledger::{Ledger, TriggerKind};
 use baton_runtime::partition::{Granularity, Partition};
 use baton_tests::{HttpServer, free_port, peers, wait_for_port, workspace_root};
@@ -162,5 +164,22 @@ async fn one_alert_per_incident_on_every_channel() {
     assert_eq!(
         (posts("/hook"), posts("/slack"), mails(&mailbox).len()),
         (2, 2, 2)
+    );
+
+    // With the mail server gone, a new incident's email fails on every attempt of the callback
+    // (3 retries), but the webhook it delivered on the first attempt is not sent again.
+    drop(smtp);
+    assert!(run_day("2024-01-03").await.unwrap().succeeded());
+    let report = run_day("2024-01-06").await.unwrap();
+    let alert = report.blocks.iter().find(|b| b.name == "alert").unwrap();
+    assert_eq!(alert.attempts, 4, "{:?}", alert.status);
+    assert!(
+        matches!(&alert.status, BlockStatus::Failed { error } if error.contains("email through")),
+        "{:?}",
+        alert.status
+    );
+    assert_eq!(
+        (posts("/hook"), posts("/slack"), mails(&mailbox).len()),
+        (3, 3, 2)
     );
 }
