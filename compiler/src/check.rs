@@ -1245,6 +1245,13 @@ impl Checker<'_, '_> {
             if open > 0 {
                 parts.push(TemplatePart::Text(rest[..open].to_string()));
             }
+            // `{{` is a literal `{`, as in Rust's format strings.
+            if rest[open + 1..].starts_with('{') {
+                parts.push(TemplatePart::Text("{".to_string()));
+                position += open + 2;
+                rest = &rest[open + 2..];
+                continue;
+            }
             let Some(close) = rest[open..].find('}') else {
                 self.push(
                     Diagnostic::error(
@@ -1253,7 +1260,7 @@ impl Checker<'_, '_> {
                         locate(position + open..position + open + 1),
                         "opened here",
                     )
-                    .with_help("close it with `}`"),
+                    .with_help("close it with `}`, or write `{{` for a literal `{`"),
                 );
                 return None;
             };
@@ -1280,6 +1287,12 @@ impl Checker<'_, '_> {
         }
         if !rest.is_empty() {
             parts.push(TemplatePart::Text(rest.to_string()));
+        }
+        // `}}` is a literal `}`.
+        for part in &mut parts {
+            if let TemplatePart::Text(text) = part {
+                *text = text.replace("}}", "}");
+            }
         }
         ok.then_some(parts)
     }

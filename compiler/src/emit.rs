@@ -1121,11 +1121,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
 /// when the template uses it.
 fn template_value(path: &[TemplatePart]) -> (TokenStream, TokenStream) {
     let (literal, args) = template_format(path);
-    let value = if args.is_empty() {
-        quote!(#literal.to_string())
-    } else {
-        quote!(format!(#literal, #(#args),*))
-    };
+    let value = formatted(path, &literal, &args);
     let uses_partition = path
         .iter()
         .any(|p| matches!(p, TemplatePart::Field { .. } | TemplatePart::Date { .. }));
@@ -1155,12 +1151,24 @@ fn sql_template_value(query: &[TemplatePart]) -> (TokenStream, TokenStream) {
         })
         .collect::<Vec<_>>();
     let (_, partition) = template_value(query);
-    let value = if args.is_empty() {
-        quote!(#literal.to_string())
+    (formatted(query, &literal, &args), partition)
+}
+
+/// `format!(literal, args...)`, or the plain text when the template has no variables (the
+/// `format!` literal escapes braces, the plain text does not).
+fn formatted(parts: &[TemplatePart], literal: &str, args: &[TokenStream]) -> TokenStream {
+    if args.is_empty() {
+        let text: String = parts
+            .iter()
+            .filter_map(|part| match part {
+                TemplatePart::Text(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        quote!(#text.to_string())
     } else {
         quote!(format!(#literal, #(#args),*))
-    };
-    (value, partition)
+    }
 }
 
 /// Whether a token tree uses the identifier `ctx`.
