@@ -1189,80 +1189,51 @@ async fn validate(pipeline: &'static Pipeline) -> ExitCode {
         println!("{} {line}", if ok { "ok  " } else { "FAIL" });
     };
     for block in pipeline.blocks {
-        match (block.kind, block.sink) {
-            (BlockKind::HttpSource, _) => {}
+        // Each sink's check: what it checked, what success means, and the differences it found
+        // (none for a write probe).
+        let (what, ok_text, checked) = match (block.kind, block.sink) {
+            (BlockKind::HttpSource, _) | (_, None) => continue,
             (_, Some(SinkDef::Table(target))) => {
                 let checked = async {
                     let warehouse: Warehouse = ctx.warehouse(target.connection).await?;
                     validate_table(&warehouse, &target).await
                 }
                 .await;
-                match checked {
-                    Ok(differences) if differences.is_empty() => report(
-                        true,
-                        format!(
-                            "{}: table {} is reachable and compatible",
-                            block.name, target.table
-                        ),
-                    ),
-                    Ok(differences) => report(
-                        false,
-                        format!(
-                            "{}: table {} differs:\n       - {}",
-                            block.name,
-                            target.table,
-                            differences.join("\n       - ")
-                        ),
-                    ),
-                    Err(error) => report(false, format!("{}: {error}", block.name)),
-                }
+                let what = format!("table {}", target.table);
+                (what, "is reachable and compatible", checked)
             }
             (_, Some(SinkDef::Lake(target))) => {
                 // A templated dataset path is probed at its fixed part.
                 let folder = target.path.split('{').next().unwrap_or_default();
                 let checked = probe_writable(&ctx, target.connection, folder).await;
-                match checked {
-                    Ok(()) => report(
-                        true,
-                        format!("{}: lake dataset {} is writable", block.name, target.path),
-                    ),
-                    Err(error) => report(false, format!("{}: {error}", block.name)),
-                }
+                let what = format!("lake dataset {}", target.path);
+                (what, "is writable", checked.map(|()| Vec::new()))
             }
             (_, Some(SinkDef::Export(target))) => {
-                match probe_writable(&ctx, target.connection, "").await {
-                    Ok(()) => report(
-                        true,
-                        format!(
-                            "{}: export store {} is writable",
-                            block.name, target.connection
-                        ),
-                    ),
-                    Err(error) => report(false, format!("{}: {error}", block.name)),
-                }
+                let checked = probe_writable(&ctx, target.connection, "").await;
+                let what = format!("export store {}", target.connection);
+                (what, "is writable", checked.map(|()| Vec::new()))
             }
             (_, Some(SinkDef::BigQuery(target))) => {
-                match crate::sink::bigquery::validate_bigquery(&ctx, &target).await {
-                    Ok(differences) if differences.is_empty() => report(
-                        true,
-                        format!(
-                            "{}: BigQuery table {} is reachable and compatible (or will be created)",
-                            block.name, target.table
-                        ),
-                    ),
-                    Ok(differences) => report(
-                        false,
-                        format!(
-                            "{}: BigQuery table {} differs:\n       - {}",
-                            block.name,
-                            target.table,
-                            differences.join("\n       - ")
-                        ),
-                    ),
-                    Err(error) => report(false, format!("{}: {error}", block.name)),
-                }
+                let checked = crate::sink::bigquery::validate_bigquery(&ctx, &target).await;
+                let what = format!("BigQuery table {}", target.table);
+                let ok_text = "is reachable and compatible (or will be created)";
+                (what, ok_text, checked)
             }
-            _ => {}
+        };
+        match checked {
+            Ok(differences) if differences.is_empty() => {
+                report(true, format!("{}: {what} {ok_text}", block.name))
+            }
+            Ok(differences) => report(
+                false,
+                format!(
+                    "{}: {what} differs:\n       - {}",
+                    block.name,
+                    differences.join("\n       - ")
+                ),
+            ),
+            Err(error) => report(false, format!("{}: {error}", block.name)),
         }
     }
     // HTTP sources: the base URL's server must answer (any HTTP status means it is reachable).
