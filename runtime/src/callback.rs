@@ -182,12 +182,10 @@ async fn post_webhook(url: &str, body: &serde_json::Value) -> BlockResult<()> {
     if code.is_success() {
         return Ok(());
     }
-    let message = format!("webhook {} answered {code}", redact(url));
-    if code.is_server_error() || code.as_u16() == 429 {
-        Err(BlockError::retryable(message))
-    } else {
-        Err(BlockError::fatal(message))
-    }
+    Err(crate::http::status_error(
+        code,
+        format!("webhook {} answered {code}", redact(url)),
+    ))
 }
 
 /// Mails `text` through the SMTP server of `url`:

@@ -17,6 +17,7 @@ pub mod executor;
 pub mod exprs;
 pub mod fan_out;
 pub mod history;
+mod http;
 pub mod ledger;
 pub mod partition;
 pub mod pipeline;

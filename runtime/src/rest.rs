@@ -109,12 +109,7 @@ pub async fn read_rest(
         value.set_sensitive(true);
         headers.insert(name, value);
     }
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-        .default_headers(headers)
-        .build()
-        .map_err(|e| BlockError::fatal(format!("cannot build HTTP client: {e}")))?;
+    let client = crate::http::client(REQUEST_TIMEOUT, headers)?;
     let (records, pages) = fetch_records(&client, &url, api)
         .await
         .map_err(|e| e.context(&shown))?;
@@ -273,11 +268,8 @@ async fn get_page(
         if !status.is_success() {
             let excerpt: String = text.chars().take(300).collect();
             let message = format!("GET {url} returned HTTP {status}: {excerpt}");
-            return Err(if status.is_server_error() || throttled {
-                BlockError::retryable(message)
-            } else {
-                BlockError::fatal(message)
-            });
+            // A 503 is a server error, so throttled answers stay retryable.
+            return Err(crate::http::status_error(status, message));
         }
         let body = serde_json::from_str(&text)
             .map_err(|e| BlockError::fatal(format!("GET {url}: the response is not JSON: {e}")))?;

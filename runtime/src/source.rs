@@ -289,11 +289,7 @@ fn describe(ctx: &RunContext, origin: &str) -> String {
 
 /// Downloads a URL. Server errors, rate limits and network failures are retryable; a 4xx is not.
 async fn download(url: &str) -> BlockResult<bytes::Bytes> {
-    let client = reqwest::Client::builder()
-        .timeout(HTTP_TIMEOUT)
-        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| BlockError::fatal(format!("cannot build HTTP client: {e}")))?;
+    let client = crate::http::client(HTTP_TIMEOUT, Default::default())?;
     let response = client
         .get(url)
         .send()

@@ -412,11 +412,7 @@ struct Client {
 
 impl Client {
     async fn connect(url: &BigQueryUrl) -> BlockResult<Client> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| BlockError::fatal(format!("cannot build HTTP client: {e}")))?;
+        let http = crate::http::client(REQUEST_TIMEOUT, Default::default())?;
         Ok(Client {
             http,
             endpoint: url.endpoint.clone(),
@@ -820,12 +816,10 @@ fn api_error(status: StatusCode, body: &Value, what: &str) -> BlockError {
                 .unwrap_or("no message")
                 .to_string()
         });
-    let text = format!("{what}: BigQuery answered HTTP {status}: {message}");
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        BlockError::retryable(text)
-    } else {
-        BlockError::fatal(text)
-    }
+    crate::http::status_error(
+        status,
+        format!("{what}: BigQuery answered HTTP {status}: {message}"),
+    )
 }
 
 /// A bearer token from the standard Google credentials, or `None` when the credentials disable
