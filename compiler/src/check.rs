@@ -730,28 +730,23 @@ impl Checker<'_, '_> {
                 };
                 Some((op, Some(schema)))
             }
-            BlockKind::RestSource(source, options) => {
+            BlockKind::RestSource(source, _) | BlockKind::SqlSource(source) => {
                 let connection = source.connection.as_ref()?;
                 let connection_ok = self.connection(connection);
                 let path = self.template(&source.path, false);
                 self.unique_columns(&source.schema);
                 let schema = decls_to_schema(&source.schema);
-                let op = ir::BlockOp::RestSource {
-                    connection: connection.value.clone(),
-                    path: path?,
-                    options: options.clone(),
-                };
-                connection_ok.then_some((op, Some(schema)))
-            }
-            BlockKind::SqlSource(source) => {
-                let connection = source.connection.as_ref()?;
-                let connection_ok = self.connection(connection);
-                let query = self.template(&source.path, false);
-                self.unique_columns(&source.schema);
-                let schema = decls_to_schema(&source.schema);
-                let op = ir::BlockOp::SqlSource {
-                    connection: connection.value.clone(),
-                    query: query?,
+                let connection = connection.value.clone();
+                let op = match &block.kind {
+                    BlockKind::RestSource(_, options) => ir::BlockOp::RestSource {
+                        connection,
+                        path: path?,
+                        options: options.clone(),
+                    },
+                    _ => ir::BlockOp::SqlSource {
+                        connection,
+                        query: path?,
+                    },
                 };
                 connection_ok.then_some((op, Some(schema)))
             }

@@ -392,6 +392,29 @@ pub struct FileSource {
     pub concurrency: Option<Located<u32>>,
 }
 
+impl FileSource {
+    /// The declared part of a source that reads no file (a REST API, a query): its connection,
+    /// its path or query template and its schema; the file settings keep their defaults.
+    fn without_file(
+        connection: Located<String>,
+        path: Located<String>,
+        schema: Vec<ColumnDecl>,
+        schema_span: Span,
+    ) -> FileSource {
+        FileSource {
+            connection: Some(connection),
+            path,
+            format: FileFormat::Csv,
+            compression: Compression::None,
+            schema,
+            schema_span,
+            for_each: None,
+            item_column: None,
+            concurrency: None,
+        }
+    }
+}
+
 /// The items a fanned-out source reads, one file each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ForEach {
@@ -1337,17 +1360,12 @@ impl Reader<'_, '_> {
                     "the query, e.g. `query = \"SELECT * FROM trips WHERE day = {partition.start:%Y-%m-%d}\"`",
                 );
                 let (schema, schema_span) = self.source_schema(cursor)?;
-                Some(BlockKind::SqlSource(FileSource {
-                    connection: Some(connection?),
-                    path: query?,
-                    format: FileFormat::Csv,
-                    compression: Compression::None,
+                Some(BlockKind::SqlSource(FileSource::without_file(
+                    connection?,
+                    query?,
                     schema,
                     schema_span,
-                    for_each: None,
-                    item_column: None,
-                    concurrency: None,
-                }))
+                )))
             }
             "transform" => {
                 let steps = match cursor.get("steps") {
@@ -1718,17 +1736,7 @@ impl Reader<'_, '_> {
         // unknown key too.
         let (schema, schema_span) = self.source_schema(cursor)?;
         let pagination = pagination?;
-        let source = FileSource {
-            connection: Some(connection?),
-            path: path?,
-            format: FileFormat::Csv,
-            compression: Compression::None,
-            schema,
-            schema_span,
-            for_each: None,
-            item_column: None,
-            concurrency: None,
-        };
+        let source = FileSource::without_file(connection?, path?, schema, schema_span);
         let options = RestOptions {
             records,
             pagination,
