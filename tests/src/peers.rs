@@ -66,7 +66,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn spawn(mut command: Command, port: u16, name: &str) -> Peer {
+    /// Starts `command`, which must listen on `port` within a minute; its output goes to a log.
+    pub fn spawn(mut command: Command, port: u16, name: &str) -> Peer {
         let dir = tempfile::tempdir().expect("a folder for the peer's log");
         let log = dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("the peer's log file");

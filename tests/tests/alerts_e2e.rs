@@ -7,48 +7,27 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use baton_runtime::executor::{BlockStatus, RunRequest, Services, run};
 use baton_runtime::ledger::{Ledger, TriggerKind};
 use baton_runtime::partition::{Granularity, Partition};
-use baton_tests::{HttpServer, free_port, peers, wait_for_port, workspace_root};
+use baton_tests::peers::{self, Peer};
+use baton_tests::{HttpServer, free_port, workspace_root};
 
 mod orchestrated {
     baton_macros::pipeline!("fixtures/pipelines/orchestrated.toml");
 }
 
 /// The loopback SMTP server (`tests/support/smtp_sink.py`), stopped on drop.
-struct SmtpSink {
-    child: Child,
-    port: u16,
-}
-
-impl SmtpSink {
-    fn start(dir: &Path) -> SmtpSink {
-        let port = free_port();
-        let child = Command::new(peers::peers_python())
-            .arg(workspace_root().join("tests/support/smtp_sink.py"))
-            .args(["--port", &port.to_string(), "--dir"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the SMTP sink starts");
-        assert!(
-            wait_for_port(port, Duration::from_secs(20)),
-            "the SMTP sink did not start"
-        );
-        SmtpSink { child, port }
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn smtp_sink(dir: &Path) -> Peer {
+    let port = free_port();
+    let mut command = Command::new(peers::peers_python());
+    command
+        .arg(workspace_root().join("tests/support/smtp_sink.py"))
+        .args(["--port", &port.to_string(), "--dir"])
+        .arg(dir);
+    Peer::spawn(command, port, "SMTP sink")
 }
 
 fn mails(dir: &Path) -> Vec<String> {
@@ -77,7 +56,7 @@ async fn one_alert_per_incident_on_every_channel() {
     let server = HttpServer::serve(&files);
     let mailbox = work.path().join("mail");
     std::fs::create_dir_all(&mailbox).unwrap();
-    let smtp = SmtpSink::start(&mailbox);
+    let smtp = smtp_sink(&mailbox);
     let db = work.path().join("warehouse.db");
     // SAFETY: this test binary runs one test, so no other thread reads the environment.
     unsafe {

@@ -3,12 +3,10 @@
 //! request, and loads it into the SQLite warehouse.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use baton_tests::{
-    free_port, output_text, run_pipeline, sqlite_rows, wait_for_port, workspace_root,
-};
+use baton_tests::peers::Peer;
+use baton_tests::{free_port, output_text, run_pipeline, sqlite_rows, workspace_root};
 
 const TOKEN: &str = "zones-test-token";
 
@@ -24,8 +22,7 @@ fn zones_file() -> PathBuf {
 
 /// The zones API, stopped on drop.
 struct ZonesApi {
-    child: Child,
-    url: String,
+    peer: Peer,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -35,26 +32,23 @@ impl ZonesApi {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.log");
-        let child = Command::new("python3")
+        let mut command = Command::new("python3");
+        command
             .arg(workspace_root().join("tests/support/zones_api.py"))
             .args(["--port", &port.to_string(), "--token", TOKEN, "--zones"])
             .arg(zones_file())
             .arg("--log")
-            .arg(&log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs the zones API");
-        assert!(
-            wait_for_port(port, Duration::from_secs(20)),
-            "the zones API did not start"
-        );
+            .arg(&log);
+        let peer = Peer::spawn(command, port, "zones API");
         ZonesApi {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
+            peer,
             log,
             _dir: dir,
         }
+    }
+
+    fn url(&self) -> String {
+        self.peer.url()
     }
 
     fn requests(&self) -> Vec<String> {
@@ -62,21 +56,12 @@ impl ZonesApi {
     }
 }
 
-impl Drop for ZonesApi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_paginated_authenticated_rate_limited_api_loads_every_record_once() {
     let api = ZonesApi::start();
+    let url = api.url();
     let work = tempfile::tempdir().unwrap();
-    let env = [
-        ("ZONES_API_URL", api.url.as_str()),
-        ("ZONES_API_TOKEN", TOKEN),
-    ];
+    let env = [("ZONES_API_URL", url.as_str()), ("ZONES_API_TOKEN", TOKEN)];
     let output = run_pipeline("taxi_zones_api", work.path(), &env, &["run"]);
     assert!(output.status.success(), "{}", output_text(&output));
 
@@ -125,9 +110,10 @@ fn a_paginated_authenticated_rate_limited_api_loads_every_record_once() {
 #[test]
 fn a_wrong_token_fails_at_once_with_the_apis_answer() {
     let api = ZonesApi::start();
+    let url = api.url();
     let work = tempfile::tempdir().unwrap();
     let env = [
-        ("ZONES_API_URL", api.url.as_str()),
+        ("ZONES_API_URL", url.as_str()),
         ("ZONES_API_TOKEN", "wrong"),
     ];
     let output = run_pipeline("taxi_zones_api", work.path(), &env, &["run"]);
@@ -150,7 +136,7 @@ fn a_wrong_token_fails_at_once_with_the_apis_answer() {
     let output = run_pipeline(
         "taxi_zones_api",
         work.path(),
-        &[("ZONES_API_URL", api.url.as_str())],
+        &[("ZONES_API_URL", url.as_str())],
         &["run"],
     );
     let text = output_text(&output);
