@@ -445,11 +445,8 @@ impl Client {
         body: RequestBody,
         what: &str,
     ) -> BlockResult<(StatusCode, Value)> {
-        let mut request = self.http.request(method, url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        request = match body {
+        let request = self.http.request(method, url);
+        let request = match body {
             RequestBody::None => request,
             RequestBody::Json(value) => request.json_body(&value),
             RequestBody::Multipart { boundary, bytes } => request
@@ -459,16 +456,35 @@ impl Client {
                 )
                 .body(bytes),
         };
-        let response = request.send().await.map_err(|e| {
-            BlockError::retryable(format!("{what}: request to {} failed: {e}", self.endpoint))
-        })?;
+        let failed = format!("{what}: request to {} failed", self.endpoint);
+        let (status, _, value) = self.exchange(request, &failed, what).await?;
+        Ok((status, value))
+    }
+
+    /// Sends a request with the bearer token, if any; returns the status, the headers and the
+    /// JSON body (null when the body is not JSON). A transport failure is retryable and reported
+    /// as `failed`.
+    async fn exchange(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        failed: &str,
+        what: &str,
+    ) -> BlockResult<(StatusCode, reqwest::header::HeaderMap, Value)> {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| BlockError::retryable(format!("{failed}: {e}")))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let text = response
             .text()
             .await
             .map_err(|e| BlockError::retryable(format!("{what}: response interrupted: {e}")))?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok((status, value))
+        Ok((status, headers, value))
     }
 
     /// Like `send`, but an error status is an error.
@@ -628,7 +644,7 @@ impl Client {
             "{}/upload/bigquery/v2/projects/{}/jobs?uploadType=resumable",
             self.endpoint, self.project
         );
-        let mut request = self
+        let request = self
             .http
             .post(&url)
             .header(
@@ -638,23 +654,15 @@ impl Client {
             .header("X-Upload-Content-Type", "application/octet-stream")
             .header("X-Upload-Content-Length", data.len().to_string())
             .body(job.to_string());
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| {
-            BlockError::retryable(format!("{what}: starting the upload failed: {e}"))
-        })?;
-        let status = response.status();
-        let session = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body: Value =
-            serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
+        let failed = format!("{what}: starting the upload failed");
+        let (status, headers, body) = self.exchange(request, &failed, what).await?;
         if !status.is_success() {
             return Err(api_error(status, &body, what));
         }
+        let session = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let session = session.ok_or_else(|| {
             BlockError::fatal(format!("{what}: BigQuery returned no upload session"))
         })?;
@@ -667,20 +675,13 @@ impl Client {
             } else {
                 format!("bytes {start}-{}/{total}", end - 1)
             };
-            let mut request = self
+            let request = self
                 .http
                 .put(&session)
                 .header(reqwest::header::CONTENT_RANGE, range)
                 .body(data[start..end].to_vec());
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
-            }
-            let response = request.send().await.map_err(|e| {
-                BlockError::retryable(format!("{what}: uploading bytes {start}-{end} failed: {e}"))
-            })?;
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let failed = format!("{what}: uploading bytes {start}-{end} failed");
+            let (status, _, body) = self.exchange(request, &failed, what).await?;
             match status.as_u16() {
                 // Resume Incomplete: the chunk is stored; send the next one.
                 308 if end < total => start = end,
