@@ -105,12 +105,10 @@ pub async fn read_source(
     let (observed, frame) = tokio::task::spawn_blocking({
         let origin = origin.clone();
         move || {
-            let read = || -> BlockResult<_> {
-                let data = decompress(&bytes, compression)?;
-                let observed = observing.then(|| observe(&data, format)).transpose()?;
-                Ok((observed, parse_plain(&data, format, columns)))
-            };
-            read().map_err(|e| e.context(&origin))
+            decode(&bytes, compression, format, observing, |data| {
+                parse_plain(data, format, columns)
+            })
+            .map_err(|e| e.context(&origin))
         }
     })
     .await
@@ -167,42 +165,47 @@ async fn read_store(
                 .map_err(|e| e.context(&origin))?;
             let shown = origin.clone();
             tokio::task::spawn_blocking(move || {
-                let data = decompress(&bytes, compression)?;
-                let observed = observe_this
-                    .then(|| {
-                        let mut columns = observe(&data, format)?;
-                        columns.extend(
-                            hive_folders(&path)
-                                .into_iter()
-                                .map(|(name, value)| (name, folder_type(&value).to_string())),
-                        );
-                        Ok::<_, BlockError>(columns)
-                    })
-                    .transpose()?;
-                let frame = parse_with_hive_columns(&data, format, &columns, &path)?;
-                let observation = observed.map(|columns| crate::prepare::Observation {
-                    location: crate::context::redact(&shown),
-                    columns,
+                let (observed, frame) =
+                    decode(&bytes, compression, format, observe_this, |data| {
+                        parse_with_hive_columns(data, format, &columns, &path)
+                    })?;
+                let observation = observed.map(|mut columns| {
+                    columns.extend(
+                        hive_folders(&path)
+                            .into_iter()
+                            .map(|(name, value)| (name, folder_type(&value).to_string())),
+                    );
+                    crate::prepare::Observation {
+                        location: crate::context::redact(&shown),
+                        columns,
+                    }
                 });
-                Ok((frame, observation))
+                Ok((observation, frame.map_err(|e| e.context(&shown))))
             })
             .await
             .map_err(|e| BlockError::fatal(format!("parser panicked: {e}")))?
             .map_err(|e: BlockError| e.context(&origin))
         }
     });
-    let read: Vec<(DataFrame, Option<crate::prepare::Observation>)> = futures::stream::iter(reads)
-        .buffered(STORE_READ_CONCURRENCY)
-        .try_collect()
-        .await
-        .map_err(|e: BlockError| e.context(partition_text(ctx)))?;
+    let read: Vec<(Option<crate::prepare::Observation>, BlockResult<DataFrame>)> =
+        futures::stream::iter(reads)
+            .buffered(STORE_READ_CONCURRENCY)
+            .try_collect()
+            .await
+            .map_err(|e: BlockError| e.context(partition_text(ctx)))?;
+    // The first file's own columns are recorded even when the declared schema cannot read it,
+    // as for single files.
     let mut frames = Vec::with_capacity(read.len());
-    for (frame, observed) in read {
+    for (observed, frame) in read {
         if let Some(observation) = observed {
             ctx.resources().observe(observation);
         }
         frames.push(frame);
     }
+    let frames: Vec<DataFrame> = frames
+        .into_iter()
+        .collect::<BlockResult<_>>()
+        .map_err(|e| e.context(partition_text(ctx)))?;
     let mut frames = frames.into_iter();
     let mut frame = frames.next().unwrap_or_default();
     for next in frames {
@@ -211,6 +214,24 @@ async fn read_store(
     frame.rechunk_mut();
     info!(source = %shown, files = count, rows = frame.height(), "read source");
     Ok(frame)
+}
+
+/// A file's own columns as `prepare` records them: name and `type?` text.
+type FileColumns = Vec<(String, String)>;
+
+/// Decompresses file bytes, observes their columns when `observing` (for `prepare`), and parses
+/// them. A file that cannot be read fails; a parse failure is returned beside the observation,
+/// so that `prepare` records the file's columns even when the declared schema cannot read it.
+fn decode(
+    bytes: &[u8],
+    compression: Compression,
+    format: FileFormat,
+    observing: bool,
+    parse: impl FnOnce(&[u8]) -> BlockResult<DataFrame>,
+) -> BlockResult<(Option<FileColumns>, BlockResult<DataFrame>)> {
+    let data = decompress(bytes, compression)?;
+    let observed = observing.then(|| observe(&data, format)).transpose()?;
+    Ok((observed, parse(&data)))
 }
 
 /// The `name=value` folders of a path, outermost first.
@@ -377,7 +398,7 @@ fn parse_plain(data: &[u8], format: FileFormat, columns: &[Column]) -> BlockResu
 /// (`?` when the file has a null). Every row is read: real files are often complete at the top
 /// and sparse at the bottom (the green-taxi months are), so a sample of the first rows would
 /// lock a nullable column as never null. Used by `prepare`, which runs rarely.
-fn observe(data: &[u8], format: FileFormat) -> BlockResult<Vec<(String, String)>> {
+fn observe(data: &[u8], format: FileFormat) -> BlockResult<FileColumns> {
     let frame = match format {
         FileFormat::Csv => CsvReadOptions::default()
             .with_has_header(true)
