@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what the tests use:
 # PostgreSQL server binaries (a throwaway cluster per test run), sqlite3 and python3 (the
-# loopback HTTP server and the independent row counts), and the local cloud peers (S3, GCS and
-# BigQuery emulators, scripts/peers.sh).
+# loopback HTTP server and the independent row counts), Chromium (the web UI's tests), and the
+# local cloud peers (S3, GCS and BigQuery emulators, scripts/peers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v python3 >/dev/null || missing+=(python3)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq

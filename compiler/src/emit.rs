@@ -64,10 +64,12 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         .blocks
         .iter()
         .map(|block| block_function(pipeline, block, options));
+    let lineages = crate::lineage::lineage(pipeline);
     let definitions = pipeline
         .blocks
         .iter()
-        .map(|block| block_definition(pipeline, block));
+        .zip(&lineages)
+        .map(|(block, lineage)| block_definition(pipeline, block, lineage));
     let arms = pipeline
         .blocks
         .iter()
@@ -411,8 +413,16 @@ fn condition_function(pipeline: &Pipeline, block: &Block) -> Option<TokenStream>
     })
 }
 
-fn block_definition(pipeline: &Pipeline, block: &Block) -> TokenStream {
+fn block_definition(
+    pipeline: &Pipeline,
+    block: &Block,
+    lineage: &crate::lineage::Lineage,
+) -> TokenStream {
     let name = &block.name;
+    let lineage = lineage.iter().map(|(column, origins)| {
+        let origins = crate::lineage::origins_text(origins);
+        quote!((#column, #origins))
+    });
     let kind = kind_tokens(&block.op);
     let line = proc_macro2::Literal::usize_unsuffixed(block.line);
     let description = block.description.clone().unwrap_or_default();
@@ -480,6 +490,7 @@ fn block_definition(pipeline: &Pipeline, block: &Block) -> TokenStream {
             output: #output,
             policy: Policy { retries: #retries, retry_delay_ms: #retry_delay_ms, max_retry_delay_ms: #max_retry_delay_ms, timeout_ms: #timeout_ms },
             sink: #sink,
+            lineage: &[#(#lineage),*],
         }
     }
 }

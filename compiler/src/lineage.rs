@@ -40,6 +40,16 @@ impl fmt::Display for Origin {
 /// Each output column of a block and its origins, in output order.
 pub type Lineage = Vec<(String, BTreeSet<Origin>)>;
 
+/// The origins of one column in words, as the review summary and the web UI show them:
+/// "`extract.a`, computed".
+pub fn origins_text(origins: &BTreeSet<Origin>) -> String {
+    origins
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A source's columns originate in the source itself, except the fan-out item column.
 fn source_lineage(block: &Block, item_column: Option<&String>, item: &'static str) -> Lineage {
     block

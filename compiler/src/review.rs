@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::ir::{Block, BlockOp, Pipeline, Schema};
-use crate::lineage::{Lineage, lineage};
+use crate::lineage::{Lineage, lineage, origins_text};
 use crate::syntax::{Catchup, CheckSeverity, Overlap, SecretRef, Trigger, WriteMode};
 use crate::types::Literal;
 
@@ -196,13 +196,7 @@ fn schema_table(out: &mut String, schema: &Schema, lineage: &Lineage) {
         let from = lineage
             .iter()
             .find(|(column, _)| column == name)
-            .map(|(_, origins)| {
-                origins
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
+            .map(|(_, origins)| origins_text(origins))
             .unwrap_or_default();
         let _ = writeln!(out, "| `{name}` | {ty} | {from} |");
     }

@@ -103,6 +103,18 @@ pub fn read_now(path: &Path) -> BlockResult<DataFrame> {
         .map_err(|e| BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display())))
 }
 
+/// The first `rows` rows of a checkpoint, reading no more of the file than they need (the web
+/// UI's data preview).
+pub fn preview(path: &Path, rows: usize) -> BlockResult<DataFrame> {
+    let file = File::open(path).map_err(|e| {
+        BlockError::fatal(format!("cannot open checkpoint {}: {e}", path.display()))
+    })?;
+    ParquetReader::new(file)
+        .with_slice(Some((0, rows)))
+        .finish()
+        .map_err(|e| BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +134,7 @@ mod tests {
         let back = Checkpoints::read(path.clone()).await.unwrap();
         assert!(back.equals(&frame));
         assert_eq!(row_count(&path), 3);
+        assert!(preview(&path, 2).unwrap().equals(&frame.head(Some(2))));
         Checkpoints::remove(&path);
         assert!(!path.exists());
         assert!(!path.parent().unwrap().exists());

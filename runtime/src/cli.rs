@@ -341,7 +341,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
             Ok(finish(&[report]))
         }
         Command::Runs { limit } => {
-            let runs = ledger.runs(pipeline.name, (*limit).max(1)).await?;
+            let runs = ledger.runs(pipeline.name, (*limit).max(1), None).await?;
             print!("{}", history::runs_table(&runs));
             Ok(ExitCode::SUCCESS)
         }
@@ -777,7 +777,7 @@ async fn inspect(
             None => {
                 // The newest run that checkpointed this block, whatever its partition.
                 let mut newest = None;
-                for candidate in ledger.runs(pipeline.name, 50).await? {
+                for candidate in ledger.runs(pipeline.name, 50, None).await? {
                     if let Some(b) = ledger
                         .blocks(&candidate.run_id)
                         .await?
@@ -827,15 +827,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// Logs go to stderr (as text or JSON lines) and, through the capture layer, into each run's
+/// record, where the API and the web UI find them.
 fn init_logging(json: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::logs::CaptureLayer);
     if json {
-        let _ = builder.json().try_init();
+        let _ = registry.with(stderr.json()).try_init();
     } else {
-        let _ = builder.try_init();
+        let _ = registry.with(stderr).try_init();
     }
 }
 

@@ -249,7 +249,7 @@ pub async fn run(
         services.resources.clone(),
         services.ledger.clone(),
     );
-    let span = info_span!("run", pipeline = pipeline.name, partition = %request.partition.map(|p| p.key()).unwrap_or_default());
+    let span = info_span!("run", run_id = %run_id, pipeline = pipeline.name, partition = %request.partition.map(|p| p.key()).unwrap_or_default());
     let mut execution = Execution::new(pipeline, &run_id, request.partition, services, ctx);
     async {
         info!(run_id = %run_id, version = pipeline.source_hash, trigger = request.trigger.as_str(), "run started");
@@ -266,6 +266,14 @@ pub async fn run(
         info!(run_id = %report.run_id, elapsed_ms = report.elapsed.as_millis() as u64, "run succeeded");
     } else {
         error!(run_id = %report.run_id, "run failed: {}", report.root_cause.as_deref().unwrap_or("unknown"));
+    }
+    // The run's log lines go into the ledger with it; a ledger that cannot take them costs
+    // the lines, not the run.
+    let lines = crate::logs::take(&run_id);
+    if let Some(ledger) = &services.ledger
+        && let Err(error) = ledger.record_logs(&run_id, &lines).await
+    {
+        warn!("cannot record the run's log lines: {error}");
     }
     Ok(report)
 }

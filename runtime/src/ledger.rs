@@ -14,6 +14,8 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+use crate::logs::LogLine;
+
 /// How often a running run proves it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
@@ -199,13 +201,27 @@ pub struct Ledger {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "runs, blocks and attempts".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/ledger/0001_runs.sql").into_sql_str(),
-        false,
-    )])
+    let migration = |version, description: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.to_string().into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "runs, blocks and attempts",
+            include_str!("../migrations/ledger/0001_runs.sql"),
+        ),
+        migration(
+            2,
+            "log lines of runs",
+            include_str!("../migrations/ledger/0002_logs.sql"),
+        ),
+    ])
 }
 
 impl Ledger {
@@ -469,14 +485,91 @@ impl Ledger {
         Ok(row.try_get::<Option<String>, _>(0)?)
     }
 
-    /// The pipeline's most recent runs, newest first.
-    pub async fn runs(&self, pipeline: &str, limit: i64) -> Result<Vec<RunRecord>, LedgerError> {
-        // The limit is an integer, so formatting it into the statement is safe.
+    /// The pipeline's most recent runs, newest first; with `before`, only runs started
+    /// before that time (milliseconds since the epoch), for paging through a long history.
+    pub async fn runs(
+        &self,
+        pipeline: &str,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<RunRecord>, LedgerError> {
+        // Both numbers are integers, so formatting them into the statement is safe; the
+        // (pipeline, started_at) index serves the query however long the history is.
+        let before = before.map_or(String::new(), |ms| format!("AND started_at < {ms} "));
         self.select_runs(
-            &format!("WHERE pipeline = $1 ORDER BY started_at DESC, run_id DESC LIMIT {limit}"),
+            &format!(
+                "WHERE pipeline = $1 {before}ORDER BY started_at DESC, run_id DESC LIMIT {limit}"
+            ),
             &[pipeline],
         )
         .await
+    }
+
+    /// Stores a finished run's log lines.
+    pub async fn record_logs(&self, run_id: &str, lines: &[LogLine]) -> Result<(), LedgerError> {
+        // A few hundred rows per statement: far fewer round trips than one insert per line,
+        // and well under both databases' limits on bound parameters.
+        for chunk in lines.chunks(500) {
+            let mut sql = String::from(
+                "INSERT INTO baton_logs (run_id, seq, at, level, block, message) VALUES ",
+            );
+            for (i, _) in chunk.iter().enumerate() {
+                let base = i * 6;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    base + 1,
+                    base + 2,
+                    base + 3,
+                    base + 4,
+                    base + 5,
+                    base + 6
+                ));
+            }
+            sql.push_str(" ON CONFLICT (run_id, seq) DO NOTHING");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for line in chunk {
+                query = query
+                    .bind(run_id)
+                    .bind(line.seq)
+                    .bind(line.at)
+                    .bind(&line.level)
+                    .bind(&line.block)
+                    .bind(&line.message);
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// A run's stored log lines in order, of one block or of all.
+    pub async fn logs(
+        &self,
+        run_id: &str,
+        block: Option<&str>,
+    ) -> Result<Vec<LogLine>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, level, block, message FROM baton_logs \
+             WHERE run_id = $1 AND ($2 = '' OR block = $2) ORDER BY seq",
+        )
+        .bind(run_id)
+        .bind(block.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LogLine {
+                    seq: row.try_get(0)?,
+                    at: row.try_get(1)?,
+                    level: row.try_get(2)?,
+                    block: row.try_get(3)?,
+                    message: row.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(LedgerError::from)
     }
 
     /// One run, by id.
@@ -891,7 +984,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(ledger.runs("p", 2).await.unwrap().len(), 2);
+        assert_eq!(ledger.runs("p", 2, None).await.unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ pub mod fan_out;
 pub mod history;
 mod http;
 pub mod ledger;
+pub mod logs;
 pub mod partition;
 pub mod pipeline;
 pub mod prepare;

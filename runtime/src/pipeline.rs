@@ -215,6 +215,10 @@ pub struct BlockDef {
     pub policy: Policy,
     /// Where a sink writes, for `validate` and `explain`; `None` for other blocks.
     pub sink: Option<SinkDef>,
+    /// Column lineage of its output (of its input, for a sink): each column with the source
+    /// columns it comes from in words, as the compiler traced them through renames and
+    /// derivations.
+    pub lineage: &'static [(&'static str, &'static str)],
 }
 
 /// When a block runs, given the outcomes of its upstream blocks (like Airflow's trigger rules).

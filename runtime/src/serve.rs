@@ -395,11 +395,18 @@ async fn run_scheduled(
     state.finished_one();
 }
 
+mod ui;
+
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::page))
+        .route("/pipeline", get(ui::pipeline))
         .route("/health", get(health))
         .route("/runs", get(list_runs).post(trigger_run))
         .route("/runs/{run_id}", get(run_detail))
+        .route("/runs/{run_id}/logs", get(ui::logs))
+        .route("/runs/{run_id}/blocks/{block}/preview", get(ui::preview))
         .route("/backfills", axum::routing::post(trigger_backfill))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
@@ -470,6 +477,8 @@ async fn health(
 #[derive(Deserialize)]
 struct ListQuery {
     limit: Option<i64>,
+    /// Only runs started before this time (milliseconds since the epoch): the next page.
+    before: Option<i64>,
 }
 
 fn ledger(state: &AppState) -> Result<&crate::ledger::Ledger, ApiError> {
@@ -488,7 +497,7 @@ async fn list_runs(
     authorize(&state, &headers, false)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 10_000);
     let runs = ledger(&state)?
-        .runs(state.pipeline.name, limit)
+        .runs(state.pipeline.name, limit, query.before)
         .await
         .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(Json(json!({ "runs": runs })))

@@ -57,6 +57,12 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 300000,
         },
         sink: None,
+        lineage: &[
+            ("location_id", "`extract_zones.location_id`"),
+            ("borough", "`extract_zones.borough`"),
+            ("zone", "`extract_zones.zone`"),
+            ("service__zone", "`extract_zones.service__zone`"),
+        ],
     },
     BlockDef {
         name: "standardise",
@@ -77,6 +83,12 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 300000,
         },
         sink: None,
+        lineage: &[
+            ("location_id", "`extract_zones.location_id`"),
+            ("borough", "`extract_zones.borough`"),
+            ("zone", "`extract_zones.zone`"),
+            ("service_zone", "`extract_zones.service__zone`"),
+        ],
     },
     BlockDef {
         name: "load_zones",
@@ -97,6 +109,12 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 300000,
         },
         sink: Some(SinkDef::Table(LOAD_ZONES_TARGET)),
+        lineage: &[
+            ("location_id", "`extract_zones.location_id`"),
+            ("borough", "`extract_zones.borough`"),
+            ("zone", "`extract_zones.zone`"),
+            ("service_zone", "`extract_zones.service__zone`"),
+        ],
     },
 ];
 
