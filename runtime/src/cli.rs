@@ -192,9 +192,17 @@ enum GraphFormat {
 }
 
 /// A command's failure: bad arguments (exit 2) or a failure to do the work (exit 1).
-enum Failure {
+pub(crate) enum Failure {
     Usage(String),
     Failed(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(message) | Failure::Failed(message) => f.write_str(message),
+        }
+    }
 }
 
 impl From<crate::ledger::LedgerError> for Failure {
@@ -602,7 +610,7 @@ pub(crate) async fn backfill_plan(
 
 /// What `resume RUN_ID` runs: `None` when the run succeeded. Also returns how many blocks are
 /// reused.
-async fn resume_request(
+pub(crate) async fn resume_request(
     pipeline: &Pipeline,
     ledger: &Ledger,
     run_id: &str,

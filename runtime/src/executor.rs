@@ -19,7 +19,7 @@ use crate::checkpoint::Checkpoints;
 use crate::context::{Resources, RunContext, Value};
 use crate::error::{BlockError, ErrorKind};
 use crate::ledger::{
-    AttemptRecord, BlockRecord, HEARTBEAT_EVERY, Ledger, LedgerError, RunRecord, RunStatus,
+    AttemptRecord, BlockRecord, Claim, HEARTBEAT_EVERY, Ledger, LedgerError, RunRecord, RunStatus,
     TriggerKind, now_ms,
 };
 use crate::partition::Partition;
@@ -195,6 +195,28 @@ pub async fn run(
     request: RunRequest,
     services: &Services,
 ) -> Result<RunReport, LedgerError> {
+    let report = start_and_run(pipeline, request, services, None).await?;
+    Ok(report.expect("a run without a claim always starts"))
+}
+
+/// Runs one partition like [`run`], but only if the ledger grants `claim`: `Ok(None)` when
+/// another process (a replica sharing the ledger) is running the partition or has already done
+/// what the claim is for. Without a ledger, the run always starts.
+pub async fn run_claimed(
+    pipeline: &'static Pipeline,
+    request: RunRequest,
+    services: &Services,
+    claim: Claim,
+) -> Result<Option<RunReport>, LedgerError> {
+    start_and_run(pipeline, request, services, Some(claim)).await
+}
+
+async fn start_and_run(
+    pipeline: &'static Pipeline,
+    request: RunRequest,
+    services: &Services,
+    claim: Option<Claim>,
+) -> Result<Option<RunReport>, LedgerError> {
     let started = Instant::now();
     let run_id = request
         .run_id
@@ -209,25 +231,35 @@ pub async fn run(
     assert_eq!(plan.len(), blocks.len(), "one directive per block");
 
     if let Some(ledger) = &services.ledger {
-        ledger
-            .start_run(&RunRecord {
-                run_id: run_id.clone(),
-                pipeline: pipeline.name.into(),
-                partition: request.partition.map(|p| p.key()),
-                status: RunStatus::Running.as_str().into(),
-                trigger: request.trigger.as_str().into(),
-                version: pipeline.source_hash.into(),
-                git_commit: pipeline.git_commit.map(Into::into),
-                params: params_json(&request.params),
-                resumed_from: request.resumed_from.clone(),
-                host: ledger.host().into(),
-                pid: i64::from(std::process::id()),
-                started_at: now_ms(),
-                heartbeat_at: now_ms(),
-                ended_at: None,
-                error: None,
-            })
-            .await?;
+        let record = RunRecord {
+            run_id: run_id.clone(),
+            pipeline: pipeline.name.into(),
+            partition: request.partition.map(|p| p.key()),
+            status: RunStatus::Running.as_str().into(),
+            trigger: request.trigger.as_str().into(),
+            version: pipeline.source_hash.into(),
+            git_commit: pipeline.git_commit.map(Into::into),
+            params: params_json(&request.params),
+            resumed_from: request.resumed_from.clone(),
+            host: ledger.host().into(),
+            pid: i64::from(std::process::id()),
+            started_at: now_ms(),
+            heartbeat_at: now_ms(),
+            ended_at: None,
+            error: None,
+        };
+        match claim {
+            None => ledger.start_run(&record).await?,
+            Some(claim) => {
+                if !ledger.claim_run(&record, claim).await? {
+                    info!(
+                        partition = record.partition.as_deref().unwrap_or_default(),
+                        "not started: another process is running this partition or has already done it ({claim:?})"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
     }
     let heartbeat = services.ledger.clone().map(|ledger| {
         let run_id = run_id.clone();
@@ -275,7 +307,7 @@ pub async fn run(
     {
         warn!("cannot record the run's log lines: {error}");
     }
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// `green_taxi_etl-2021-01-20261123T174512.123Z-3f9a`: readable, sortable, unique across

@@ -198,6 +198,20 @@ pub struct AttemptRecord {
 pub struct Ledger {
     pool: AnyPool,
     host: String,
+    postgres: bool,
+}
+
+/// The condition under which a scheduler may start a run of a partition, so that replicas
+/// sharing one ledger run each partition once: whichever records its run first has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// A schedule tick at this time (milliseconds since the epoch): nobody may be running the
+    /// partition, nor have started it since the tick.
+    Tick(i64),
+    /// Catching up a missed partition: nobody may be running it, nor have loaded it already.
+    Missing,
+    /// Resuming an abandoned run: nobody may be running the partition.
+    Idle,
 }
 
 fn migrator() -> Migrator {
@@ -279,6 +293,7 @@ impl Ledger {
         Ok(Ledger {
             pool,
             host: hostname(),
+            postgres: !url.starts_with("sqlite:"),
         })
     }
 
@@ -310,6 +325,56 @@ impl Ledger {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records the start of a run if `claim` allows it; returns whether it did. Two processes
+    /// claiming the same partition at once cannot both succeed: on PostgreSQL a transaction-level
+    /// advisory lock on the partition orders them, and SQLite runs the one statement under its
+    /// single writer lock.
+    pub async fn claim_run(&self, run: &RunRecord, claim: Claim) -> Result<bool, LedgerError> {
+        let (condition, since) = match claim {
+            Claim::Tick(at) => ("status = 'running' OR started_at >= $15", at),
+            Claim::Missing => ("status IN ('running', 'succeeded') OR $15 < 0", 0),
+            Claim::Idle => ("status = 'running' OR $15 < 0", 0),
+        };
+        let sql = format!(
+            "INSERT INTO baton_runs (run_id, pipeline, partition_key, status, trigger_kind, \
+             version, git_commit, params, resumed_from, host, pid, started_at, heartbeat_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE NOT EXISTS \
+             (SELECT 1 FROM baton_runs WHERE pipeline = $2 AND COALESCE(partition_key, '') = $14 \
+             AND ({condition}))"
+        );
+        let mut transaction = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::text")
+                .bind(format!(
+                    "baton/{}/{}",
+                    run.pipeline,
+                    run.partition.as_deref().unwrap_or_default()
+                ))
+                .fetch_one(&mut *transaction)
+                .await?;
+        }
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&run.run_id)
+            .bind(&run.pipeline)
+            .bind(&run.partition)
+            .bind(&run.status)
+            .bind(&run.trigger)
+            .bind(&run.version)
+            .bind(&run.git_commit)
+            .bind(&run.params)
+            .bind(&run.resumed_from)
+            .bind(&run.host)
+            .bind(run.pid)
+            .bind(run.started_at)
+            .bind(run.heartbeat_at)
+            .bind(run.partition.as_deref().unwrap_or_default())
+            .bind(since)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(inserted.rows_affected() == 1)
     }
 
     /// Proves that a run is still alive.

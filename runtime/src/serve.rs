@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use serde::Deserialize;
@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use crate::cli::{backfill_plan, latest_complete, newest_succeeded, scheduled_partitions};
 use crate::context::Value;
 use crate::executor::{RunReport, RunRequest, Services, new_run_id};
-use crate::ledger::TriggerKind;
+use crate::ledger::{Claim, TriggerKind};
 use crate::partition::Partition;
 use crate::pipeline::{Overlap, Pipeline};
 
@@ -104,6 +104,15 @@ impl AppState {
         run_id
     }
 
+    /// Runs `request` if the ledger grants `claim` (another replica may have the partition).
+    async fn execute_claimed(&self, request: RunRequest, claim: Claim) {
+        if let Err(error) =
+            crate::executor::run_claimed(self.pipeline, request, &self.services, claim).await
+        {
+            error!("the run could not start: {error}");
+        }
+    }
+
     async fn execute(&self, request: RunRequest) -> Option<RunReport> {
         match crate::executor::run(self.pipeline, request, &self.services).await {
             Ok(report) => Some(report),
@@ -164,6 +173,7 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let scheduler = schedule
         .map(|schedule| tokio::spawn(run_scheduler(state.clone(), schedule, stopped.clone())));
+    let watchdog = tokio::spawn(watch_abandoned_runs(state.clone(), stopped.clone()));
     info!(listen = %state.options.listen, "serving {}", pipeline.name);
     let app = router(state.clone());
     let mut api_stopped = stopped.clone();
@@ -183,6 +193,7 @@ pub async fn serve(
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }
+    let _ = watchdog.await;
     let left = state.drain(state.options.grace).await;
     if left > 0 {
         warn!(
@@ -250,6 +261,10 @@ async fn run_scheduler(
     catch_up(&state, &schedule).await;
     let mut after = Utc::now();
     loop {
+        // Cron times are whole seconds; croner carries the sub-second part of its starting
+        // point into the time it finds, so it is cut off here. Every replica then computes the
+        // same tick to the millisecond, which is what their claims on a tick compare.
+        after = after.with_nanosecond(0).unwrap_or(after);
         let next = match schedule
             .cron
             .find_next_occurrence(&after.with_timezone(&schedule.timezone), false)
@@ -280,13 +295,15 @@ async fn run_scheduler(
         tick(&state, &schedule, next).await;
         // Ticks that came while the run was going: skipped, or coalesced into one more run.
         let now = Utc::now();
-        let missed = schedule
+        let missed_ticks: Vec<DateTime<Utc>> = schedule
             .cron
             .iter_after(next.with_timezone(&schedule.timezone))
-            .take_while(|t| t.with_timezone(&Utc) <= now)
+            .map(|t| t.with_timezone(&Utc))
+            .take_while(|t| *t <= now)
             .take(10_000)
-            .count();
-        if missed > 0 {
+            .collect();
+        let missed = missed_ticks.len();
+        if let Some(&last_missed) = missed_ticks.last() {
             match schedule.overlap {
                 Overlap::Skip => {
                     state.status.lock().await.skipped_ticks += missed as u64;
@@ -300,13 +317,64 @@ async fn run_scheduler(
                         queued = missed,
                         "ticks came while the previous run was going; running once more now (overlap = \"queue\")"
                     );
-                    tick(&state, &schedule, now).await;
+                    // The run stands for the last missed tick, an exact cron time that other
+                    // replicas compute alike, so their claims on it agree.
+                    tick(&state, &schedule, last_missed).await;
                 }
             }
         }
         after = Utc::now().max(next);
         if *stopped.borrow() {
             return;
+        }
+    }
+}
+
+/// How often `serve` looks for runs whose process died.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+
+/// Finds runs of this pipeline whose process died (a replica killed mid-run: its pid is gone on
+/// this machine, or its heartbeat stopped for longer than the lease) and resumes them: blocks
+/// that succeeded are reused from their checkpoints, the rest run again. The ledger's status
+/// guard gives each dead run to exactly one replica, and the resumed run is claimed like a
+/// scheduled one, so a partition is never run by two replicas at once.
+async fn watch_abandoned_runs(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
+    let Some(ledger) = state.services.ledger.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let abandoned = match ledger.recover_abandoned(state.pipeline.name).await {
+            Ok(abandoned) => abandoned,
+            Err(error) => {
+                warn!("cannot look for abandoned runs: {error}");
+                continue;
+            }
+        };
+        for run in abandoned {
+            let trigger = run.trigger.as_str();
+            if trigger == TriggerKind::Only.as_str() || trigger == TriggerKind::Until.as_str() {
+                warn!(run_id = %run.run_id, "{}; a partial run is not resumed", run.error.as_deref().unwrap_or("abandoned"));
+                continue;
+            }
+            match crate::cli::resume_request(state.pipeline, &ledger, &run.run_id).await {
+                Ok((Some(request), reused)) => {
+                    warn!(run_id = %run.run_id, reused, "{}; resuming it", run.error.as_deref().unwrap_or("abandoned"));
+                    state.in_flight.fetch_add(1, Ordering::SeqCst);
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        state.execute_claimed(request, Claim::Idle).await;
+                        state.finished_one();
+                    });
+                }
+                Ok((None, _)) => {}
+                Err(error) => {
+                    error!(run_id = %run.run_id, "an abandoned run cannot be resumed: {error}");
+                }
+            }
         }
     }
 }
@@ -343,7 +411,7 @@ async fn catch_up(state: &Arc<AppState>, schedule: &Schedule) {
     }
     info!(partitions = partitions.len(), "catching up after downtime");
     for partition in partitions {
-        run_scheduled(state, schedule, Some(partition), Utc::now()).await;
+        run_scheduled(state, schedule, Some(partition), Utc::now(), Claim::Missing).await;
     }
 }
 
@@ -360,7 +428,14 @@ async fn tick(state: &Arc<AppState>, schedule: &Schedule, at: DateTime<Utc>) {
     } else {
         None
     };
-    run_scheduled(state, schedule, partition, at).await;
+    run_scheduled(
+        state,
+        schedule,
+        partition,
+        at,
+        Claim::Tick(at.timestamp_millis()),
+    )
+    .await;
 }
 
 async fn run_scheduled(
@@ -368,10 +443,11 @@ async fn run_scheduled(
     schedule: &Schedule,
     partition: Option<Partition>,
     tick: DateTime<Utc>,
+    claim: Claim,
 ) {
     let request = RunRequest::full(partition, HashMap::new(), TriggerKind::Schedule);
     state.in_flight.fetch_add(1, Ordering::SeqCst);
-    let run = state.execute(request);
+    let run = state.execute_claimed(request, claim);
     tokio::pin!(run);
     let sla = schedule.sla.map(|sla| {
         let elapsed = (Utc::now() - tick).to_std().unwrap_or_default();

@@ -1,0 +1,222 @@
+//! Several `serve` replicas of one pipeline sharing a PostgreSQL ledger (a throwaway cluster):
+//! every schedule tick is run by exactly one of them, and a replica killed mid-run (SIGKILL) is
+//! noticed by another, which resumes its run.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_runtime::partition::{Granularity, Partition};
+use baton_tests::{
+    HttpServer, Postgres, ServerOptions, free_port, green_data_dir, http_request, pipeline_command,
+    sqlite_rows, wait_for_port,
+};
+
+const TOKEN: &str = "replica-token";
+
+fn replica(work: &Path, ledger: &str, tlc: &str, args: &[&str]) -> (Child, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = vec!["serve", "--listen", &listen];
+    all.extend_from_slice(args);
+    let child = pipeline_command(
+        "green_taxi_etl",
+        work,
+        &[
+            ("TLC_BASE_URL", tlc),
+            ("BATON_LEDGER_URL", ledger),
+            ("BATON_API_TOKEN", TOKEN),
+        ],
+        &all,
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(work.join(format!("replica-{port}.log"))).unwrap())
+    .spawn()
+    .expect("serve starts");
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "a replica did not listen"
+    );
+    (child, port)
+}
+
+/// What the replicas logged, for failure messages.
+fn replica_logs(work: &Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(work).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("replica-") {
+            all.push_str(&format!("--- {name}\n"));
+            all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    all
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "a replica did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn query<T>(url: &str, sql: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(url)
+            .await
+            .expect("connect to the ledger");
+        sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    })
+}
+
+#[test]
+fn two_replicas_run_each_tick_once() {
+    let postgres = Postgres::start();
+    // Scheduled runs load the latest complete month; serve a real month under its name.
+    let files = tempfile::tempdir().unwrap();
+    let latest = Partition::containing(Granularity::Monthly, chrono::Utc::now().naive_utc());
+    let mut month = Partition::parse(Granularity::Monthly, "2019-01").unwrap();
+    while month.next() < latest {
+        month = month.next();
+    }
+    std::os::unix::fs::symlink(
+        green_data_dir().join("green_tripdata_2021-01.csv.gz"),
+        files
+            .path()
+            .join(format!("green_tripdata_{}.csv.gz", month.key())),
+    )
+    .unwrap();
+    let server = HttpServer::serve(files.path());
+    let work = tempfile::tempdir().unwrap();
+    let every_two_seconds = ["--cron", "*/2 * * * * *"];
+    let (first, _) = replica(work.path(), &postgres.url, &server.url, &every_two_seconds);
+    let (second, _) = replica(work.path(), &postgres.url, &server.url, &every_two_seconds);
+    std::thread::sleep(Duration::from_secs(12));
+    stop(first);
+    stop(second);
+
+    let runs: Vec<(String, i64, Option<i64>, String)> = query(
+        &postgres.url,
+        "SELECT partition_key, started_at, ended_at, status FROM baton_runs \
+         WHERE trigger_kind = 'schedule' ORDER BY started_at",
+    );
+    assert!(runs.len() >= 4, "{runs:?}");
+    for (partition, _, _, status) in &runs {
+        assert_eq!(partition, &month.key());
+        assert_eq!(status, "succeeded", "{runs:?}");
+    }
+    // One run per two-second tick, whichever replica got it; never two at once.
+    for pair in runs.windows(2) {
+        let gap = pair[1].1 - pair[0].1;
+        assert!(
+            gap >= 1_500,
+            "two runs {gap} ms apart: {runs:?}\n{}",
+            replica_logs(work.path())
+        );
+        assert!(
+            pair[0].2.is_some_and(|end| end <= pair[1].1),
+            "runs overlap: {runs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_replica_killed_mid_run_is_resumed_by_another() {
+    let postgres = Postgres::start();
+    // The first replica's file server stalls, so its run is caught mid-extract; the second
+    // replica reads the same month from a healthy server.
+    let stalling = HttpServer::start(
+        &green_data_dir(),
+        ServerOptions {
+            stall: Some("2021-02".into()),
+            ..ServerOptions::default()
+        },
+    );
+    let healthy = HttpServer::serve(&green_data_dir());
+    let work = tempfile::tempdir().unwrap();
+    let (mut first, first_port) = replica(
+        work.path(),
+        &postgres.url,
+        &stalling.url,
+        &["--no-schedule"],
+    );
+    let (second, _) = replica(work.path(), &postgres.url, &healthy.url, &["--no-schedule"]);
+
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, body) = http_request(
+        first_port,
+        "POST",
+        "/runs",
+        &[("Authorization", bearer.as_str())],
+        Some(r#"{"partition": "2021-02"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let run_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stalling.requests().iter().any(|r| r.contains("2021-02")) {
+        assert!(
+            Instant::now() < deadline,
+            "the first replica never asked for the file"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // The second replica notices within its watch interval and resumes the run.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let resumed = loop {
+        let rows: Vec<(String, String, String)> = query(
+            &postgres.url,
+            &format!(
+                "SELECT run_id, status, trigger_kind FROM baton_runs \
+                 WHERE resumed_from = '{run_id}'"
+            ),
+        );
+        if let Some(row) = rows.first().filter(|r| r.1 != "running") {
+            break row.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead replica's run was not resumed"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(resumed.1, "succeeded", "{resumed:?}");
+    assert_eq!(resumed.2, "resume");
+    let original: Vec<(String, String)> = query(
+        &postgres.url,
+        &format!("SELECT status, error FROM baton_runs WHERE run_id = '{run_id}'"),
+    );
+    assert_eq!(original[0].0, "abandoned", "{original:?}");
+    assert!(
+        original[0].1.contains("stopped without finishing"),
+        "{original:?}"
+    );
+    stop(second);
+    // Exactly one run of the partition did the work, and the month is in the warehouse.
+    let runs: Vec<(i64,)> = query(
+        &postgres.url,
+        "SELECT count(*) FROM baton_runs WHERE partition_key = '2021-02' AND status = 'succeeded'",
+    );
+    assert_eq!(runs[0].0, 1);
+    let loaded = sqlite_rows(
+        &work.path().join(".baton/warehouse.db"),
+        "SELECT count(*) FROM green_taxi WHERE partition_month LIKE '2021-02%'",
+    );
+    assert_ne!(loaded, ["0"], "{loaded:?}");
+}
