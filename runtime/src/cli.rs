@@ -171,6 +171,12 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The audit trail: who started each run, which version ran, what each block read and
+    /// wrote (row counts and checksums), hash-chained so that tampering shows.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Print the block graph.
     Graph {
         /// Output format.
@@ -181,6 +187,22 @@ enum Command {
     Explain,
     /// Check that connections are reachable and target tables are compatible.
     Validate,
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Recompute the hash chain and compare the trail with the run records; exit 1 on any
+    /// break, naming the entries.
+    Verify,
+    /// Print the newest entries, oldest first.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only the entries of this run.
+        #[arg(long)]
+        run: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -296,6 +318,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
                 plan,
                 resumed_from: None,
                 run_id: None,
+                actor: None,
             };
             let report = crate::executor::run(pipeline, request, &services).await?;
             Ok(finish(&[report]))
@@ -348,6 +371,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
             let report = crate::executor::run(pipeline, request, &services).await?;
             Ok(finish(&[report]))
         }
+        Command::Audit { action } => audit(ledger, action).await,
         Command::Runs { limit } => {
             let runs = ledger.runs(pipeline.name, (*limit).max(1), None).await?;
             print!("{}", history::runs_table(&runs));
@@ -608,6 +632,55 @@ pub(crate) async fn backfill_plan(
     Ok(plan)
 }
 
+/// `audit verify` and `audit list`.
+async fn audit(ledger: &Ledger, action: &AuditAction) -> Result<ExitCode, Failure> {
+    match action {
+        AuditAction::Verify => {
+            let report = crate::audit::verify(ledger).await?;
+            if report.problems.is_empty() {
+                println!(
+                    "audit trail intact: {} entries, head {}",
+                    report.entries,
+                    report.head.as_deref().unwrap_or("(empty)")
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!(
+                    "audit trail BROKEN: {} problem(s) in {} entries",
+                    report.problems.len(),
+                    report.entries
+                );
+                for problem in &report.problems {
+                    println!("  - {problem}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        AuditAction::List { limit, run } => {
+            let entries: Vec<_> = ledger
+                .audit_entries()
+                .await?
+                .into_iter()
+                .filter(|e| run.as_ref().is_none_or(|r| &e.run_id == r))
+                .collect();
+            for entry in &entries[entries.len().saturating_sub(*limit)..] {
+                println!(
+                    "#{} {} {} {} {} by {}\n    {}\n    hash {}",
+                    entry.seq,
+                    crate::ledger::format_ms(entry.at),
+                    entry.pipeline,
+                    entry.event,
+                    entry.run_id,
+                    entry.actor,
+                    entry.detail,
+                    entry.hash
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 /// What `resume RUN_ID` runs: `None` when the run succeeded. Also returns how many blocks are
 /// reused.
 pub(crate) async fn resume_request(
@@ -706,6 +779,7 @@ pub(crate) async fn resume_request(
             plan,
             resumed_from: Some(run_id.to_string()),
             run_id: None,
+            actor: None,
         }),
         reused,
     ))

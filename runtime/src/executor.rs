@@ -138,6 +138,9 @@ pub struct RunRequest {
     /// The run's id, when the caller needs it before the run starts (the API answers with
     /// it); a new one otherwise.
     pub run_id: Option<String>,
+    /// Who or what asked for the run, as the audit trail records it; by default the scheduler
+    /// for scheduled runs and the operating-system user otherwise.
+    pub actor: Option<String>,
 }
 
 impl RunRequest {
@@ -154,6 +157,7 @@ impl RunRequest {
             plan: Vec::new(),
             resumed_from: None,
             run_id: None,
+            actor: None,
         }
     }
 }
@@ -230,6 +234,7 @@ async fn start_and_run(
     };
     assert_eq!(plan.len(), blocks.len(), "one directive per block");
 
+    let mut audit = None;
     if let Some(ledger) = &services.ledger {
         let record = RunRecord {
             run_id: run_id.clone(),
@@ -248,6 +253,14 @@ async fn start_and_run(
             ended_at: None,
             error: None,
         };
+        let actor = request
+            .actor
+            .clone()
+            .unwrap_or_else(|| match request.trigger {
+                TriggerKind::Schedule => format!("scheduler@{}", ledger.host()),
+                _ => crate::audit::local_actor(ledger.host()),
+            });
+        audit = Some((ledger.clone(), actor));
         match claim {
             None => ledger.start_run(&record).await?,
             Some(claim) => {
@@ -258,6 +271,15 @@ async fn start_and_run(
                     );
                     return Ok(None);
                 }
+            }
+        }
+        if let Some((ledger, actor)) = &audit {
+            let detail = crate::audit::run_started(&record).to_string();
+            if let Err(error) = ledger
+                .append_audit(pipeline.name, actor, "run_started", &run_id, &detail)
+                .await
+            {
+                error!("the audit trail did not take the run's start: {error}");
             }
         }
     }
@@ -298,6 +320,25 @@ async fn start_and_run(
         info!(run_id = %report.run_id, elapsed_ms = report.elapsed.as_millis() as u64, "run succeeded");
     } else {
         error!(run_id = %report.run_id, "run failed: {}", report.root_cause.as_deref().unwrap_or("unknown"));
+    }
+    if let Some((ledger, actor)) = &audit {
+        let appended = match crate::audit::run_finished(ledger, &run_id).await {
+            Ok(detail) => {
+                ledger
+                    .append_audit(
+                        pipeline.name,
+                        actor,
+                        "run_finished",
+                        &run_id,
+                        &detail.to_string(),
+                    )
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = appended {
+            error!("the audit trail did not take the run's end: {error}");
+        }
     }
     // The run's log lines go into the ledger with it; a ledger that cannot take them costs
     // the lines, not the run.
@@ -689,12 +730,20 @@ impl<'s> Execution<'s> {
             _ => None,
         };
         let ledger = self.services.ledger.clone();
+        // The audit trail records what each block produced by a checksum of its content.
+        let to_checksum = output.clone().filter(|_| ledger.is_some());
         let has_consumers = self.consumers_left[index] > 0;
         self.state[index] = State::Done(if has_consumers { output } else { None });
         if ledger.is_none() && checkpoint.is_none() {
             return;
         }
         self.background.push(tokio::spawn(async move {
+            if let Some(frame) = to_checksum {
+                record.checksum =
+                    tokio::task::spawn_blocking(move || crate::audit::frame_checksum(&frame))
+                        .await
+                        .ok();
+            }
             if let Some((path, frame)) = checkpoint {
                 match Checkpoints::write(path.clone(), frame).await {
                     Ok(_) => record.checkpoint = Some(path.display().to_string()),
@@ -783,6 +832,7 @@ impl<'s> Execution<'s> {
             ended_at: ended,
             error,
             checkpoint: None,
+            checksum: None,
         }
     }
 

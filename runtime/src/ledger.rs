@@ -170,6 +170,8 @@ pub struct BlockRecord {
     pub error: Option<String>,
     /// Where its output was checkpointed, if it was.
     pub checkpoint: Option<String>,
+    /// A checksum of its output's content ([`crate::audit::frame_checksum`]), if it has one.
+    pub checksum: Option<String>,
 }
 
 /// One attempt of a block.
@@ -234,6 +236,11 @@ fn migrator() -> Migrator {
             2,
             "log lines of runs",
             include_str!("../migrations/ledger/0002_logs.sql"),
+        ),
+        migration(
+            3,
+            "audit trail and block checksums",
+            include_str!("../migrations/ledger/0003_audit.sql"),
         ),
     ])
 }
@@ -412,13 +419,14 @@ impl Ledger {
     pub async fn record_block(&self, block: &BlockRecord) -> Result<(), LedgerError> {
         sqlx::query(
             "INSERT INTO baton_block_runs (run_id, block, position, status, attempts, rows_in, \
-             rows_out, bytes, started_at, ended_at, error, checkpoint) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             rows_out, bytes, started_at, ended_at, error, checkpoint, checksum) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (run_id, block) DO UPDATE SET status = excluded.status, \
              attempts = excluded.attempts, rows_in = excluded.rows_in, \
              rows_out = excluded.rows_out, bytes = excluded.bytes, \
              started_at = excluded.started_at, ended_at = excluded.ended_at, \
-             error = excluded.error, checkpoint = excluded.checkpoint",
+             error = excluded.error, checkpoint = excluded.checkpoint, \
+             checksum = excluded.checksum",
         )
         .bind(&block.run_id)
         .bind(&block.block)
@@ -432,6 +440,7 @@ impl Ledger {
         .bind(block.ended_at)
         .bind(&block.error)
         .bind(&block.checkpoint)
+        .bind(&block.checksum)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -568,6 +577,103 @@ impl Ledger {
             &[pipeline],
         )
         .await
+    }
+
+    /// Every run of every pipeline started at or after `at` (ms since the epoch), oldest first.
+    pub async fn runs_since(&self, at: i64) -> Result<Vec<RunRecord>, LedgerError> {
+        // An integer, so formatting it into the statement is safe.
+        self.select_runs(
+            &format!("WHERE started_at >= {at} ORDER BY started_at, run_id"),
+            &[],
+        )
+        .await
+    }
+
+    /// Appends an entry to the audit trail, chained to the current last entry. Two writers
+    /// appending at once both read the same last entry; the second insert then collides on the
+    /// sequence number and is retried on the new last entry, so the chain never forks.
+    pub async fn append_audit(
+        &self,
+        pipeline: &str,
+        actor: &str,
+        event: &str,
+        run_id: &str,
+        detail: &str,
+    ) -> Result<crate::audit::AuditEntry, LedgerError> {
+        let mut last_error = None;
+        for _ in 0..50 {
+            let last = sqlx::query("SELECT seq, hash FROM baton_audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+            let (prev_seq, prev_hash) = match last {
+                Some(row) => (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?),
+                None => (0, crate::audit::GENESIS.to_string()),
+            };
+            let mut entry = crate::audit::AuditEntry {
+                seq: prev_seq + 1,
+                at: now_ms(),
+                pipeline: pipeline.into(),
+                actor: actor.into(),
+                event: event.into(),
+                run_id: run_id.into(),
+                detail: detail.into(),
+                prev_hash,
+                hash: String::new(),
+            };
+            entry.hash = entry.compute_hash();
+            let inserted = sqlx::query(
+                "INSERT INTO baton_audit (seq, at, pipeline, actor, event, run_id, detail, \
+                 prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (seq) DO NOTHING",
+            )
+            .bind(entry.seq)
+            .bind(entry.at)
+            .bind(&entry.pipeline)
+            .bind(&entry.actor)
+            .bind(&entry.event)
+            .bind(&entry.run_id)
+            .bind(&entry.detail)
+            .bind(&entry.prev_hash)
+            .bind(&entry.hash)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(done) if done.rows_affected() == 1 => return Ok(entry),
+                Ok(_) => {}
+                Err(error) => last_error = Some(error.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(1..20))).await;
+        }
+        Err(LedgerError(format!(
+            "cannot append to the audit trail after 50 tries (other writers kept taking the next entry){}",
+            last_error.map(|e| format!(": {e}")).unwrap_or_default()
+        )))
+    }
+
+    /// The whole audit trail in order.
+    pub async fn audit_entries(&self) -> Result<Vec<crate::audit::AuditEntry>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, pipeline, actor, event, run_id, detail, prev_hash, hash \
+             FROM baton_audit ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::audit::AuditEntry {
+                    seq: row.try_get(0)?,
+                    at: row.try_get(1)?,
+                    pipeline: row.try_get(2)?,
+                    actor: row.try_get(3)?,
+                    event: row.try_get(4)?,
+                    run_id: row.try_get(5)?,
+                    detail: row.try_get(6)?,
+                    prev_hash: row.try_get(7)?,
+                    hash: row.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(LedgerError::from)
     }
 
     /// Stores a finished run's log lines.
@@ -723,7 +829,8 @@ impl Ledger {
     pub async fn blocks(&self, run_id: &str) -> Result<Vec<BlockRecord>, LedgerError> {
         let rows = sqlx::query(
             "SELECT run_id, block, position, status, attempts, rows_in, rows_out, bytes, \
-             started_at, ended_at, error, checkpoint FROM baton_block_runs WHERE run_id = $1 \
+             started_at, ended_at, error, checkpoint, checksum FROM baton_block_runs \
+             WHERE run_id = $1 \
              ORDER BY position",
         )
         .bind(run_id)
@@ -744,6 +851,7 @@ impl Ledger {
                     ended_at: row.try_get(9)?,
                     error: row.try_get(10)?,
                     checkpoint: row.try_get(11)?,
+                    checksum: row.try_get(12)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -1074,6 +1182,7 @@ mod tests {
                 ended_at: Some(at + 5),
                 error: None,
                 checkpoint: Some(format!("/cp/{id}.parquet")),
+                checksum: Some("sha256:00".into()),
             };
             ledger.record_block(&block).await.unwrap();
             // Recording again updates rather than duplicates.

@@ -6,6 +6,7 @@
 //! between them, reads sources, writes sinks, runs data checks, records every run in the
 //! ledger, checkpoints block outputs and provides each pipeline binary's command line.
 
+pub mod audit;
 pub mod callback;
 pub mod check;
 pub mod checkpoint;

@@ -93,6 +93,7 @@ impl AppState {
         let run_id = new_run_id(self.pipeline, partition);
         let request = RunRequest {
             run_id: Some(run_id.clone()),
+            actor: self.api_actor(),
             ..RunRequest::full(partition, params, TriggerKind::Api)
         };
         let state = self.clone();
@@ -102,6 +103,16 @@ impl AppState {
             state.finished_one();
         });
         run_id
+    }
+
+    /// Who the audit trail names for a run started through the API: the token's fingerprint
+    /// (only the token's holder can start runs) and this machine.
+    fn api_actor(&self) -> Option<String> {
+        let host = self.services.ledger.as_ref()?.host();
+        self.options
+            .token
+            .as_deref()
+            .map(|token| crate::audit::token_actor(token, host))
     }
 
     /// Runs `request` if the ledger grants `claim` (another replica may have the partition).
@@ -362,6 +373,14 @@ async fn watch_abandoned_runs(state: Arc<AppState>, mut stopped: watch::Receiver
             }
             match crate::cli::resume_request(state.pipeline, &ledger, &run.run_id).await {
                 Ok((Some(request), reused)) => {
+                    let request = RunRequest {
+                        actor: Some(format!(
+                            "serve@{} (resuming run {} of a process that died)",
+                            ledger.host(),
+                            run.run_id
+                        )),
+                        ..request
+                    };
                     warn!(run_id = %run.run_id, reused, "{}; resuming it", run.error.as_deref().unwrap_or("abandoned"));
                     state.in_flight.fetch_add(1, Ordering::SeqCst);
                     let state = state.clone();
@@ -667,7 +686,10 @@ async fn trigger_backfill(
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
         for partition in todo {
-            let request = RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Api);
+            let request = RunRequest {
+                actor: task_state.api_actor(),
+                ..RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Api)
+            };
             task_state.execute(request).await;
         }
         task_state.finished_one();
