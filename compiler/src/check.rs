@@ -16,13 +16,15 @@ use crate::syntax::{
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
 /// The placeholders a callback message may use; the runtime's `callback::PLACEHOLDERS`.
-const CALLBACK_PLACEHOLDERS: [&str; 6] = [
+const CALLBACK_PLACEHOLDERS: [&str; 8] = [
     "pipeline",
     "partition",
     "run_id",
     "status",
     "failed_blocks",
     "error",
+    "warnings",
+    "run_url",
 ];
 
 /// Default retry and timeout policy when neither the pipeline nor the block says otherwise.
@@ -881,10 +883,34 @@ impl Checker<'_, '_> {
             } => {
                 let webhook_ok = webhook.as_ref().is_none_or(|w| self.connection(w));
                 let email_ok = email.as_ref().is_none_or(|e| self.connection(e));
+                let sla_ok = on.value != CallbackOn::Sla
+                    || self
+                        .file
+                        .pipeline
+                        .schedule
+                        .as_ref()
+                        .is_some_and(|s| s.sla_ms.is_some());
+                if !sla_ok {
+                    self.push(
+                        Diagnostic::error(
+                            "E0028",
+                            "a callback on `sla` needs a schedule with an `sla`",
+                            on.span.clone(),
+                            "no run can miss a deadline that is not set",
+                        )
+                        .with_help(
+                            "add `sla = \"2h\"` (how long after its tick a scheduled run must be finished) to [pipeline.schedule]",
+                        ),
+                    );
+                }
                 let text = message.as_ref().map_or_else(
                     || {
-                        "{pipeline} run {run_id} [{partition}]: {status} {failed_blocks} {error}"
-                            .to_string()
+                        match on.value {
+                            CallbackOn::Warning => "{pipeline} run {run_id} [{partition}]: data checks warned: {warnings}",
+                            CallbackOn::Sla => "{pipeline} [{partition}]: run {run_id} {status}: {error}",
+                            _ => "{pipeline} run {run_id} [{partition}]: {status} {failed_blocks} {error}",
+                        }
+                        .to_string()
                     },
                     |m| m.value.clone(),
                 );
@@ -892,6 +918,7 @@ impl Checker<'_, '_> {
                     self.callback_placeholders(message);
                 }
                 let op = ir::BlockOp::Callback {
+                    on: on.value,
                     message: text,
                     webhook: webhook.as_ref().map(|w| w.value.clone()),
                     webhook_format: *webhook_format,
@@ -900,7 +927,7 @@ impl Checker<'_, '_> {
                         .as_ref()
                         .map_or(on.value == CallbackOn::Failure, |d| d.value),
                 };
-                (webhook_ok && email_ok).then_some((op, None))
+                (webhook_ok && email_ok && sla_ok).then_some((op, None))
             }
             BlockKind::ExportSink(sink) => {
                 input?;

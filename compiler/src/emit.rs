@@ -13,8 +13,8 @@ use crate::ir::{
     TypedExpr,
 };
 use crate::syntax::{
-    Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, Pagination, SecretRef,
-    Trigger, WebhookFormat, WriteMode,
+    CallbackOn, Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, Pagination,
+    SecretRef, Trigger, WebhookFormat, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -56,10 +56,9 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
             pub const #name: &[Column] = &[#(#columns),*];
         })
     });
-    let targets = pipeline
-        .blocks
-        .iter()
-        .filter_map(|block| sink_target(pipeline, block));
+    let targets = pipeline.blocks.iter().filter_map(|block| {
+        sink_target(pipeline, block).or_else(|| callback_target(pipeline, block))
+    });
     let functions = pipeline
         .blocks
         .iter()
@@ -468,6 +467,13 @@ fn block_definition(
         BlockOp::BigQuerySink { .. } => Some(quote!(BigQuery)),
         _ => None,
     };
+    let callback = match &block.op {
+        BlockOp::Callback { .. } => {
+            let target = target_const(block);
+            quote!(Some(&#target))
+        }
+        _ => quote!(None),
+    };
     let sink = match sink_variant {
         Some(variant) => {
             let target = target_const(block);
@@ -490,6 +496,7 @@ fn block_definition(
             output: #output,
             policy: Policy { retries: #retries, retry_delay_ms: #retry_delay_ms, max_retry_delay_ms: #max_retry_delay_ms, timeout_ms: #timeout_ms },
             sink: #sink,
+            callback: #callback,
             lineage: &[#(#lineage),*],
         }
     }
@@ -497,6 +504,52 @@ fn block_definition(
 
 fn target_const(block: &Block) -> Ident {
     format_ident!("{}_TARGET", block.name.to_uppercase())
+}
+
+/// The constant describing what a callback reports and where; shared by its function, its
+/// `BlockDef` and, for `on = "sla"`, the service that sends it.
+fn callback_target(pipeline: &Pipeline, block: &Block) -> Option<TokenStream> {
+    let BlockOp::Callback {
+        on,
+        message,
+        webhook,
+        webhook_format,
+        email,
+        dedupe,
+    } = &block.op
+    else {
+        return None;
+    };
+    let name = target_const(block);
+    let doc = format!(
+        " What `{}` reports, and where ({}:{}).",
+        block.name, pipeline.source_path, block.line
+    );
+    let event = match on {
+        CallbackOn::Failure => quote!(CallbackEvent::Failure),
+        CallbackOn::Success => quote!(CallbackEvent::Success),
+        CallbackOn::Always => quote!(CallbackEvent::Always),
+        CallbackOn::Recovery => quote!(CallbackEvent::Recovery),
+        CallbackOn::Warning => quote!(CallbackEvent::Warning),
+        CallbackOn::Sla => quote!(CallbackEvent::Sla),
+    };
+    let webhook = optional(webhook.as_deref());
+    let email = optional(email.as_deref());
+    let format = match webhook_format {
+        WebhookFormat::Json => quote!(WebhookFormat::Json),
+        WebhookFormat::Slack => quote!(WebhookFormat::Slack),
+    };
+    Some(quote! {
+        #[doc = #doc]
+        pub static #name: CallbackTarget = CallbackTarget {
+            event: #event,
+            message: #message,
+            webhook: #webhook,
+            format: #format,
+            email: #email,
+            dedupe: #dedupe,
+        };
+    })
 }
 
 /// The constant describing where a sink writes; shared by its function and its `BlockDef`.
@@ -778,11 +831,10 @@ pub(crate) fn summary(block: &Block) -> String {
             let mode = mode_text(*mode, partition_column.as_deref(), key);
             format!("load BigQuery table {table} on {{{connection}}} ({mode})")
         }
-        BlockOp::Callback { webhook, .. } => {
-            let on = match block.trigger {
-                Trigger::OneFailed => "on failure",
-                Trigger::AllSuccess => "on success",
-                _ => "always",
+        BlockOp::Callback { on, webhook, .. } => {
+            let on = match on {
+                CallbackOn::Always => "always".to_string(),
+                on => format!("on {}", on.name()),
             };
             match webhook {
                 Some(connection) => {
@@ -1098,30 +1150,12 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 }
             }
         }
-        BlockOp::Callback {
-            message,
-            webhook,
-            webhook_format,
-            email,
-            dedupe,
-        } => {
-            let webhook = optional(webhook.as_deref());
-            let email = optional(email.as_deref());
-            let format = match webhook_format {
-                WebhookFormat::Json => quote!(WebhookFormat::Json),
-                WebhookFormat::Slack => quote!(WebhookFormat::Slack),
-            };
+        BlockOp::Callback { .. } => {
+            let target = target_const(block);
             quote! {
                 #(#doc)*
                 async fn #function(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
-                    static TARGET: CallbackTarget = CallbackTarget {
-                        message: #message,
-                        webhook: #webhook,
-                        format: #format,
-                        email: #email,
-                        dedupe: #dedupe,
-                    };
-                    notify(ctx, &TARGET).await
+                    notify(ctx, &#target).await
                 }
             }
         }

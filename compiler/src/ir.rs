@@ -244,6 +244,8 @@ pub enum BlockOp {
     },
     /// Reports the run's outcome.
     Callback {
+        /// What it reports on.
+        on: crate::syntax::CallbackOn,
         /// The message template (placeholders checked).
         message: String,
         /// The webhook connection, if any.

@@ -281,15 +281,39 @@ pub enum CallbackOn {
     Success,
     /// Whenever the blocks it watches have ended.
     Always,
+    /// When every block it watches succeeded and the pipeline's previous run had failed: the
+    /// incident is over.
+    Recovery,
+    /// When a data check with `severity = "warn"` found failing rows.
+    Warning,
+    /// When a scheduled run has not finished within the schedule's `sla`; sent by `serve`,
+    /// never part of a run.
+    Sla,
 }
 
 impl CallbackOn {
+    /// Every value, as written in pipeline files.
+    pub const NAMES: [&'static str; 6] =
+        ["failure", "success", "always", "recovery", "warning", "sla"];
+
     /// The trigger rule that implements it.
     pub fn trigger(self) -> Trigger {
         match self {
             CallbackOn::Failure => Trigger::OneFailed,
-            CallbackOn::Success => Trigger::AllSuccess,
-            CallbackOn::Always => Trigger::AllDone,
+            CallbackOn::Success | CallbackOn::Recovery => Trigger::AllSuccess,
+            CallbackOn::Always | CallbackOn::Warning | CallbackOn::Sla => Trigger::AllDone,
+        }
+    }
+
+    /// Its name as written in pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            CallbackOn::Failure => "failure",
+            CallbackOn::Success => "success",
+            CallbackOn::Always => "always",
+            CallbackOn::Recovery => "recovery",
+            CallbackOn::Warning => "warning",
+            CallbackOn::Sla => "sla",
         }
     }
 }
@@ -1507,19 +1531,22 @@ impl Reader<'_, '_> {
                     .req_string(
                         cursor,
                         "on",
-                        "when it reports: `on = \"failure\"`, `\"success\"` or `\"always\"`",
+                        "when it reports: `on = \"failure\"`, `\"success\"`, `\"always\"`, `\"recovery\"`, `\"warning\"` or `\"sla\"`",
                     )
                     .and_then(|on| {
                         let value = match on.value.as_str() {
                             "failure" => CallbackOn::Failure,
                             "success" => CallbackOn::Success,
                             "always" => CallbackOn::Always,
+                            "recovery" => CallbackOn::Recovery,
+                            "warning" => CallbackOn::Warning,
+                            "sla" => CallbackOn::Sla,
                             other => {
                                 self.invalid_value(
                                     "on",
                                     on.span.clone(),
                                     other,
-                                    &["failure", "success", "always"],
+                                    &CallbackOn::NAMES,
                                 );
                                 return None;
                             }

@@ -1,11 +1,12 @@
 //! Callback blocks: report how a run went, as a log line and optionally a webhook (Baton's JSON
-//! or Slack's format) and an email, when their trigger rule fires (on failure, on success,
-//! always).
+//! or Slack's format) and an email, on the event they are for: a failure, a success, any end,
+//! a recovery (success after a failure), data-check warnings, or, sent by `serve` outside any
+//! run, a scheduled run that missed its SLA.
 //!
 //! Failure alerts are de-duplicated per incident: while the pipeline's previous finished run
 //! failed too, the log line is written but no webhook or email is sent, so a broken source does
 //! not page someone once per scheduled run or per partition of a backfill. The first failure
-//! after a success alerts again.
+//! after a success alerts again, and a `recovery` callback says when the incident is over.
 
 use std::time::Duration;
 
@@ -16,11 +17,29 @@ use crate::context::{RunContext, redact};
 use crate::error::{BlockError, BlockResult};
 use crate::executor::BlockStatus;
 
+/// What a callback reports on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackEvent {
+    /// A block it watches failed (retries exhausted or a fatal error).
+    Failure,
+    /// Every block it watches succeeded.
+    Success,
+    /// The blocks it watches ended, however.
+    Always,
+    /// Every block it watches succeeded and the pipeline's previous finished run had failed.
+    Recovery,
+    /// A data check with `severity = "warn"` found failing rows.
+    Warning,
+    /// A scheduled run missed the schedule's SLA: sent by `serve`, never run within a run.
+    Sla,
+}
+
 /// What a callback block does.
 #[derive(Clone, Copy, Debug)]
 pub struct CallbackTarget {
-    /// The message, with `{pipeline}`, `{partition}`, `{run_id}`, `{status}`,
-    /// `{failed_blocks}` and `{error}` filled in.
+    /// What it reports on.
+    pub event: CallbackEvent,
+    /// The message, with the [`PLACEHOLDERS`] filled in.
     pub message: &'static str,
     /// The connection whose URL receives a POST, if any.
     pub webhook: Option<&'static str>,
@@ -42,17 +61,40 @@ pub enum WebhookFormat {
 }
 
 /// The placeholders a callback message may use.
-pub const PLACEHOLDERS: [&str; 6] = [
+pub const PLACEHOLDERS: [&str; 8] = [
     "pipeline",
     "partition",
     "run_id",
     "status",
     "failed_blocks",
     "error",
+    "warnings",
+    "run_url",
 ];
 
-/// Sends the run's report: always a log line, and a webhook POST when one is configured.
-/// A webhook answering 5xx or 429, or not answering, is retryable; another non-2xx is not.
+/// The page of a run in `serve`'s web UI, when `BATON_UI_URL` says where the UI is (for
+/// example `https://baton.example.com`); empty otherwise.
+pub fn run_url(run_id: &str) -> String {
+    match std::env::var("BATON_UI_URL") {
+        Ok(base) if !base.trim().is_empty() => {
+            format!("{}/ui#run={run_id}", base.trim().trim_end_matches('/'))
+        }
+        _ => String::new(),
+    }
+}
+
+/// What one report says.
+struct Report<'a> {
+    status: &'a str,
+    failed: Vec<(&'a str, &'a str)>,
+    error: String,
+    warnings: Vec<String>,
+}
+
+/// Sends the run's report on the callback's event: always a log line, and a webhook POST or an
+/// email when configured. A recovery callback stays silent unless the previous finished run
+/// failed, a warning callback unless a data check warned. A webhook answering 5xx or 429, or
+/// not answering, is retryable; another non-2xx is not.
 pub async fn notify(
     ctx: RunContext,
     target: &'static CallbackTarget,
@@ -65,30 +107,90 @@ pub async fn notify(
             _ => None,
         })
         .collect();
-    let status = if failed.is_empty() {
-        "succeeded"
-    } else {
-        "failed"
+    let warnings = ctx.warnings();
+    let status = match target.event {
+        CallbackEvent::Recovery => {
+            if !previous_run_failed(&ctx).await {
+                return Ok(None);
+            }
+            "recovered"
+        }
+        CallbackEvent::Warning => {
+            if warnings.is_empty() {
+                return Ok(None);
+            }
+            "warned"
+        }
+        _ if failed.is_empty() => "succeeded",
+        _ => "failed",
     };
+    let error = failed
+        .first()
+        .map(|(_, e)| e.to_string())
+        .unwrap_or_default();
+    let report = Report {
+        status,
+        failed,
+        error,
+        warnings,
+    };
+    deliver(&ctx, target, &report).await?;
+    Ok(None)
+}
+
+/// Reports that the scheduled run `ctx` stands for has not finished `late_by` after its tick.
+/// `serve` calls it for each `on = "sla"` callback.
+pub async fn notify_sla(
+    ctx: RunContext,
+    target: &'static CallbackTarget,
+    late_by: Duration,
+) -> BlockResult<()> {
+    let report = Report {
+        status: "missed its SLA",
+        failed: Vec::new(),
+        error: format!(
+            "not finished {} after its scheduled time",
+            crate::executor::humanize(late_by)
+        ),
+        warnings: Vec::new(),
+    };
+    deliver(&ctx, target, &report).await
+}
+
+/// Logs the message and sends it on the callback's channels.
+async fn deliver(
+    ctx: &RunContext,
+    target: &'static CallbackTarget,
+    report: &Report<'_>,
+) -> BlockResult<()> {
+    let Report {
+        status,
+        failed,
+        error,
+        warnings,
+    } = report;
     let partition = ctx.partition_opt().map(|p| p.key()).unwrap_or_default();
     let failed_names: Vec<&str> = failed.iter().map(|(name, _)| *name).collect();
-    let first_error = failed.first().map(|(_, e)| *e).unwrap_or_default();
+    let link = run_url(ctx.run_id());
     let message = fill(target.message, |name| match name {
         "pipeline" => Some(ctx.pipeline().name.to_string()),
         "partition" => Some(partition.clone()),
         "run_id" => Some(ctx.run_id().to_string()),
         "status" => Some(status.to_string()),
         "failed_blocks" => Some(failed_names.join(", ")),
-        "error" => Some(first_error.to_string()),
+        "error" => Some(error.clone()),
+        "warnings" => Some(warnings.join("; ")),
+        "run_url" => Some(link.clone()),
         _ => None,
     });
-    if failed.is_empty() {
+    if failed.is_empty() && target.event != CallbackEvent::Sla {
         info!(callback = %message, "callback");
     } else {
         error!(callback = %message, "callback");
     }
-    if target.dedupe && !failed.is_empty() && incident_open(&ctx).await {
-        return Ok(None);
+    let status = *status;
+    if target.dedupe && !failed.is_empty() && incident_open(ctx).await {
+        return Ok(());
     }
     // One key per callback block and channel: a retry after one channel failed sends only the
     // channels that have not delivered yet.
@@ -104,7 +206,10 @@ pub async fn notify(
                 "run_id": ctx.run_id(),
                 "partition": ctx.partition_opt().map(|p| p.key()),
                 "status": status,
+                "event": format!("{:?}", target.event).to_lowercase(),
                 "message": message,
+                "run_url": (!link.is_empty()).then_some(link.as_str()),
+                "warnings": warnings,
                 "failed_blocks": failed
                     .iter()
                     .map(|(block, error)| serde_json::json!({ "block": block, "error": error }))
@@ -129,13 +234,12 @@ pub async fn notify(
         send_email(&ctx.connection_url(connection)?, &subject, &message).await?;
         ctx.mark_delivered(channel("email"));
     }
-    Ok(None)
+    Ok(())
 }
 
-/// Whether the pipeline's previous finished run failed too, so this failure belongs to an
-/// incident already reported. Without a ledger, or when it cannot be read, the alert goes out:
-/// a duplicate is better than silence.
-async fn incident_open(ctx: &RunContext) -> bool {
+/// Whether the pipeline's previous finished run failed: what makes this success a recovery.
+/// When the ledger cannot tell, no recovery is announced.
+async fn previous_run_failed(ctx: &RunContext) -> bool {
     let Some(ledger) = ctx.ledger() else {
         return false;
     };
@@ -143,19 +247,25 @@ async fn incident_open(ctx: &RunContext) -> bool {
         .previous_finished_run(ctx.pipeline().name, ctx.run_id())
         .await
     {
-        Ok(Some(previous)) if previous.status == "failed" => {
-            info!(
-                previous_run = %previous.run_id,
-                "alert held back: the previous run failed too, so this incident was reported already"
-            );
-            true
-        }
-        Ok(_) => false,
+        Ok(previous) => previous.is_some_and(|run| run.status == "failed"),
         Err(error) => {
-            warn!(%error, "cannot read the previous run; alerting anyway");
+            warn!(%error, "cannot read the previous run; no recovery message");
             false
         }
     }
+}
+
+/// Whether the pipeline's previous finished run failed too, so this failure belongs to an
+/// incident already reported. Without a ledger, or when it cannot be read, the alert goes out:
+/// a duplicate is better than silence.
+async fn incident_open(ctx: &RunContext) -> bool {
+    let open = previous_run_failed(ctx).await;
+    if open {
+        info!(
+            "alert held back: the previous run failed too, so this incident was reported already"
+        );
+    }
+    open
 }
 
 /// POSTs a JSON body. A URL that resolves to nothing (`${ALERT_WEBHOOK_URL:-}` unset) switches

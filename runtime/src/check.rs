@@ -61,6 +61,12 @@ pub fn run_check(
         CheckSeverity::Fail => Err(BlockError::fatal(message)),
         CheckSeverity::Warn => {
             warn!(check = check.name, failing = count, "{message}");
+            ctx.record_warning(format!(
+                "check `{}` ({}) failed for {count} of {} rows",
+                check.name,
+                check.location,
+                frame.height()
+            ));
             Ok(())
         }
     }

@@ -151,8 +151,12 @@ enum Command {
         /// Replace the compiled cron schedule (5 fields, or 6 with seconds first).
         #[arg(long)]
         cron: Option<String>,
+        /// Replace the compiled schedule's SLA: how long after its tick a scheduled run must be
+        /// finished before `on = "sla"` callbacks are sent, e.g. 30m.
+        #[arg(long, value_parser = parse_duration)]
+        sla: Option<Duration>,
         /// Serve the API only, start no scheduled runs.
-        #[arg(long, conflicts_with = "cron")]
+        #[arg(long, conflicts_with_all = ["cron", "sla"])]
         no_schedule: bool,
         /// How long runs in flight may take to finish after SIGTERM, e.g. 30s or 5m.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -406,6 +410,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
             private,
             cron,
             no_schedule,
+            sla,
             grace,
         } => {
             let options = crate::serve::ServeOptions {
@@ -413,6 +418,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
                 token: token.clone().filter(|t| !t.is_empty()),
                 private: *private,
                 cron: cron.clone(),
+                sla: *sla,
                 grace: *grace,
                 no_schedule: *no_schedule,
             };

@@ -170,6 +170,8 @@ struct Inner {
     /// Alert channels already delivered in this run, so that a callback's retry after one
     /// channel failed does not send the others again.
     delivered: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Data checks with `severity = "warn"` that found failing rows in this run.
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 /// What a block knows about its run: the pipeline, the partition, parameters and connections.
@@ -213,6 +215,7 @@ impl RunContext {
                 outcomes: std::sync::Mutex::new(Vec::new()),
                 items: std::sync::Mutex::new(HashMap::new()),
                 delivered: std::sync::Mutex::new(std::collections::HashSet::new()),
+                warnings: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -322,6 +325,24 @@ impl RunContext {
         if let Ok(mut delivered) = self.inner.delivered.lock() {
             delivered.insert(key);
         }
+    }
+
+    /// Records a data check's warning; a retried block that warns again is recorded once.
+    pub(crate) fn record_warning(&self, warning: String) {
+        if let Ok(mut warnings) = self.inner.warnings.lock()
+            && !warnings.contains(&warning)
+        {
+            warnings.push(warning);
+        }
+    }
+
+    /// The data checks' warnings of this run so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.inner
+            .warnings
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn record_outcome(&self, outcome: BlockOutcome) {

@@ -227,11 +227,20 @@ async fn start_and_run(
         .clone()
         .unwrap_or_else(|| new_run_id(pipeline, request.partition));
     let blocks = pipeline.blocks;
-    let plan: Vec<Directive> = if request.plan.is_empty() {
+    let mut plan: Vec<Directive> = if request.plan.is_empty() {
         vec![Directive::Run; blocks.len()]
     } else {
         request.plan.clone()
     };
+    // SLA callbacks report on a run from outside it (`serve` sends them when a run is late).
+    for (directive, block) in plan.iter_mut().zip(blocks) {
+        if block
+            .callback
+            .is_some_and(|c| c.event == crate::callback::CallbackEvent::Sla)
+        {
+            *directive = Directive::NotSelected;
+        }
+    }
     assert_eq!(plan.len(), blocks.len(), "one directive per block");
 
     let mut audit = None;
@@ -444,10 +453,18 @@ impl<'s> Execution<'s> {
                 Directive::Run => {}
                 Directive::NotSelected => {
                     self.state[index] = State::NotSelected;
+                    let sla_alert = self.pipeline.blocks[index]
+                        .callback
+                        .is_some_and(|c| c.event == crate::callback::CallbackEvent::Sla);
+                    let because = if sla_alert {
+                        "an SLA alert: `serve` sends it when a scheduled run is late"
+                    } else {
+                        "not selected for this run"
+                    };
                     self.settle(
                         index,
                         BlockStatus::Skipped {
-                            because: "not selected for this run".into(),
+                            because: because.into(),
                         },
                         0,
                         Duration::ZERO,

@@ -34,7 +34,7 @@ pub mod store;
 
 /// Everything generated code uses, in one import.
 pub mod prelude {
-    pub use crate::callback::{CallbackTarget, WebhookFormat, notify};
+    pub use crate::callback::{CallbackEvent, CallbackTarget, WebhookFormat, notify};
     pub use crate::check::{CheckDef, CheckSeverity, run_check};
     pub use crate::context::RunContext;
     pub use crate::error::{BlockError, BlockResult};

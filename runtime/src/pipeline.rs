@@ -215,6 +215,8 @@ pub struct BlockDef {
     pub policy: Policy,
     /// Where a sink writes, for `validate` and `explain`; `None` for other blocks.
     pub sink: Option<SinkDef>,
+    /// What a callback reports and where; `None` for other blocks.
+    pub callback: Option<&'static crate::callback::CallbackTarget>,
     /// Column lineage of its output (of its input, for a sink): each column with the source
     /// columns it comes from in words, as the compiler traced them through renames and
     /// derivations.

@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub private: bool,
     /// A cron pattern that replaces the compiled schedule (for operations and tests).
     pub cron: Option<String>,
+    /// An SLA that replaces the compiled one.
+    pub sla: Option<Duration>,
     /// How long in-flight runs may take to finish after a shutdown signal.
     pub grace: Duration,
     /// Run no scheduler, only the API.
@@ -165,7 +167,7 @@ pub async fn serve(
     let schedule = if options.no_schedule {
         None
     } else {
-        Some(schedule(pipeline, options.cron.as_deref())?)
+        Some(schedule(pipeline, options.cron.as_deref(), options.sla)?)
     };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -235,8 +237,13 @@ async fn shutdown_signal() {
     }
 }
 
-/// The compiled schedule, or `--cron` in the compiled (or UTC) time zone.
-fn schedule(pipeline: &Pipeline, cron: Option<&str>) -> Result<Schedule, String> {
+/// The compiled schedule, or `--cron` in the compiled (or UTC) time zone; `--sla` replaces the
+/// compiled SLA.
+fn schedule(
+    pipeline: &Pipeline,
+    cron: Option<&str>,
+    sla: Option<Duration>,
+) -> Result<Schedule, String> {
     let compiled = pipeline.schedule;
     let pattern = match (cron, compiled) {
         (Some(pattern), _) => pattern.to_string(),
@@ -259,7 +266,7 @@ fn schedule(pipeline: &Pipeline, cron: Option<&str>) -> Result<Schedule, String>
         pattern,
         timezone,
         overlap: compiled.map_or(Overlap::Skip, |c| c.overlap),
-        sla: compiled.and_then(|c| c.sla_ms).map(Duration::from_millis),
+        sla: sla.or_else(|| compiled.and_then(|c| c.sla_ms).map(Duration::from_millis)),
     })
 }
 
@@ -464,7 +471,11 @@ async fn run_scheduled(
     tick: DateTime<Utc>,
     claim: Claim,
 ) {
-    let request = RunRequest::full(partition, HashMap::new(), TriggerKind::Schedule);
+    let run_id = new_run_id(state.pipeline, partition);
+    let request = RunRequest {
+        run_id: Some(run_id.clone()),
+        ..RunRequest::full(partition, HashMap::new(), TriggerKind::Schedule)
+    };
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     let run = state.execute_claimed(request, claim);
     tokio::pin!(run);
@@ -478,7 +489,9 @@ async fn run_scheduled(
                 _ = &mut run => {}
                 _ = tokio::time::sleep(left) => {
                     state.status.lock().await.missed_slas += 1;
-                    error!(partition = %partition.map(|p| p.key()).unwrap_or_default(), tick = %tick, "SLA missed: the run has not finished {:?} after its tick", schedule.sla.unwrap_or_default());
+                    let sla = schedule.sla.unwrap_or_default();
+                    error!(partition = %partition.map(|p| p.key()).unwrap_or_default(), tick = %tick, run_id = %run_id, "SLA missed: the run has not finished {:?} after its tick", sla);
+                    send_sla_alerts(state, partition, &run_id, sla).await;
                     run.await;
                 }
             }
@@ -491,6 +504,49 @@ async fn run_scheduled(
 }
 
 mod ui;
+
+/// Sends every `on = "sla"` callback for a late run, each with up to three attempts when its
+/// channel answers with a retryable error.
+async fn send_sla_alerts(
+    state: &Arc<AppState>,
+    partition: Option<Partition>,
+    run_id: &str,
+    late_by: Duration,
+) {
+    let pipeline = state.pipeline;
+    for block in pipeline.blocks {
+        let Some(target) = block
+            .callback
+            .filter(|c| c.event == crate::callback::CallbackEvent::Sla)
+        else {
+            continue;
+        };
+        let ctx = crate::context::RunContext::new(
+            pipeline,
+            run_id.to_string(),
+            partition,
+            &HashMap::new(),
+            state.services.resources.clone(),
+            state.services.ledger.clone(),
+        );
+        for attempt in 1..=3u32 {
+            match crate::callback::notify_sla(ctx.clone(), target, late_by).await {
+                Ok(()) => break,
+                Err(error) if error.kind == crate::error::ErrorKind::Retryable && attempt < 3 => {
+                    warn!(
+                        block = block.name,
+                        attempt, "SLA alert not delivered, retrying: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_secs(2 * u64::from(attempt))).await;
+                }
+                Err(error) => {
+                    error!(block = block.name, "SLA alert not delivered: {error}");
+                    break;
+                }
+            }
+        }
+    }
+}
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()

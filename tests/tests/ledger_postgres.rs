@@ -57,8 +57,9 @@ fn runs_are_recorded_in_a_postgres_ledger_and_dead_runs_recovered() {
             .fetch_one(&pool),
         )
         .unwrap();
-    // Five blocks; the failure callback was skipped, so it made no attempt.
-    assert_eq!((blocks, attempts), (5, 4));
+    // Six blocks; the failure callback was skipped and the SLA alert is `serve`'s, so neither
+    // made an attempt.
+    assert_eq!((blocks, attempts), (6, 4));
 
     // A run left "running" by a process that no longer exists on this machine.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -1,14 +1,16 @@
 //! `serve` end to end with the committed `green_taxi_etl` binary: the scheduler starts runs on
 //! time (an every-two-seconds pattern replaces the monthly one), the API answers, refuses to
 //! start work without the token, starts a run with it, `/metrics` is valid Prometheus text, and
-//! SIGTERM stops the service cleanly.
+//! SIGTERM stops the service cleanly; a scheduled run still going after the SLA raises the
+//! pipeline's `on = "sla"` alert, once.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use baton_runtime::partition::{Granularity, Partition};
 use baton_tests::{
-    HttpServer, free_port, green_data_dir, http_request, pipeline_command, sqlite_rows,
-    wait_for_port,
+    HttpServer, ServerOptions, free_port, green_data_dir, http_request, pipeline_command,
+    sqlite_rows, wait_for_port,
 };
 
 const TOKEN: &str = "test-token-1234";
@@ -122,7 +124,7 @@ fn the_scheduler_runs_on_time_and_the_api_answers() {
     };
     assert_eq!(detail["run"]["status"], "succeeded", "{detail}");
     assert_eq!(detail["run"]["trigger"], "api");
-    assert_eq!(detail["blocks"].as_array().unwrap().len(), 5);
+    assert_eq!(detail["blocks"].as_array().unwrap().len(), 6);
     assert_eq!(http_request(port, "GET", "/runs/nope", &[], None).0, 404);
 
     // Let the scheduler tick a few times (its runs fail: the local server has no file for the
@@ -185,4 +187,89 @@ fn the_scheduler_runs_on_time_and_the_api_answers() {
         "SELECT count(*) FROM baton_runs WHERE status = 'running'",
     );
     assert_eq!(running, ["0"]);
+}
+
+/// The JSON bodies POSTed to `path`, oldest first.
+fn posted(server: &HttpServer, path: &str) -> Vec<serde_json::Value> {
+    let prefix = format!("POST {path} ");
+    server
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
+        .map(|body| serde_json::from_str(&body).unwrap())
+        .collect()
+}
+
+#[test]
+fn serve_reports_a_missed_sla() {
+    // The file stalls, so the scheduled run is still going when its one-second SLA passes.
+    let files = tempfile::tempdir().unwrap();
+    let latest = Partition::containing(Granularity::Monthly, chrono::Utc::now().naive_utc());
+    let mut month = Partition::parse(Granularity::Monthly, "2019-01").unwrap();
+    while month.next() < latest {
+        month = month.next();
+    }
+    let name = format!("green_tripdata_{}.csv.gz", month.key());
+    std::os::unix::fs::symlink(
+        green_data_dir().join("green_tripdata_2021-01.csv.gz"),
+        files.path().join(&name),
+    )
+    .unwrap();
+    let server = HttpServer::start(
+        files.path(),
+        ServerOptions {
+            stall: Some(name),
+            ..ServerOptions::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hook = format!("{}/hook", server.url);
+    let service = pipeline_command(
+        "green_taxi_etl",
+        work.path(),
+        &[
+            ("TLC_BASE_URL", server.url.as_str()),
+            ("ALERT_WEBHOOK_URL", hook.as_str()),
+        ],
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--cron",
+            "*/2 * * * * *",
+            "--sla",
+            "1s",
+            "--grace",
+            "1s",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("serve starts");
+    assert!(wait_for_port(port, Duration::from_secs(30)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let late = loop {
+        if let Some(body) = posted(&server, "/hook").into_iter().next() {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no SLA alert was sent");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // One alert for the one late run: further ticks are skipped while it goes.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut service = service;
+    let _ = service.kill();
+    let _ = service.wait();
+    assert_eq!(posted(&server, "/hook").len(), 1);
+    assert_eq!(late["event"], "sla");
+    assert_eq!(late["status"], "missed its SLA");
+    assert_eq!(late["partition"], month.key().as_str());
+    let message = late["message"].as_str().unwrap();
+    assert!(
+        message.contains("missed its SLA: not finished 1.0s after its scheduled time"),
+        "{message}"
+    );
 }

@@ -116,7 +116,7 @@ fn the_ui_draws_the_dag_and_a_run_timeline_in_chromium() {
     // The compiled pipeline: edges, schemas and lineage through the rename.
     let pipeline = json(port, "/pipeline");
     let blocks = pipeline["blocks"].as_array().unwrap();
-    assert_eq!(blocks.len(), 5);
+    assert_eq!(blocks.len(), 6);
     let clean = &blocks[1];
     assert_eq!(clean["name"], "clean_green_taxi");
     assert_eq!(clean["inputs"], serde_json::json!([0]));

@@ -61,6 +61,7 @@ static BLOCKS: [BlockDef; 2] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("VendorID", "`read_day.VendorID`"),
             ("lpep_pickup_datetime", "`read_day.lpep_pickup_datetime`"),
@@ -104,6 +105,7 @@ static BLOCKS: [BlockDef; 2] = [
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Export(EXPORT_DAY_TARGET)),
+        callback: None,
         lineage: &[
             ("VendorID", "`read_day.VendorID`"),
             ("lpep_pickup_datetime", "`read_day.lpep_pickup_datetime`"),

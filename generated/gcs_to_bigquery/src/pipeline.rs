@@ -61,6 +61,7 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("VendorID", "`read_lake.VendorID`"),
             ("lpep_pickup_datetime", "`read_lake.lpep_pickup_datetime`"),
@@ -104,6 +105,7 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("vendor_id", "`read_lake.VendorID`"),
             ("lpep_pickup_datetime", "`read_lake.lpep_pickup_datetime`"),
@@ -148,6 +150,7 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::BigQuery(LOAD_BIGQUERY_TARGET)),
+        callback: None,
         lineage: &[
             ("vendor_id", "`read_lake.VendorID`"),
             ("lpep_pickup_datetime", "`read_lake.lpep_pickup_datetime`"),

@@ -13,7 +13,7 @@ pub static PIPELINE: Pipeline = Pipeline {
     owner: "data-engineering",
     tags: &["nyc-tlc", "zoomcamp", "green-taxi"],
     source_path: "pipelines/green_taxi_etl.toml",
-    source_hash: "6a042a33c340abf4",
+    source_hash: "63f2c8e5a3e1f684",
     git_commit: option_env!("BATON_GIT_COMMIT"),
     timeout_ms: None,
     limits: &[],
@@ -61,7 +61,7 @@ pub static PIPELINE: Pipeline = Pipeline {
 };
 
 /// The blocks in dependency order; `inputs` are indices into this array.
-static BLOCKS: [BlockDef; 5] = [
+static BLOCKS: [BlockDef; 6] = [
     BlockDef {
         name: "extract_green_taxi",
         kind: BlockKind::HttpSource,
@@ -81,6 +81,7 @@ static BLOCKS: [BlockDef; 5] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("VendorID", "`extract_green_taxi.VendorID`"),
             ("lpep_pickup_datetime", "`extract_green_taxi.lpep_pickup_datetime`"),
@@ -123,6 +124,7 @@ static BLOCKS: [BlockDef; 5] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("vendor_id", "`extract_green_taxi.VendorID`"),
             ("lpep_pickup_datetime", "`extract_green_taxi.lpep_pickup_datetime`"),
@@ -167,6 +169,7 @@ static BLOCKS: [BlockDef; 5] = [
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Table(LOAD_WAREHOUSE_TARGET)),
+        callback: None,
         lineage: &[
             ("vendor_id", "`extract_green_taxi.VendorID`"),
             ("lpep_pickup_datetime", "`extract_green_taxi.lpep_pickup_datetime`"),
@@ -211,6 +214,7 @@ static BLOCKS: [BlockDef; 5] = [
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Lake(LOAD_LAKE_TARGET)),
+        callback: None,
         lineage: &[
             ("vendor_id", "`extract_green_taxi.VendorID`"),
             ("lpep_pickup_datetime", "`extract_green_taxi.lpep_pickup_datetime`"),
@@ -255,6 +259,29 @@ static BLOCKS: [BlockDef; 5] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: Some(&REPORT_FAILURE_TARGET),
+        lineage: &[],
+    },
+    BlockDef {
+        name: "report_late",
+        kind: BlockKind::Callback,
+        line: 147,
+        description: "Say that a scheduled run has not finished within the schedule's SLA; `serve` sends it while the run goes on.",
+        summary: "report the run on sla: log and POST to {alerts}",
+        inputs: &[],
+        after: &[0, 1, 2, 3],
+        trigger: Trigger::AllDone,
+        run_if: None,
+        input: None,
+        output: None,
+        policy: Policy {
+            retries: 3,
+            retry_delay_ms: 2000,
+            max_retry_delay_ms: 300000,
+            timeout_ms: 600000,
+        },
+        sink: None,
+        callback: Some(&REPORT_LATE_TARGET),
         lineage: &[],
     },
 ];
@@ -328,6 +355,26 @@ const LOAD_LAKE_TARGET: LakeTarget = LakeTarget {
     max_rows_per_file: None,
     format: FileFormat::Parquet,
     columns: CLEAN_GREEN_TAXI_OUTPUT,
+};
+
+/// What `report_failure` reports, and where (pipelines/green_taxi_etl.toml:139).
+pub static REPORT_FAILURE_TARGET: CallbackTarget = CallbackTarget {
+    event: CallbackEvent::Failure,
+    message: "green_taxi_etl failed for {partition} in {failed_blocks}: {error}",
+    webhook: Some("alerts"),
+    format: WebhookFormat::Json,
+    email: Some("alert_email"),
+    dedupe: true,
+};
+
+/// What `report_late` reports, and where (pipelines/green_taxi_etl.toml:147).
+pub static REPORT_LATE_TARGET: CallbackTarget = CallbackTarget {
+    event: CallbackEvent::Sla,
+    message: "green_taxi_etl for {partition}: run {run_id} {status}: {error} {run_url}",
+    webhook: Some("alerts"),
+    format: WebhookFormat::Json,
+    email: Some("alert_email"),
+    dedupe: false,
 };
 
 /// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_etl.toml:40.
@@ -428,14 +475,14 @@ async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
 ///
 /// Say which block failed and why; with ALERT_WEBHOOK_URL or ALERT_EMAIL_URL set, also POST it as JSON or mail it, once per incident.
 async fn report_failure(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
-    static TARGET: CallbackTarget = CallbackTarget {
-        message: "green_taxi_etl failed for {partition} in {failed_blocks}: {error}",
-        webhook: Some("alerts"),
-        format: WebhookFormat::Json,
-        email: Some("alert_email"),
-        dedupe: true,
-    };
-    notify(ctx, &TARGET).await
+    notify(ctx, &REPORT_FAILURE_TARGET).await
+}
+
+/// `report_late`: callback, declared at pipelines/green_taxi_etl.toml:147.
+///
+/// Say that a scheduled run has not finished within the schedule's SLA; `serve` sends it while the run goes on.
+async fn report_late(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
+    notify(ctx, &REPORT_LATE_TARGET).await
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
@@ -454,6 +501,7 @@ fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> Block
             })
         }
         4 => Box::pin(async move { report_failure(ctx).await }),
+        5 => Box::pin(async move { report_late(ctx).await }),
         _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),
     }
 }

@@ -61,6 +61,7 @@ static BLOCKS: [BlockDef; 4] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("VendorID", "`extract_green_taxi.VendorID`"),
             ("lpep_pickup_datetime", "`extract_green_taxi.lpep_pickup_datetime`"),
@@ -103,6 +104,7 @@ static BLOCKS: [BlockDef; 4] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("VendorID", "`extract_green_taxi.VendorID`"),
             ("lpep_pickup_datetime", "`extract_green_taxi.lpep_pickup_datetime`"),
@@ -146,6 +148,7 @@ static BLOCKS: [BlockDef; 4] = [
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Lake(LOAD_LAKE_TARGET)),
+        callback: None,
         lineage: &[
             ("VendorID", "`extract_green_taxi.VendorID`"),
             ("lpep_pickup_datetime", "`extract_green_taxi.lpep_pickup_datetime`"),
@@ -189,6 +192,7 @@ static BLOCKS: [BlockDef; 4] = [
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Export(EXPORT_MONTH_TARGET)),
+        callback: None,
         lineage: &[
             ("VendorID", "`extract_green_taxi.VendorID`"),
             ("lpep_pickup_datetime", "`extract_green_taxi.lpep_pickup_datetime`"),

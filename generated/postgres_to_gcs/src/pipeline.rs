@@ -61,6 +61,7 @@ static BLOCKS: [BlockDef; 2] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("vendor_id", "`read_month.vendor_id`"),
             ("lpep_pickup_datetime", "`read_month.lpep_pickup_datetime`"),
@@ -105,6 +106,7 @@ static BLOCKS: [BlockDef; 2] = [
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Export(EXPORT_MONTH_TARGET)),
+        callback: None,
         lineage: &[
             ("vendor_id", "`read_month.vendor_id`"),
             ("lpep_pickup_datetime", "`read_month.lpep_pickup_datetime`"),

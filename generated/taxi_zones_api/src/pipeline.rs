@@ -57,6 +57,7 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 300000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("location_id", "`extract_zones.location_id`"),
             ("borough", "`extract_zones.borough`"),
@@ -83,6 +84,7 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 300000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("location_id", "`extract_zones.location_id`"),
             ("borough", "`extract_zones.borough`"),
@@ -109,6 +111,7 @@ static BLOCKS: [BlockDef; 3] = [
             timeout_ms: 300000,
         },
         sink: Some(SinkDef::Table(LOAD_ZONES_TARGET)),
+        callback: None,
         lineage: &[
             ("location_id", "`extract_zones.location_id`"),
             ("borough", "`extract_zones.borough`"),

@@ -62,6 +62,7 @@ static BLOCKS: [BlockDef; 4] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("vendor_id", "`extract_months.vendor_id`"),
             ("pickup_datetime", "`extract_months.pickup_datetime`"),
@@ -103,6 +104,7 @@ static BLOCKS: [BlockDef; 4] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: None,
         lineage: &[
             ("vendor_id", "`extract_months.vendor_id`"),
             ("pickup_datetime", "`extract_months.pickup_datetime`"),
@@ -145,6 +147,7 @@ static BLOCKS: [BlockDef; 4] = [
             timeout_ms: 600000,
         },
         sink: Some(SinkDef::Table(LOAD_TRIPS_TARGET)),
+        callback: None,
         lineage: &[
             ("vendor_id", "`extract_months.vendor_id`"),
             ("pickup_datetime", "`extract_months.pickup_datetime`"),
@@ -187,6 +190,7 @@ static BLOCKS: [BlockDef; 4] = [
             timeout_ms: 600000,
         },
         sink: None,
+        callback: Some(&REPORT_FAILURE_TARGET),
         lineage: &[],
     },
 ];
@@ -245,6 +249,16 @@ const LOAD_TRIPS_TARGET: TableTarget = TableTarget {
     table: "yellow_taxi_2019",
     mode: WriteMode::Replace,
     columns: CLEAN_TRIPS_OUTPUT,
+};
+
+/// What `report_failure` reports, and where (pipelines/yellow_taxi_2019.toml:78).
+pub static REPORT_FAILURE_TARGET: CallbackTarget = CallbackTarget {
+    event: CallbackEvent::Failure,
+    message: "yellow_taxi_2019 failed in {failed_blocks}: {error}",
+    webhook: Some("alerts"),
+    format: WebhookFormat::Json,
+    email: None,
+    dedupe: true,
 };
 
 /// `extract_months`: HTTP source, declared at pipelines/yellow_taxi_2019.toml:24.
@@ -358,14 +372,7 @@ async fn load_trips(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
 ///
 /// Say which month or block failed; with ALERT_WEBHOOK_URL set, also POST it.
 async fn report_failure(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
-    static TARGET: CallbackTarget = CallbackTarget {
-        message: "yellow_taxi_2019 failed in {failed_blocks}: {error}",
-        webhook: Some("alerts"),
-        format: WebhookFormat::Json,
-        email: None,
-        dedupe: true,
-    };
-    notify(ctx, &TARGET).await
+    notify(ctx, &REPORT_FAILURE_TARGET).await
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
