@@ -323,6 +323,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
                 resumed_from: None,
                 run_id: None,
                 actor: None,
+                cancel: None,
             };
             let report = crate::executor::run(pipeline, request, &services).await?;
             Ok(finish(&[report]))
@@ -786,6 +787,7 @@ pub(crate) async fn resume_request(
             resumed_from: Some(run_id.to_string()),
             run_id: None,
             actor: None,
+            cancel: None,
         }),
         reused,
     ))

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use polars::prelude::DataFrame;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -141,6 +142,9 @@ pub struct RunRequest {
     /// Who or what asked for the run, as the audit trail records it; by default the scheduler
     /// for scheduled runs and the operating-system user otherwise.
     pub actor: Option<String>,
+    /// Cancels the run when it carries a reason: running blocks are stopped and fail with it,
+    /// blocks not started are skipped, and the run ends `cancelled`.
+    pub cancel: Option<watch::Receiver<Option<String>>>,
 }
 
 impl RunRequest {
@@ -158,6 +162,7 @@ impl RunRequest {
             resumed_from: None,
             run_id: None,
             actor: None,
+            cancel: None,
         }
     }
 }
@@ -317,7 +322,7 @@ async fn start_and_run(
     async {
         info!(run_id = %run_id, version = pipeline.source_hash, trigger = request.trigger.as_str(), "run started");
         execution.apply_plan(&plan).await;
-        execution.schedule().await;
+        execution.schedule(request.cancel.clone()).await;
     }
     .instrument(span)
     .await;
@@ -415,6 +420,8 @@ struct Execution<'s> {
     /// Rows each started block received, for the ledger.
     rows_in: Vec<Option<usize>>,
     first_failure: Option<(i64, String)>,
+    /// Why the run was cancelled, if it was.
+    cancelled: Option<String>,
 }
 
 impl<'s> Execution<'s> {
@@ -441,6 +448,7 @@ impl<'s> Execution<'s> {
             reused_checkpoints: HashMap::new(),
             rows_in: vec![None; blocks.len()],
             first_failure: None,
+            cancelled: None,
         }
     }
 
@@ -519,7 +527,7 @@ impl<'s> Execution<'s> {
 
     /// Starts blocks as their trigger rules fire, until every block has ended or the run's
     /// timeout passes.
-    async fn schedule(&mut self) {
+    async fn schedule(&mut self, mut cancel: Option<watch::Receiver<Option<String>>>) {
         let pipeline = self.pipeline;
         let blocks = pipeline.blocks;
         let deadline = pipeline
@@ -579,16 +587,46 @@ impl<'s> Execution<'s> {
                     }
                 }
             }
-            let next = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, running.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        drop(running);
-                        self.time_out().await;
-                        return;
+            let timed_out = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let cancelled = async {
+                match cancel.as_mut() {
+                    Some(cancel) => {
+                        // The guard `wait_for` returns must not live across an await.
+                        let reason = cancel
+                            .wait_for(Option::is_some)
+                            .await
+                            .map(|reason| reason.clone().unwrap_or_default());
+                        match reason {
+                            Ok(reason) => reason,
+                            // The canceller is gone without cancelling: nobody can cancel now.
+                            Err(_) => std::future::pending().await,
+                        }
                     }
-                },
-                None => running.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                next = running.next() => next,
+                () = timed_out => {
+                    // Dropping the futures stops the running blocks.
+                    drop(running);
+                    let timeout = Duration::from_millis(pipeline.timeout_ms.unwrap_or_default());
+                    self.stop_all(&format!("the run timed out after {}", humanize(timeout)), timeout)
+                        .await;
+                    return;
+                }
+                reason = cancelled => {
+                    drop(running);
+                    warn!(run_id = %self.run_id, "run cancelled: {reason}");
+                    self.stop_all(&reason, Duration::ZERO).await;
+                    self.cancelled = Some(reason);
+                    return;
+                }
             };
             let Some((index, result, attempts, elapsed, started_at)) = next else {
                 break;
@@ -853,31 +891,17 @@ impl<'s> Execution<'s> {
         }
     }
 
-    /// The run's timeout passed: running blocks fail, pending ones are skipped.
-    async fn time_out(&mut self) {
-        let timeout = Duration::from_millis(self.pipeline.timeout_ms.unwrap_or_default());
+    /// The run stops early (its timeout passed, or it was cancelled): running blocks fail with
+    /// `reason`, pending ones are skipped.
+    async fn stop_all(&mut self, reason: &str, elapsed: Duration) {
         for index in 0..self.state.len() {
             match self.state[index] {
                 State::Running => {
-                    self.fail(
-                        index,
-                        format!(
-                            "block `{}`: the run timed out after {}",
-                            self.pipeline.blocks[index].name,
-                            humanize(timeout)
-                        ),
-                        1,
-                        timeout,
-                    )
-                    .await;
+                    let block = self.pipeline.blocks[index].name;
+                    self.fail(index, format!("block `{block}`: {reason}"), 1, elapsed)
+                        .await;
                 }
-                State::Pending => {
-                    self.skip(
-                        index,
-                        format!("the run timed out after {}", humanize(timeout)),
-                    )
-                    .await;
-                }
+                State::Pending => self.skip(index, reason.to_string()).await,
                 _ => {}
             }
         }
@@ -901,7 +925,9 @@ impl<'s> Execution<'s> {
             root_cause: self.first_failure.map(|(_, error)| error),
         };
         if let Some(ledger) = &self.services.ledger {
-            let status = if report.succeeded() {
+            let status = if self.cancelled.is_some() {
+                RunStatus::Cancelled
+            } else if report.succeeded() {
                 RunStatus::Succeeded
             } else {
                 RunStatus::Failed

@@ -54,6 +54,8 @@ pub enum RunStatus {
     Failed,
     /// Its process stopped (crash, `kill -9`, lost machine) without finishing it.
     Abandoned,
+    /// Someone cancelled it (`POST /runs/{id}/cancel`).
+    Cancelled,
 }
 
 impl RunStatus {
@@ -64,6 +66,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Abandoned => "abandoned",
+            RunStatus::Cancelled => "cancelled",
         }
     }
 }

@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::{backfill_plan, latest_complete, newest_succeeded, scheduled_partitions};
 use crate::context::Value;
-use crate::executor::{RunReport, RunRequest, Services, new_run_id};
+use crate::executor::{RunRequest, Services, new_run_id};
 use crate::ledger::{Claim, TriggerKind};
 use crate::partition::Partition;
 use crate::pipeline::{Overlap, Pipeline};
@@ -83,6 +83,8 @@ struct AppState {
     status: Mutex<SchedulerStatus>,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Runs of this process that can be cancelled, by id.
+    cancels: std::sync::Mutex<HashMap<String, watch::Sender<Option<String>>>>,
 }
 
 impl AppState {
@@ -101,7 +103,7 @@ impl AppState {
         let state = self.clone();
         state.in_flight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            state.execute(request).await;
+            state.execute(request, None).await;
             state.finished_one();
         });
         run_id
@@ -117,22 +119,35 @@ impl AppState {
             .map(|token| crate::audit::token_actor(token, host))
     }
 
-    /// Runs `request` if the ledger grants `claim` (another replica may have the partition).
-    async fn execute_claimed(&self, request: RunRequest, claim: Claim) {
-        if let Err(error) =
-            crate::executor::run_claimed(self.pipeline, request, &self.services, claim).await
-        {
-            error!("the run could not start: {error}");
-        }
-    }
-
-    async fn execute(&self, request: RunRequest) -> Option<RunReport> {
-        match crate::executor::run(self.pipeline, request, &self.services).await {
-            Ok(report) => Some(report),
-            Err(error) => {
-                error!("the run could not start: {error}");
-                None
+    /// Runs `request`, if the ledger grants `claim` when there is one (another replica may have
+    /// the partition). While it goes, `POST /runs/{id}/cancel` can cancel it.
+    async fn execute(&self, mut request: RunRequest, claim: Option<Claim>) {
+        let run_id = request
+            .run_id
+            .get_or_insert_with(|| new_run_id(self.pipeline, request.partition))
+            .clone();
+        let (cancel, cancelled) = watch::channel(None);
+        request.cancel = Some(cancelled);
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run_id.clone(), cancel);
+        let started = match claim {
+            Some(claim) => {
+                crate::executor::run_claimed(self.pipeline, request, &self.services, claim)
+                    .await
+                    .map(|_| ())
             }
+            None => crate::executor::run(self.pipeline, request, &self.services)
+                .await
+                .map(|_| ()),
+        };
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run_id);
+        if let Err(error) = started {
+            error!("the run could not start: {error}");
         }
     }
 
@@ -182,6 +197,7 @@ pub async fn serve(
         status: Mutex::new(SchedulerStatus::default()),
         in_flight: AtomicUsize::new(0),
         idle: Notify::new(),
+        cancels: std::sync::Mutex::new(HashMap::new()),
     });
     let (stop, stopped) = watch::channel(false);
     let scheduler = schedule
@@ -392,7 +408,7 @@ async fn watch_abandoned_runs(state: Arc<AppState>, mut stopped: watch::Receiver
                     state.in_flight.fetch_add(1, Ordering::SeqCst);
                     let state = state.clone();
                     tokio::spawn(async move {
-                        state.execute_claimed(request, Claim::Idle).await;
+                        state.execute(request, Some(Claim::Idle)).await;
                         state.finished_one();
                     });
                 }
@@ -477,7 +493,7 @@ async fn run_scheduled(
         ..RunRequest::full(partition, HashMap::new(), TriggerKind::Schedule)
     };
     state.in_flight.fetch_add(1, Ordering::SeqCst);
-    let run = state.execute_claimed(request, claim);
+    let run = state.execute(request, Some(claim));
     tokio::pin!(run);
     let sla = schedule.sla.map(|sla| {
         let elapsed = (Utc::now() - tick).to_std().unwrap_or_default();
@@ -556,6 +572,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/runs", get(list_runs).post(trigger_run))
         .route("/runs/{run_id}", get(run_detail))
+        .route("/runs/{run_id}/cancel", axum::routing::post(cancel_run))
         .route("/runs/{run_id}/logs", get(ui::logs))
         .route("/runs/{run_id}/blocks/{block}/preview", get(ui::preview))
         .route("/backfills", axum::routing::post(trigger_backfill))
@@ -676,6 +693,47 @@ async fn run_detail(
     ))
 }
 
+/// `POST /runs/{run_id}/cancel`: cancels a run this process is running. Its running blocks
+/// stop and fail, the rest are skipped, and it ends `cancelled` (no failure alert is sent; it
+/// can be resumed).
+async fn cancel_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    authorize(&state, &headers, true)?;
+    let cancel = state
+        .cancels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&run_id)
+        .cloned();
+    if let Some(cancel) = cancel {
+        let by = state.api_actor().unwrap_or_else(|| "the API".into());
+        cancel.send_replace(Some(format!("cancelled by {by}")));
+        info!(run_id = %run_id, "cancelling the run, as asked through the API");
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "run_id": run_id, "status": "cancelling" })),
+        ));
+    }
+    let run = ledger(&state)?
+        .run(&run_id)
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .filter(|r| r.pipeline == state.pipeline.name)
+        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no run `{run_id}`")))?;
+    let message = if run.status == "running" {
+        format!(
+            "run `{run_id}` is going in process {} on {}, not in this one: cancel it through that replica's API",
+            run.pid, run.host
+        )
+    } else {
+        format!("run `{run_id}` has already ended: {}", run.status)
+    };
+    Err(api_error(StatusCode::CONFLICT, message))
+}
+
 #[derive(Deserialize)]
 struct TriggerBody {
     partition: Option<String>,
@@ -746,7 +804,7 @@ async fn trigger_backfill(
                 actor: task_state.api_actor(),
                 ..RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Api)
             };
-            task_state.execute(request).await;
+            task_state.execute(request, None).await;
         }
         task_state.finished_one();
     });

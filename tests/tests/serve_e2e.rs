@@ -273,3 +273,102 @@ fn serve_reports_a_missed_sla() {
         "{message}"
     );
 }
+
+#[test]
+fn a_running_run_is_cancelled_through_the_api() {
+    let server = HttpServer::start(
+        &green_data_dir(),
+        ServerOptions {
+            stall: Some("2021-02".into()),
+            ..ServerOptions::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hook = format!("{}/hook", server.url);
+    let mut service = pipeline_command(
+        "green_taxi_etl",
+        work.path(),
+        &[
+            ("TLC_BASE_URL", server.url.as_str()),
+            ("BATON_API_TOKEN", TOKEN),
+            ("ALERT_WEBHOOK_URL", hook.as_str()),
+        ],
+        &["serve", "--listen", &listen, "--no-schedule"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("serve starts");
+    assert!(wait_for_port(port, Duration::from_secs(30)));
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let (status, body) = http_request(
+        port,
+        "POST",
+        "/runs",
+        &auth,
+        Some(r#"{"partition": "2021-02"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let run_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The extract is stuck on the stalling file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.requests().iter().any(|r| r.contains("2021-02")) {
+        assert!(
+            Instant::now() < deadline,
+            "the run never asked for the file"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cancel = format!("/runs/{run_id}/cancel");
+    assert_eq!(http_request(port, "POST", &cancel, &[], None).0, 401);
+    let (status, body) = http_request(port, "POST", &cancel, &auth, None);
+    assert_eq!(status, 202, "{body}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let detail = loop {
+        let (_, body) = http_request(port, "GET", &format!("/runs/{run_id}"), &[], None);
+        let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if detail["run"]["status"] != "running" {
+            break detail;
+        }
+        assert!(Instant::now() < deadline, "the run was not cancelled");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(detail["run"]["status"], "cancelled", "{detail}");
+    let blocks = detail["blocks"].as_array().unwrap();
+    let extract = blocks
+        .iter()
+        .find(|b| b["block"] == "extract_green_taxi")
+        .unwrap();
+    assert_eq!(extract["status"], "failed");
+    assert!(
+        extract["error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled by api token sha256:"),
+        "{extract}"
+    );
+    let load = blocks
+        .iter()
+        .find(|b| b["block"] == "load_warehouse")
+        .unwrap();
+    assert_eq!(load["status"], "skipped");
+    // A deliberate cancel is not an incident: no failure alert.
+    assert!(posted(&server, "/hook").is_empty());
+    // Once ended, there is nothing left to cancel.
+    let (status, body) = http_request(port, "POST", &cancel, &auth, None);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("already ended: cancelled"), "{body}");
+    assert_eq!(
+        http_request(port, "POST", "/runs/nope/cancel", &auth, None).0,
+        404
+    );
+    let _ = service.kill();
+    let _ = service.wait();
+}
