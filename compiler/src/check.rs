@@ -331,6 +331,7 @@ impl Checker<'_, '_> {
                 }
                 schedule
             },
+            sensor: self.sensor(),
             partitions: meta
                 .partitions
                 .as_ref()
@@ -476,6 +477,39 @@ impl Checker<'_, '_> {
                 Some(_) => {}
             }
         }
+    }
+
+    /// `[pipeline.sensor]`: the connection exists, the path's variables exist, and it looks at
+    /// least once before it gives up.
+    fn sensor(&mut self) -> Option<ir::Sensor> {
+        let declared = self.file.pipeline.sensor.clone()?;
+        let connection_ok = self.connection(&declared.connection);
+        let path = self.template(&declared.path, false);
+        let poke_interval_ms = declared.poke_interval_ms.unwrap_or(60_000);
+        let timeout_ms = declared.timeout_ms.unwrap_or(6 * 3_600_000);
+        if poke_interval_ms > timeout_ms {
+            self.push(
+                Diagnostic::error(
+                    "E0029",
+                    "the sensor gives up before it looks a second time",
+                    declared.span.clone(),
+                    format!(
+                        "`poke_interval` ({}) is longer than `timeout` ({})",
+                        human_ms(poke_interval_ms),
+                        human_ms(timeout_ms)
+                    ),
+                )
+                .with_help("poke more often than the timeout, e.g. `poke_interval = \"5m\"` with `timeout = \"6h\"`"),
+            );
+        }
+        Some(ir::Sensor {
+            kind: declared.kind.value,
+            connection: declared.connection.value.clone(),
+            path: path.filter(|_| connection_ok)?,
+            line: self.line(&declared.span),
+            poke_interval_ms,
+            timeout_ms,
+        })
     }
 
     /// `[pipeline.schedule]`: the cron pattern parses and fires at least once in the next

@@ -14,7 +14,7 @@ use crate::ir::{
 };
 use crate::syntax::{
     CallbackOn, Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, Pagination,
-    SecretRef, Trigger, WebhookFormat, WriteMode,
+    SecretRef, SensorKind, Trigger, WebhookFormat, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -117,6 +117,39 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         }
         None => quote!(None),
     };
+    let (sensor, sensor_function) = match &pipeline.sensor {
+        Some(sensor) => {
+            let kind = match sensor.kind {
+                SensorKind::Object => quote!(SensorKind::Object),
+                SensorKind::Http => quote!(SensorKind::Http),
+            };
+            let connection = &sensor.connection;
+            let text = template_text(&sensor.path);
+            let poke = proc_macro2::Literal::u64_unsuffixed(sensor.poke_interval_ms);
+            let timeout = proc_macro2::Literal::u64_unsuffixed(sensor.timeout_ms);
+            let (value, partition) = template_value(&sensor.path);
+            let doc = format!(
+                " What the sensor looks for, for one partition ({}:{}).",
+                pipeline.source_path, sensor.line
+            );
+            let context = if partition.is_empty() {
+                quote!(_ctx)
+            } else {
+                quote!(ctx)
+            };
+            (
+                quote!(Some(SensorDef { kind: #kind, connection: #connection, path: #text, target: sensor_target, poke_interval_ms: #poke, timeout_ms: #timeout })),
+                quote! {
+                    #[doc = #doc]
+                    fn sensor_target(#context: &RunContext) -> BlockResult<String> {
+                        #partition
+                        Ok(#value)
+                    }
+                },
+            )
+        }
+        None => (quote!(None), quote!()),
+    };
     let conditions = pipeline
         .blocks
         .iter()
@@ -185,6 +218,7 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
             timeout_ms: #timeout_ms,
             limits: &[#(#limits),*],
             schedule: #schedule,
+            sensor: #sensor,
             partitions: #partitions,
             params: &[#(#params),*],
             connections: &[#(#connections),*],
@@ -198,6 +232,8 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         #(#schemas)*
 
         #(#targets)*
+
+        #sensor_function
 
         #(#functions)*
 

@@ -34,6 +34,8 @@ pub struct Pipeline {
     pub limits: Vec<(String, u32)>,
     /// When `serve` starts runs.
     pub schedule: Option<Schedule>,
+    /// What `serve` waits for before it runs a partition.
+    pub sensor: Option<Sensor>,
     /// Partitioning, if any: granularity and first partition key.
     pub partitions: Option<(Granularity, String, Catchup)>,
     /// Parameters and their defaults.
@@ -307,6 +309,23 @@ pub struct Schedule {
     pub overlap: Overlap,
     /// The SLA in milliseconds, if any.
     pub sla_ms: Option<u64>,
+}
+
+/// A checked sensor.
+#[derive(Clone, Debug)]
+pub struct Sensor {
+    /// What it waits for.
+    pub kind: crate::syntax::SensorKind,
+    /// The connection it looks in (it exists).
+    pub connection: String,
+    /// The path template (its variables exist).
+    pub path: Vec<TemplatePart>,
+    /// The line of `[pipeline.sensor]`.
+    pub line: usize,
+    /// How often it looks, in milliseconds.
+    pub poke_interval_ms: u64,
+    /// How long a scheduled run waits for it, in milliseconds.
+    pub timeout_ms: u64,
 }
 
 /// A checked fan-out of a source.

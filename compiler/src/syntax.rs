@@ -59,6 +59,8 @@ pub struct PipelineMeta {
     pub concurrency: Vec<(Located<String>, Located<u32>)>,
     /// `[pipeline.schedule]`: when `serve` starts runs.
     pub schedule: Option<ScheduleDecl>,
+    /// `[pipeline.sensor]`: what `serve` waits for before it runs a partition.
+    pub sensor: Option<SensorDecl>,
     /// `require_timeouts = true`: every block must have a timeout set on purpose.
     pub require_timeouts: Option<Located<bool>>,
 }
@@ -76,6 +78,32 @@ pub struct ScheduleDecl {
     pub sla_ms: Option<u64>,
     /// The span of the table, for errors about the schedule as a whole.
     pub span: Span,
+}
+
+/// `[pipeline.sensor]`.
+#[derive(Clone, Debug)]
+pub struct SensorDecl {
+    /// What it waits for.
+    pub kind: Located<SensorKind>,
+    /// The connection it looks in.
+    pub connection: Located<String>,
+    /// The object (globs allowed) or endpoint path, templated with the partition.
+    pub path: Located<String>,
+    /// How often it looks, in milliseconds.
+    pub poke_interval_ms: Option<u64>,
+    /// How long a scheduled run waits for it, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// The span of the table.
+    pub span: Span,
+}
+
+/// What a sensor waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SensorKind {
+    /// An object (any object matching a glob) in a folder or object store.
+    Object,
+    /// An HTTP endpoint answering 2xx.
+    Http,
 }
 
 /// What a scheduler does with a tick while the previous run is still going.
@@ -1000,6 +1028,12 @@ impl Reader<'_, '_> {
                 .and_then(|t| self.schedule(t, value.span())),
             None => None,
         };
+        let sensor = match cursor.get("sensor") {
+            Some(value) => self
+                .table("sensor", value)
+                .and_then(|t| self.sensor(t, value.span())),
+            None => None,
+        };
         let concurrency = match cursor.get("concurrency") {
             Some(value) => self
                 .table("concurrency", value)
@@ -1018,7 +1052,54 @@ impl Reader<'_, '_> {
             timeout_ms,
             concurrency,
             schedule,
+            sensor,
             require_timeouts,
+        })
+    }
+
+    fn sensor(&mut self, table: &DeTable<'_>, span: Span) -> Option<SensorDecl> {
+        let mut cursor = TableCursor::new(table, span.clone(), "`[pipeline.sensor]`");
+        let kind = self
+            .req_string(
+                &mut cursor,
+                "kind",
+                "what to wait for: `kind = \"object\"` (a file in a folder or bucket) or `\"http\"` (an endpoint)",
+            )
+            .and_then(|k| {
+                let kind = match k.value.as_str() {
+                    "object" => SensorKind::Object,
+                    "http" => SensorKind::Http,
+                    other => {
+                        self.invalid_value("kind", k.span.clone(), other, &["object", "http"]);
+                        return None;
+                    }
+                };
+                Some(Located::new(kind, k.span))
+            });
+        let connection = self.req_string(
+            &mut cursor,
+            "connection",
+            "where to look: a connection of `[connections]`",
+        );
+        let path = self.req_string(
+            &mut cursor,
+            "path",
+            "what to look for, e.g. `path = \"incoming/{partition.key}/_SUCCESS\"`",
+        );
+        let poke_interval_ms = cursor
+            .get("poke_interval")
+            .and_then(|v| self.duration("poke_interval", v));
+        let timeout_ms = cursor
+            .get("timeout")
+            .and_then(|v| self.duration("timeout", v));
+        self.finish(cursor);
+        Some(SensorDecl {
+            kind: kind?,
+            connection: connection?,
+            path: path?,
+            poke_interval_ms,
+            timeout_ms,
+            span,
         })
     }
 

@@ -155,7 +155,10 @@ enum Command {
         /// finished before `on = "sla"` callbacks are sent, e.g. 30m.
         #[arg(long, value_parser = parse_duration)]
         sla: Option<Duration>,
-        /// Serve the API only, start no scheduled runs.
+        /// Replace the sensor's poke interval, e.g. 10s.
+        #[arg(long, value_parser = parse_duration)]
+        poke: Option<Duration>,
+        /// Serve the API only: start no scheduled runs and run no sensor.
         #[arg(long, conflicts_with_all = ["cron", "sla"])]
         no_schedule: bool,
         /// How long runs in flight may take to finish after SIGTERM, e.g. 30s or 5m.
@@ -412,6 +415,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
             cron,
             no_schedule,
             sla,
+            poke,
             grace,
         } => {
             let options = crate::serve::ServeOptions {
@@ -420,6 +424,7 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
                 private: *private,
                 cron: cron.clone(),
                 sla: *sla,
+                poke: *poke,
                 grace: *grace,
                 no_schedule: *no_schedule,
             };

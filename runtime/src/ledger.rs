@@ -88,6 +88,8 @@ pub enum TriggerKind {
     Schedule,
     /// `POST /runs` or `POST /backfills` on `serve`'s API.
     Api,
+    /// `serve`'s sensor found what the pipeline waits for.
+    Sensor,
 }
 
 impl TriggerKind {
@@ -101,6 +103,7 @@ impl TriggerKind {
             TriggerKind::Until => "until",
             TriggerKind::Schedule => "schedule",
             TriggerKind::Api => "api",
+            TriggerKind::Sensor => "sensor",
         }
     }
 
@@ -217,6 +220,10 @@ pub enum Claim {
     Missing,
     /// Resuming an abandoned run: nobody may be running the partition.
     Idle,
+    /// A sensor found the partition's data: nobody may be running it, nor have loaded it, nor
+    /// have started it on a sensor's word before (a failed sensor run is left to `resume` or
+    /// `backfill`, not retried at every poke).
+    Sensor,
 }
 
 fn migrator() -> Migrator {
@@ -346,6 +353,10 @@ impl Ledger {
             Claim::Tick(at) => ("status = 'running' OR started_at >= $15", at),
             Claim::Missing => ("status IN ('running', 'succeeded') OR $15 < 0", 0),
             Claim::Idle => ("status = 'running' OR $15 < 0", 0),
+            Claim::Sensor => (
+                "status IN ('running', 'succeeded') OR trigger_kind = 'sensor' OR $15 < 0",
+                0,
+            ),
         };
         let sql = format!(
             "INSERT INTO baton_runs (run_id, pipeline, partition_key, status, trigger_kind, \

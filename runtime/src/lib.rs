@@ -27,6 +27,7 @@ pub mod prepare;
 pub mod query;
 pub mod rest;
 pub mod schema;
+pub mod sensor;
 pub mod serve;
 pub mod sink;
 pub mod source;
@@ -46,7 +47,7 @@ pub mod prelude {
     pub use crate::pipeline::{
         BaseType, BlockDef, BlockFuture, BlockKind, Catchup, Column, Condition, ConnectionDef,
         Overlap, ParamDef, ParamValue, PartitionSpec, Pipeline, Policy, ScheduleDef, Secret,
-        SinkDef, Trigger,
+        SensorDef, SensorKind, SinkDef, Trigger,
     };
     pub use crate::query::{read_query, sql_text};
     pub use crate::rest::{Pagination, RestApi, read_rest};

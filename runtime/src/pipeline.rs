@@ -42,6 +42,8 @@ pub struct Pipeline {
     pub limits: &'static [(BlockKind, usize)],
     /// When `serve` starts runs, if the pipeline has a schedule.
     pub schedule: Option<ScheduleDef>,
+    /// What `serve` waits for before it runs a partition, if anything.
+    pub sensor: Option<SensorDef>,
     /// How runs are partitioned, if they are.
     pub partitions: Option<PartitionSpec>,
     /// Parameters with their defaults.
@@ -65,6 +67,32 @@ pub struct ScheduleDef {
     pub overlap: Overlap,
     /// A run not finished this long after its tick raises an alert.
     pub sla_ms: Option<u64>,
+}
+
+/// `[pipeline.sensor]` as compiled.
+#[derive(Clone, Copy, Debug)]
+pub struct SensorDef {
+    /// What it waits for.
+    pub kind: SensorKind,
+    /// The connection it looks in.
+    pub connection: &'static str,
+    /// The path template as written, for messages.
+    pub path: &'static str,
+    /// The path for one partition's run.
+    pub target: fn(&RunContext) -> Result<String, BlockError>,
+    /// How often it looks, in milliseconds.
+    pub poke_interval_ms: u64,
+    /// How long a scheduled run waits for it, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// What a sensor waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SensorKind {
+    /// An object (any object matching a glob) in a folder or object store.
+    Object,
+    /// An HTTP endpoint answering 2xx to a HEAD request.
+    Http,
 }
 
 /// What a scheduler does with a tick while the previous run is still going.

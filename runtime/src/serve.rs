@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub cron: Option<String>,
     /// An SLA that replaces the compiled one.
     pub sla: Option<Duration>,
+    /// A sensor poke interval that replaces the compiled one.
+    pub poke: Option<Duration>,
     /// How long in-flight runs may take to finish after a shutdown signal.
     pub grace: Duration,
     /// Run no scheduler, only the API.
@@ -73,6 +75,8 @@ struct SchedulerStatus {
     last_tick: Option<DateTime<Utc>>,
     skipped_ticks: u64,
     missed_slas: u64,
+    sensor_timeouts: u64,
+    last_poke: Option<DateTime<Utc>>,
 }
 
 struct AppState {
@@ -107,6 +111,26 @@ impl AppState {
             state.finished_one();
         });
         run_id
+    }
+
+    /// A run context for `run_id` (callbacks and sensors outside a run use it for connections
+    /// and the partition).
+    fn context(&self, run_id: &str, partition: Option<Partition>) -> crate::context::RunContext {
+        crate::context::RunContext::new(
+            self.pipeline,
+            run_id.to_string(),
+            partition,
+            &HashMap::new(),
+            self.services.resources.clone(),
+            self.services.ledger.clone(),
+        )
+    }
+
+    /// The sensor's poke interval: `--poke`, or the compiled one.
+    fn poke_interval(&self, sensor: &crate::pipeline::SensorDef) -> Duration {
+        self.options
+            .poke
+            .unwrap_or(Duration::from_millis(sensor.poke_interval_ms))
     }
 
     /// Who the audit trail names for a run started through the API: the token's fingerprint
@@ -179,7 +203,18 @@ pub async fn serve(
     services: Services,
     options: ServeOptions,
 ) -> Result<(), String> {
-    let schedule = if options.no_schedule {
+    // A pipeline with a sensor and no schedule runs each partition when the sensor sees it.
+    let sensor_only = pipeline.sensor.is_some()
+        && pipeline.schedule.is_none()
+        && options.cron.is_none()
+        && !options.no_schedule;
+    if sensor_only && pipeline.partitions.is_none() {
+        return Err(format!(
+            "pipeline {} has a sensor but neither a schedule nor partitions: add [pipeline.schedule] (the sensor then gates each scheduled run) or [pipeline.partitions]",
+            pipeline.name
+        ));
+    }
+    let schedule = if options.no_schedule || sensor_only {
         None
     } else {
         Some(schedule(pipeline, options.cron.as_deref(), options.sla)?)
@@ -203,6 +238,7 @@ pub async fn serve(
     let scheduler = schedule
         .map(|schedule| tokio::spawn(run_scheduler(state.clone(), schedule, stopped.clone())));
     let watchdog = tokio::spawn(watch_abandoned_runs(state.clone(), stopped.clone()));
+    let sensing = sensor_only.then(|| tokio::spawn(run_on_sensor(state.clone(), stopped.clone())));
     info!(listen = %state.options.listen, "serving {}", pipeline.name);
     let app = router(state.clone());
     let mut api_stopped = stopped.clone();
@@ -223,6 +259,9 @@ pub async fn serve(
         let _ = scheduler.await;
     }
     let _ = watchdog.await;
+    if let Some(sensing) = sensing {
+        let _ = sensing.await;
+    }
     let left = state.drain(state.options.grace).await;
     if left > 0 {
         warn!(
@@ -421,6 +460,44 @@ async fn watch_abandoned_runs(state: Arc<AppState>, mut stopped: watch::Receiver
     }
 }
 
+/// Without a schedule: every poke interval, looks for the latest complete partition's data and
+/// runs the partition once it is there, unless it is loaded, running, or was already started on
+/// a sensor's word (the claim decides, so replicas run it once).
+async fn run_on_sensor(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
+    let (Some(sensor), Some(spec)) = (&state.pipeline.sensor, state.pipeline.partitions) else {
+        return;
+    };
+    let poke = state.poke_interval(sensor);
+    info!(path = sensor.path, every = ?poke, "sensor started");
+    loop {
+        match latest_complete(spec) {
+            Ok(partition) => {
+                state.status.lock().await.last_poke = Some(Utc::now());
+                let run_id = new_run_id(state.pipeline, Some(partition));
+                let ctx = state.context(&run_id, Some(partition));
+                match crate::sensor::poke(sensor, &ctx).await {
+                    Ok(true) => {
+                        let request = RunRequest {
+                            run_id: Some(run_id),
+                            ..RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Sensor)
+                        };
+                        state.in_flight.fetch_add(1, Ordering::SeqCst);
+                        state.execute(request, Some(Claim::Sensor)).await;
+                        state.finished_one();
+                    }
+                    Ok(false) => {}
+                    Err(error) => warn!(path = sensor.path, "sensor cannot look: {error}"),
+                }
+            }
+            Err(error) => error!("cannot tell the sensor's partition: {error}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poke) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 /// At start-up: partitions missed while the service was down, by the catch-up policy.
 async fn catch_up(state: &Arc<AppState>, schedule: &Schedule) {
     let pipeline = state.pipeline;
@@ -488,6 +565,26 @@ async fn run_scheduled(
     claim: Claim,
 ) {
     let run_id = new_run_id(state.pipeline, partition);
+    if let Some(sensor) = &state.pipeline.sensor {
+        let ctx = state.context(&run_id, partition);
+        let poke = state.poke_interval(sensor);
+        let timeout = Duration::from_millis(sensor.timeout_ms);
+        info!(
+            path = sensor.path,
+            "waiting for the sensor before the scheduled run"
+        );
+        if crate::sensor::wait(sensor, &ctx, poke, timeout).await == crate::sensor::Waited::TimedOut
+        {
+            state.status.lock().await.sensor_timeouts += 1;
+            error!(
+                partition = %partition.map(|p| p.key()).unwrap_or_default(),
+                path = sensor.path,
+                "the sensor timed out after {:?}: the scheduled run does not start",
+                timeout
+            );
+            return;
+        }
+    }
     let request = RunRequest {
         run_id: Some(run_id.clone()),
         ..RunRequest::full(partition, HashMap::new(), TriggerKind::Schedule)
@@ -537,14 +634,7 @@ async fn send_sla_alerts(
         else {
             continue;
         };
-        let ctx = crate::context::RunContext::new(
-            pipeline,
-            run_id.to_string(),
-            partition,
-            &HashMap::new(),
-            state.services.resources.clone(),
-            state.services.ledger.clone(),
-        );
+        let ctx = state.context(run_id, partition);
         for attempt in 1..=3u32 {
             match crate::callback::notify_sla(ctx.clone(), target, late_by).await {
                 Ok(()) => break,
@@ -638,6 +728,14 @@ async fn health(
             "last_tick": status.last_tick.map(|t| t.to_rfc3339()),
             "skipped_ticks": status.skipped_ticks,
             "missed_slas": status.missed_slas,
+        })),
+        "sensor": state.pipeline.sensor.map(|sensor| json!({
+            "kind": format!("{:?}", sensor.kind).to_lowercase(),
+            "path": sensor.path,
+            "poke_interval_ms": state.poke_interval(&sensor).as_millis() as u64,
+            "timeout_ms": sensor.timeout_ms,
+            "last_poke": status.last_poke.map(|t| t.to_rfc3339()),
+            "timeouts": status.sensor_timeouts,
         })),
     })))
 }
@@ -910,7 +1008,7 @@ async fn metrics(
         push(&mut out, name, "counter", help, lines);
     }
     // One sample each, labelled with the pipeline only.
-    let scalars: [(&str, &str, &str, f64); 5] = [
+    let scalars: [(&str, &str, &str, f64); 6] = [
         (
             "baton_last_success_timestamp_seconds",
             "gauge",
@@ -934,6 +1032,12 @@ async fn metrics(
             "counter",
             "Scheduled runs that had not finished within the SLA.",
             status.missed_slas as f64,
+        ),
+        (
+            "baton_sensor_timeouts_total",
+            "counter",
+            "Scheduled runs that did not start because the sensor timed out.",
+            status.sensor_timeouts as f64,
         ),
         (
             "baton_runs_in_flight",

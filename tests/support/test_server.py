@@ -7,7 +7,7 @@ purpose, and receives webhooks.
 --fail-only S   ... but only for files whose name contains S.
 --stall NAME    GETs of files whose name contains NAME wait 120 s before answering, so a test
                 can kill the client in the middle of a run.
---log FILE      one line per request: `GET /path STATUS` or `POST /path <json body>`.
+--log FILE      one line per request: `GET /path STATUS`, `HEAD /path` or `POST /path <json body>`.
 --always-fail   every request answers 500 with a JSON error body, like a broken cloud API.
 --fail-status N the status --always-fail answers with (default 500).
 
@@ -86,6 +86,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def do_HEAD(self):
         if args.always_fail:
             return self.fail()
+        log(f"HEAD {self.path}")
         super().do_HEAD()
 
     def do_PUT(self):

@@ -13,11 +13,19 @@ pub static PIPELINE: Pipeline = Pipeline {
     owner: "data-engineering",
     tags: &["nyc-tlc", "zoomcamp", "green-taxi", "bigquery"],
     source_path: "pipelines/gcs_to_bigquery.toml",
-    source_hash: "2fa4fed4e3393b7c",
+    source_hash: "602f627208d06323",
     git_commit: option_env!("BATON_GIT_COMMIT"),
     timeout_ms: None,
     limits: &[],
     schedule: None,
+    sensor: Some(SensorDef {
+        kind: SensorKind::Object,
+        connection: "lake",
+        path: "green_taxi/*/part-{partition.key}.parquet",
+        target: sensor_target,
+        poke_interval_ms: 300000,
+        timeout_ms: 43200000,
+    }),
     partitions: Some(PartitionSpec {
         granularity: Granularity::Monthly,
         start: "2019-01",
@@ -45,7 +53,7 @@ static BLOCKS: [BlockDef; 3] = [
     BlockDef {
         name: "read_lake",
         kind: BlockKind::FileSource,
-        line: 27,
+        line: 35,
         description: "The files that green_taxi_to_gcs wrote for this month, in every pickup-date folder.",
         summary: "read parquet from {lake}/green_taxi/*/part-{partition.key}.parquet",
         inputs: &[],
@@ -89,7 +97,7 @@ static BLOCKS: [BlockDef; 3] = [
     BlockDef {
         name: "standardise",
         kind: BlockKind::Transform,
-        line: 57,
+        line: 65,
         description: "snake_case column names (VendorID -> vendor_id), as the course's pandas step does, and the month of the run.",
         summary: "2 steps",
         inputs: &[0],
@@ -134,7 +142,7 @@ static BLOCKS: [BlockDef; 3] = [
     BlockDef {
         name: "load_bigquery",
         kind: BlockKind::BigQuerySink,
-        line: 68,
+        line: 76,
         description: "Replace this month's rows of ny_taxi.green_taxi in one transaction.",
         summary: "load BigQuery table green_taxi on {bigquery} (replace_partition by partition_month)",
         inputs: &[1],
@@ -178,7 +186,7 @@ static BLOCKS: [BlockDef; 3] = [
     },
 ];
 
-/// Columns leaving `read_lake` (pipelines/gcs_to_bigquery.toml:27).
+/// Columns leaving `read_lake` (pipelines/gcs_to_bigquery.toml:35).
 pub const READ_LAKE_OUTPUT: &[Column] = &[
     Column::nullable("VendorID", BaseType::Int64),
     Column::required("lpep_pickup_datetime", BaseType::Timestamp),
@@ -203,7 +211,7 @@ pub const READ_LAKE_OUTPUT: &[Column] = &[
     Column::required("lpep_pickup_date", BaseType::Date),
 ];
 
-/// Columns leaving `standardise` (pipelines/gcs_to_bigquery.toml:57).
+/// Columns leaving `standardise` (pipelines/gcs_to_bigquery.toml:65).
 pub const STANDARDISE_OUTPUT: &[Column] = &[
     Column::nullable("vendor_id", BaseType::Int64),
     Column::required("lpep_pickup_datetime", BaseType::Timestamp),
@@ -229,7 +237,7 @@ pub const STANDARDISE_OUTPUT: &[Column] = &[
     Column::required("partition_month", BaseType::Date),
 ];
 
-/// Where `load_bigquery` writes (pipelines/gcs_to_bigquery.toml:68).
+/// Where `load_bigquery` writes (pipelines/gcs_to_bigquery.toml:76).
 const LOAD_BIGQUERY_TARGET: BigQueryTarget = BigQueryTarget {
     connection: "bigquery",
     dataset: None,
@@ -240,7 +248,13 @@ const LOAD_BIGQUERY_TARGET: BigQueryTarget = BigQueryTarget {
     columns: STANDARDISE_OUTPUT,
 };
 
-/// `read_lake`: object store source, declared at pipelines/gcs_to_bigquery.toml:27.
+/// What the sensor looks for, for one partition (pipelines/gcs_to_bigquery.toml:19).
+fn sensor_target(ctx: &RunContext) -> BlockResult<String> {
+    let partition = ctx.partition()?;
+    Ok(format!("green_taxi/*/part-{}.parquet", partition.key()))
+}
+
+/// `read_lake`: object store source, declared at pipelines/gcs_to_bigquery.toml:35.
 ///
 /// The files that green_taxi_to_gcs wrote for this month, in every pickup-date folder.
 async fn read_lake(ctx: &RunContext) -> BlockResult<DataFrame> {
@@ -260,25 +274,25 @@ async fn read_lake(ctx: &RunContext) -> BlockResult<DataFrame> {
     Ok(frame)
 }
 
-/// `standardise`: transform, declared at pipelines/gcs_to_bigquery.toml:57.
+/// `standardise`: transform, declared at pipelines/gcs_to_bigquery.toml:65.
 ///
 /// snake_case column names (VendorID -> vendor_id), as the course's pandas step does, and the month of the run.
 fn standardise(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
     let frame = input.lazy();
-    // pipelines/gcs_to_bigquery.toml:63: rename = "snake_case"
+    // pipelines/gcs_to_bigquery.toml:71: rename = "snake_case"
     let frame = frame
         .rename(
             ["VendorID", "RatecodeID", "PULocationID", "DOLocationID"],
             ["vendor_id", "ratecode_id", "pu_location_id", "do_location_id"],
             true,
         );
-    // pipelines/gcs_to_bigquery.toml:66: derive = { partition_month = "partition.start" }
+    // pipelines/gcs_to_bigquery.toml:74: derive = { partition_month = "partition.start" }
     let frame = frame.with_columns([ctx.partition()?.start().alias("partition_month")]);
     let frame = conform(frame.collect()?, STANDARDISE_OUTPUT)?;
     Ok(frame)
 }
 
-/// `load_bigquery`: BigQuery sink, declared at pipelines/gcs_to_bigquery.toml:68.
+/// `load_bigquery`: BigQuery sink, declared at pipelines/gcs_to_bigquery.toml:76.
 ///
 /// Replace this month's rows of ny_taxi.green_taxi in one transaction.
 async fn load_bigquery(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {

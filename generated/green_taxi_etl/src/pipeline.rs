@@ -23,6 +23,7 @@ pub static PIPELINE: Pipeline = Pipeline {
         overlap: Overlap::Skip,
         sla_ms: Some(7200000),
     }),
+    sensor: None,
     partitions: Some(PartitionSpec {
         granularity: Granularity::Monthly,
         start: "2019-01",

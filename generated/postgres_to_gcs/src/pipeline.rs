@@ -18,6 +18,7 @@ pub static PIPELINE: Pipeline = Pipeline {
     timeout_ms: None,
     limits: &[],
     schedule: None,
+    sensor: None,
     partitions: Some(PartitionSpec {
         granularity: Granularity::Monthly,
         start: "2019-01",

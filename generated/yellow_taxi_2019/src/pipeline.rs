@@ -18,6 +18,7 @@ pub static PIPELINE: Pipeline = Pipeline {
     timeout_ms: None,
     limits: &[],
     schedule: None,
+    sensor: None,
     partitions: None,
     params: &[],
     connections: &[
