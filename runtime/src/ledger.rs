@@ -978,8 +978,13 @@ pub struct LedgerMetrics {
     pub rows: Vec<(String, i64)>,
     /// Per block: attempts after the first.
     pub retries: Vec<(String, i64)>,
+    /// Per block: bytes of the frames successful blocks produced (sinks: received).
+    pub bytes: Vec<(String, i64)>,
     /// The end of the newest successful run.
     pub last_success_ms: Option<i64>,
+    /// The oldest heartbeat among runs recorded as running: how far the ledger lags behind a
+    /// live run (beyond the lease, the run's process is likely gone).
+    pub oldest_heartbeat_ms: Option<i64>,
 }
 
 impl Ledger {
@@ -1041,6 +1046,24 @@ impl Ledger {
             .fetch_all(&self.pool)
             .await?,
         )?;
+        let bytes = pairs(
+            sqlx::query(
+                "SELECT b.block, CAST(sum(b.bytes) AS BIGINT) FROM baton_block_runs b \
+                 JOIN baton_runs r ON r.run_id = b.run_id WHERE r.pipeline = $1 \
+                 AND b.status = 'succeeded' AND b.bytes IS NOT NULL \
+                 GROUP BY b.block ORDER BY b.block",
+            )
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await?,
+        )?;
+        let oldest_heartbeat: Option<i64> = sqlx::query(
+            "SELECT min(heartbeat_at) FROM baton_runs WHERE pipeline = $1 AND status = 'running'",
+        )
+        .bind(pipeline)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
         let retries = pairs(
             sqlx::query(
                 "SELECT a.block, count(*) FROM baton_attempts a \
@@ -1063,7 +1086,9 @@ impl Ledger {
             durations,
             rows: rows_moved,
             retries,
+            bytes,
             last_success_ms: last,
+            oldest_heartbeat_ms: oldest_heartbeat,
         })
     }
 }

@@ -985,11 +985,16 @@ async fn metrics(
         lines,
     );
     // Counters per block: name, help, values.
-    let per_block: [PerBlock<'_>; 2] = [
+    let per_block: [PerBlock<'_>; 3] = [
         (
             "baton_block_rows_total",
             "Rows produced (sinks: written) by successful blocks.",
             &metrics.rows,
+        ),
+        (
+            "baton_block_bytes_total",
+            "In-memory bytes of the frames successful blocks produced (sinks: received).",
+            &metrics.bytes,
         ),
         (
             "baton_block_retries_total",
@@ -1008,7 +1013,16 @@ async fn metrics(
         push(&mut out, name, "counter", help, lines);
     }
     // One sample each, labelled with the pipeline only.
-    let scalars: [(&str, &str, &str, f64); 6] = [
+    let heartbeat_lag = metrics.oldest_heartbeat_ms.map_or(0.0, |at| {
+        (crate::ledger::now_ms() - at).max(0) as f64 / 1000.0
+    });
+    let scalars: [(&str, &str, &str, f64); 7] = [
+        (
+            "baton_ledger_heartbeat_lag_seconds",
+            "gauge",
+            "Age of the oldest heartbeat of a running run (0: none running); beyond 30 s its process is likely gone.",
+            heartbeat_lag,
+        ),
         (
             "baton_last_success_timestamp_seconds",
             "gauge",

@@ -141,6 +141,19 @@ fn the_scheduler_runs_on_time_and_the_api_answers() {
         metrics.contains("baton_block_duration_seconds_bucket{pipeline=\"green_taxi_etl\",block=\"load_warehouse\",le=\"+Inf\"} 1"),
         "{metrics}"
     );
+    // Bytes moved: the cleaned month's frame, a few megabytes.
+    let bytes: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "baton_block_bytes_total{pipeline=\"green_taxi_etl\",block=\"clean_green_taxi\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(bytes > 1_000_000.0, "{bytes}");
+    assert!(metrics.contains("baton_ledger_heartbeat_lag_seconds{pipeline=\"green_taxi_etl\"}"));
     let (status, openapi) = http_request(port, "GET", "/openapi.json", &[], None);
     assert_eq!(status, 200);
     let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
@@ -371,4 +384,93 @@ fn a_running_run_is_cancelled_through_the_api() {
     );
     let _ = service.kill();
     let _ = service.wait();
+}
+
+/// The last `n` complete months, oldest first.
+fn last_complete_months(n: usize) -> Vec<Partition> {
+    let current = Partition::containing(Granularity::Monthly, chrono::Utc::now().naive_utc());
+    let mut all = vec![Partition::parse(Granularity::Monthly, "2019-01").unwrap()];
+    while all.last().unwrap().next() < current {
+        let next = all.last().unwrap().next();
+        all.push(next);
+    }
+    all.split_off(all.len() - n)
+}
+
+#[test]
+fn restarting_after_downtime_catches_up_by_the_policy() {
+    // Three recent months served from a real month's file.
+    let months = last_complete_months(3);
+    let files = tempfile::tempdir().unwrap();
+    for month in &months {
+        std::os::unix::fs::symlink(
+            green_data_dir().join("green_tripdata_2021-01.csv.gz"),
+            files
+                .path()
+                .join(format!("green_tripdata_{}.csv.gz", month.key())),
+        )
+        .unwrap();
+    }
+    let server = HttpServer::serve(files.path());
+    let work = tempfile::tempdir().unwrap();
+    let env = [("TLC_BASE_URL", server.url.as_str())];
+    // Before the downtime, the service had loaded the oldest of the three.
+    let loaded = baton_tests::run_pipeline(
+        "green_taxi_etl",
+        work.path(),
+        &env,
+        &["run", "--partition", &months[0].key()],
+    );
+    assert!(
+        loaded.status.success(),
+        "{}",
+        baton_tests::output_text(&loaded)
+    );
+
+    // Back up, with a schedule that does not fire during the test: at start-up it catches up
+    // on the latest complete month only (catchup = "latest"), and names the one it skips.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = work.path().join("serve.log");
+    let mut service = pipeline_command(
+        "green_taxi_etl",
+        work.path(),
+        &env,
+        &["serve", "--listen", &listen, "--cron", "0 0 1 1 *"],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .expect("serve starts");
+    assert!(wait_for_port(port, Duration::from_secs(30)));
+    let ledger = work.path().join(".baton/ledger.db");
+    let scheduled = || {
+        sqlite_rows(
+            &ledger,
+            "SELECT partition_key || ' ' || status FROM baton_runs \
+             WHERE trigger_kind = 'schedule' ORDER BY started_at",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scheduled().iter().all(|r| r.ends_with(" running")) {
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up run: {:?}",
+            scheduled()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = service.kill();
+    let _ = service.wait();
+    assert_eq!(
+        scheduled(),
+        [format!("{} succeeded", months[2].key())],
+        "only the latest month is caught up"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("partitions missed while the service was down are not caught up"),
+        "{logged}"
+    );
 }
