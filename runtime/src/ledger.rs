@@ -226,6 +226,34 @@ pub enum Claim {
     Sensor,
 }
 
+/// The columns a run's start writes, in the order [`insert_run`] binds them.
+const RUN_COLUMNS: &str = "run_id, pipeline, partition_key, status, trigger_kind, version, \
+     git_commit, params, resumed_from, host, pid, started_at, heartbeat_at";
+
+/// The parameters of [`RUN_COLUMNS`].
+const RUN_VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13";
+
+/// The statement `sql` with a run's start bound to `$1`..`$13`, as [`RUN_COLUMNS`] lists them.
+fn insert_run(
+    sql: String,
+    run: &RunRecord,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&run.run_id)
+        .bind(&run.pipeline)
+        .bind(&run.partition)
+        .bind(&run.status)
+        .bind(&run.trigger)
+        .bind(&run.version)
+        .bind(&run.git_commit)
+        .bind(&run.params)
+        .bind(&run.resumed_from)
+        .bind(&run.host)
+        .bind(run.pid)
+        .bind(run.started_at)
+        .bind(run.heartbeat_at)
+}
+
 fn migrator() -> Migrator {
     let migration = |version, description: &str, sql: &'static str| {
         Migration::new(
@@ -321,24 +349,10 @@ impl Ledger {
 
     /// Records the start of a run.
     pub async fn start_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO baton_runs (run_id, pipeline, partition_key, status, trigger_kind, \
-             version, git_commit, params, resumed_from, host, pid, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        insert_run(
+            format!("INSERT INTO baton_runs ({RUN_COLUMNS}) VALUES ({RUN_VALUES})"),
+            run,
         )
-        .bind(&run.run_id)
-        .bind(&run.pipeline)
-        .bind(&run.partition)
-        .bind(&run.status)
-        .bind(&run.trigger)
-        .bind(&run.version)
-        .bind(&run.git_commit)
-        .bind(&run.params)
-        .bind(&run.resumed_from)
-        .bind(&run.host)
-        .bind(run.pid)
-        .bind(run.started_at)
-        .bind(run.heartbeat_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -359,9 +373,7 @@ impl Ledger {
             ),
         };
         let sql = format!(
-            "INSERT INTO baton_runs (run_id, pipeline, partition_key, status, trigger_kind, \
-             version, git_commit, params, resumed_from, host, pid, started_at, heartbeat_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE NOT EXISTS \
+            "INSERT INTO baton_runs ({RUN_COLUMNS}) SELECT {RUN_VALUES} WHERE NOT EXISTS \
              (SELECT 1 FROM baton_runs WHERE pipeline = $2 AND COALESCE(partition_key, '') = $14 \
              AND ({condition}))"
         );
@@ -376,20 +388,7 @@ impl Ledger {
                 .fetch_one(&mut *transaction)
                 .await?;
         }
-        let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&run.run_id)
-            .bind(&run.pipeline)
-            .bind(&run.partition)
-            .bind(&run.status)
-            .bind(&run.trigger)
-            .bind(&run.version)
-            .bind(&run.git_commit)
-            .bind(&run.params)
-            .bind(&run.resumed_from)
-            .bind(&run.host)
-            .bind(run.pid)
-            .bind(run.started_at)
-            .bind(run.heartbeat_at)
+        let inserted = insert_run(sql, run)
             .bind(run.partition.as_deref().unwrap_or_default())
             .bind(since)
             .execute(&mut *transaction)

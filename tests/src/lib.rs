@@ -151,9 +151,110 @@ impl HttpServer {
         }
     }
 
-    /// Every request so far, one line each: `GET /path STATUS` or `POST /path BODY`.
+    /// Every request so far, one line each: `GET /path STATUS`, `HEAD /path` or
+    /// `POST /path BODY`.
     pub fn requests(&self) -> Vec<String> {
         log_lines(&self.log)
+    }
+
+    /// The JSON bodies POSTed to `path` (the webhook receiver's inbox), oldest first.
+    pub fn posted(&self, path: &str) -> Vec<serde_json::Value> {
+        let prefix = format!("POST {path} ");
+        self.requests()
+            .into_iter()
+            .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
+            .map(|body| serde_json::from_str(&body).expect("a JSON body"))
+            .collect()
+    }
+}
+
+/// Starts `NAME serve --listen 127.0.0.1:PORT ARGS...` in `workdir` (see [`pipeline_command`]),
+/// its log in `workdir/serve-PORT.log`, and waits until it listens. Returns the process and the
+/// port.
+pub fn start_service(
+    name: &str,
+    workdir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Child, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = vec!["serve", "--listen", listen.as_str()];
+    all.extend_from_slice(args);
+    let log = std::fs::File::create(workdir.join(format!("serve-{port}.log")))
+        .expect("a log file for the service");
+    let child = pipeline_command(name, workdir, env, &all)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("serve starts");
+    assert!(
+        wait_for_port(port, Duration::from_secs(30)),
+        "{name} serve did not listen on {port}"
+    );
+    (child, port)
+}
+
+/// `POST /runs {"partition": ...}` with the bearer `token`; returns the new run's id.
+pub fn trigger_run(port: u16, token: &str, partition: &str) -> String {
+    let bearer = format!("Bearer {token}");
+    let body = serde_json::json!({ "partition": partition }).to_string();
+    let (status, answer) = http_request(
+        port,
+        "POST",
+        "/runs",
+        &[("Authorization", bearer.as_str())],
+        Some(&body),
+    );
+    assert_eq!(status, 202, "{answer}");
+    serde_json::from_str::<serde_json::Value>(&answer).expect("JSON")["run_id"]
+        .as_str()
+        .expect("a run id")
+        .to_string()
+}
+
+/// Polls `GET /runs/{run_id}` until the run has ended (at most `limit`); returns its detail.
+pub fn wait_for_run(port: u16, run_id: &str, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, body) = http_request(port, "GET", &format!("/runs/{run_id}"), &[], None);
+        if status == 200 {
+            let detail: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            if detail["run"]["status"] != "running" {
+                return detail;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {run_id} did not end within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The last `n` complete months as of now (UTC), oldest first: what a monthly schedule runs.
+pub fn last_complete_months(n: usize) -> Vec<baton_runtime::partition::Partition> {
+    use baton_runtime::partition::{Granularity, Partition};
+    let current = Partition::containing(Granularity::Monthly, chrono::Utc::now().naive_utc());
+    let mut all = vec![Partition::parse(Granularity::Monthly, "2019-01").expect("a month")];
+    while all.last().expect("a month").next() < current {
+        let next = all.last().expect("a month").next();
+        all.push(next);
+    }
+    all.split_off(all.len().saturating_sub(n))
+}
+
+/// Services recording runs in a SQLite ledger under `dir`, as the CLI would.
+pub async fn sqlite_services(dir: &Path) -> baton_runtime::executor::Services {
+    let ledger = baton_runtime::ledger::Ledger::open(&format!(
+        "sqlite://{}",
+        dir.join("ledger.db").display()
+    ))
+    .await
+    .expect("a SQLite ledger");
+    baton_runtime::executor::Services {
+        ledger: Some(ledger),
+        ..baton_runtime::executor::Services::default()
     }
 }
 

@@ -5,24 +5,13 @@
 
 use std::collections::HashMap;
 
-use baton_runtime::executor::{RunRequest, Services, run};
-use baton_runtime::ledger::{Ledger, TriggerKind};
+use baton_runtime::executor::{RunRequest, run};
+use baton_runtime::ledger::TriggerKind;
 use baton_runtime::partition::{Granularity, Partition};
 use baton_tests::HttpServer;
 
 mod alerting {
     baton_macros::pipeline!("fixtures/pipelines/alerting.toml");
-}
-
-/// The JSON bodies POSTed to `path`, oldest first.
-fn posted(server: &HttpServer, path: &str) -> Vec<serde_json::Value> {
-    let prefix = format!("POST {path} ");
-    server
-        .requests()
-        .into_iter()
-        .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
-        .map(|body| serde_json::from_str(&body).unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -48,16 +37,7 @@ async fn recovery_and_warnings_are_reported_once_each() {
         std::env::set_var("ALERT_WEBHOOK_URL", format!("{}/hook", server.url));
         std::env::set_var("BATON_UI_URL", "https://baton.example.com/");
     }
-    let ledger = Ledger::open(&format!(
-        "sqlite://{}",
-        work.path().join("ledger.db").display()
-    ))
-    .await
-    .unwrap();
-    let services = Services {
-        ledger: Some(ledger),
-        ..Services::default()
-    };
+    let services = baton_tests::sqlite_services(work.path()).await;
     let run_day = |key: &'static str| {
         let partition = Partition::parse(Granularity::Daily, key).unwrap();
         run(
@@ -68,7 +48,8 @@ async fn recovery_and_warnings_are_reported_once_each() {
     };
     // Callbacks run side by side, so events of one run come in either order.
     let events = || {
-        let mut events: Vec<String> = posted(&server, "/hook")
+        let mut events: Vec<String> = server
+            .posted("/hook")
             .iter()
             .map(|b| format!("{} {}", b["partition"], b["event"].as_str().unwrap()))
             .collect();
@@ -91,7 +72,7 @@ async fn recovery_and_warnings_are_reported_once_each() {
             "\"2024-01-03\" warning"
         ]
     );
-    let bodies = posted(&server, "/hook");
+    let bodies = server.posted("/hook");
     let of = |event: &str| bodies.iter().find(|b| b["event"] == event).unwrap();
     let recovery = of("recovery");
     assert_eq!(recovery["status"], "recovered");

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use baton_runtime::executor::{BlockStatus, RunRequest, Services, run};
-use baton_runtime::ledger::{Ledger, TriggerKind};
+use baton_runtime::executor::{BlockStatus, RunRequest, run};
+use baton_runtime::ledger::TriggerKind;
 use baton_runtime::partition::{Granularity, Partition};
 use baton_tests::peers::{self, Peer};
 use baton_tests::{HttpServer, free_port, workspace_root};
@@ -72,16 +72,7 @@ async fn one_alert_per_incident_on_every_channel() {
             ),
         );
     }
-    let ledger = Ledger::open(&format!(
-        "sqlite://{}",
-        work.path().join("ledger.db").display()
-    ))
-    .await
-    .unwrap();
-    let services = Services {
-        ledger: Some(ledger),
-        ..Services::default()
-    };
+    let services = baton_tests::sqlite_services(work.path()).await;
     let run_day = |key: &'static str| {
         let partition = Partition::parse(Granularity::Daily, key).unwrap();
         run(

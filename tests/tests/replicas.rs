@@ -3,23 +3,17 @@
 //! noticed by another, which resumes its run.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use baton_runtime::partition::{Granularity, Partition};
 use baton_tests::{
-    HttpServer, Postgres, ServerOptions, free_port, green_data_dir, http_request, pipeline_command,
-    sqlite_rows, wait_for_port,
+    HttpServer, Postgres, ServerOptions, green_data_dir, sqlite_rows, start_service, trigger_run,
 };
 
 const TOKEN: &str = "replica-token";
 
 fn replica(work: &Path, ledger: &str, tlc: &str, args: &[&str]) -> (Child, u16) {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut all = vec!["serve", "--listen", &listen];
-    all.extend_from_slice(args);
-    let child = pipeline_command(
+    start_service(
         "green_taxi_etl",
         work,
         &[
@@ -27,17 +21,8 @@ fn replica(work: &Path, ledger: &str, tlc: &str, args: &[&str]) -> (Child, u16) 
             ("BATON_LEDGER_URL", ledger),
             ("BATON_API_TOKEN", TOKEN),
         ],
-        &all,
+        args,
     )
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(work.join(format!("replica-{port}.log"))).unwrap())
-    .spawn()
-    .expect("serve starts");
-    assert!(
-        wait_for_port(port, Duration::from_secs(30)),
-        "a replica did not listen"
-    );
-    (child, port)
 }
 
 /// What the replicas logged, for failure messages.
@@ -45,7 +30,7 @@ fn replica_logs(work: &Path) -> String {
     let mut all = String::new();
     for entry in std::fs::read_dir(work).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with("replica-") {
+        if name.starts_with("serve-") {
             all.push_str(&format!("--- {name}\n"));
             all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
         }
@@ -85,11 +70,7 @@ fn two_replicas_run_each_tick_once() {
     let postgres = Postgres::start();
     // Scheduled runs load the latest complete month; serve a real month under its name.
     let files = tempfile::tempdir().unwrap();
-    let latest = Partition::containing(Granularity::Monthly, chrono::Utc::now().naive_utc());
-    let mut month = Partition::parse(Granularity::Monthly, "2019-01").unwrap();
-    while month.next() < latest {
-        month = month.next();
-    }
+    let month = baton_tests::last_complete_months(1)[0];
     std::os::unix::fs::symlink(
         green_data_dir().join("green_tripdata_2021-01.csv.gz"),
         files
@@ -161,19 +142,7 @@ fn a_replica_killed_mid_run_is_resumed_by_another() {
     );
     let (second, _) = replica(work.path(), &postgres.url, &healthy.url, &["--no-schedule"]);
 
-    let bearer = format!("Bearer {TOKEN}");
-    let (status, body) = http_request(
-        first_port,
-        "POST",
-        "/runs",
-        &[("Authorization", bearer.as_str())],
-        Some(r#"{"partition": "2021-02"}"#),
-    );
-    assert_eq!(status, 202, "{body}");
-    let run_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run_id = trigger_run(first_port, TOKEN, "2021-02");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !stalling.requests().iter().any(|r| r.contains("2021-02")) {
         assert!(

@@ -3,19 +3,15 @@
 //! sensor's glob appears, the month runs, once, on the sensor's word, even as the sensor keeps
 //! looking.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use baton_runtime::partition::{Granularity, Partition};
-use baton_tests::{free_port, http_request, pipeline_command, sqlite_rows, wait_for_port};
+use baton_tests::{free_port, http_request, sqlite_rows, start_service};
 
 #[test]
 fn a_sensor_runs_the_month_once_its_files_appear() {
     let work = tempfile::tempdir().unwrap();
     let lake = work.path().join("lake");
     std::fs::create_dir_all(&lake).unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let lake_url = lake.display().to_string();
     // BigQuery is a closed port: the run is expected to fail at the load; what matters here is
     // when, and how often, it starts.
@@ -23,20 +19,15 @@ fn a_sensor_runs_the_month_once_its_files_appear() {
         "bigquery://test-project/ny_taxi?endpoint=http://127.0.0.1:{}",
         free_port()
     );
-    let mut service = pipeline_command(
+    let (mut service, port) = start_service(
         "gcs_to_bigquery",
         work.path(),
         &[
             ("GCS_LAKE_URL", lake_url.as_str()),
             ("BIGQUERY_URL", bigquery.as_str()),
         ],
-        &["serve", "--listen", &listen, "--poke", "500ms"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("serve starts");
-    assert!(wait_for_port(port, Duration::from_secs(30)));
+        &["--poke", "500ms"],
+    );
     let ledger = work.path().join(".baton/ledger.db");
     let runs = || {
         sqlite_rows(
@@ -54,11 +45,7 @@ fn a_sensor_runs_the_month_once_its_files_appear() {
     assert!(runs().is_empty(), "{:?}", runs());
 
     // The month's file lands (under a hidden staging folder first, which does not count).
-    let latest = Partition::containing(Granularity::Monthly, chrono::Utc::now().naive_utc());
-    let mut month = Partition::parse(Granularity::Monthly, "2019-01").unwrap();
-    while month.next() < latest {
-        month = month.next();
-    }
+    let month = baton_tests::last_complete_months(1)[0];
     let staging = lake.join("green_taxi/_baton_staging/x");
     std::fs::create_dir_all(&staging).unwrap();
     std::fs::write(staging.join(format!("part-{}.parquet", month.key())), b"x").unwrap();

@@ -7,10 +7,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_runtime::partition::{Granularity, Partition};
 use baton_tests::{
-    HttpServer, ServerOptions, free_port, green_data_dir, http_request, pipeline_command,
-    sqlite_rows, wait_for_port,
+    HttpServer, ServerOptions, free_port, green_data_dir, http_request, last_complete_months,
+    pipeline_command, sqlite_rows, start_service, trigger_run, wait_for_port, wait_for_run,
 };
 
 const TOKEN: &str = "test-token-1234";
@@ -202,26 +201,11 @@ fn the_scheduler_runs_on_time_and_the_api_answers() {
     assert_eq!(running, ["0"]);
 }
 
-/// The JSON bodies POSTed to `path`, oldest first.
-fn posted(server: &HttpServer, path: &str) -> Vec<serde_json::Value> {
-    let prefix = format!("POST {path} ");
-    server
-        .requests()
-        .into_iter()
-        .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
-        .map(|body| serde_json::from_str(&body).unwrap())
-        .collect()
-}
-
 #[test]
 fn serve_reports_a_missed_sla() {
     // The file stalls, so the scheduled run is still going when its one-second SLA passes.
     let files = tempfile::tempdir().unwrap();
-    let latest = Partition::containing(Granularity::Monthly, chrono::Utc::now().naive_utc());
-    let mut month = Partition::parse(Granularity::Monthly, "2019-01").unwrap();
-    while month.next() < latest {
-        month = month.next();
-    }
+    let month = last_complete_months(1)[0];
     let name = format!("green_tripdata_{}.csv.gz", month.key());
     std::os::unix::fs::symlink(
         green_data_dir().join("green_tripdata_2021-01.csv.gz"),
@@ -236,36 +220,19 @@ fn serve_reports_a_missed_sla() {
         },
     );
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let hook = format!("{}/hook", server.url);
-    let service = pipeline_command(
+    let (mut service, _) = start_service(
         "green_taxi_etl",
         work.path(),
         &[
             ("TLC_BASE_URL", server.url.as_str()),
             ("ALERT_WEBHOOK_URL", hook.as_str()),
         ],
-        &[
-            "serve",
-            "--listen",
-            &listen,
-            "--cron",
-            "*/2 * * * * *",
-            "--sla",
-            "1s",
-            "--grace",
-            "1s",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("serve starts");
-    assert!(wait_for_port(port, Duration::from_secs(30)));
+        &["--cron", "*/2 * * * * *", "--sla", "1s", "--grace", "1s"],
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let late = loop {
-        if let Some(body) = posted(&server, "/hook").into_iter().next() {
+        if let Some(body) = server.posted("/hook").into_iter().next() {
             break body;
         }
         assert!(Instant::now() < deadline, "no SLA alert was sent");
@@ -273,10 +240,9 @@ fn serve_reports_a_missed_sla() {
     };
     // One alert for the one late run: further ticks are skipped while it goes.
     std::thread::sleep(Duration::from_secs(3));
-    let mut service = service;
     let _ = service.kill();
     let _ = service.wait();
-    assert_eq!(posted(&server, "/hook").len(), 1);
+    assert_eq!(server.posted("/hook").len(), 1);
     assert_eq!(late["event"], "sla");
     assert_eq!(late["status"], "missed its SLA");
     assert_eq!(late["partition"], month.key().as_str());
@@ -297,10 +263,8 @@ fn a_running_run_is_cancelled_through_the_api() {
         },
     );
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let hook = format!("{}/hook", server.url);
-    let mut service = pipeline_command(
+    let (mut service, port) = start_service(
         "green_taxi_etl",
         work.path(),
         &[
@@ -308,27 +272,11 @@ fn a_running_run_is_cancelled_through_the_api() {
             ("BATON_API_TOKEN", TOKEN),
             ("ALERT_WEBHOOK_URL", hook.as_str()),
         ],
-        &["serve", "--listen", &listen, "--no-schedule"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("serve starts");
-    assert!(wait_for_port(port, Duration::from_secs(30)));
+        &["--no-schedule"],
+    );
     let bearer = format!("Bearer {TOKEN}");
     let auth = [("Authorization", bearer.as_str())];
-    let (status, body) = http_request(
-        port,
-        "POST",
-        "/runs",
-        &auth,
-        Some(r#"{"partition": "2021-02"}"#),
-    );
-    assert_eq!(status, 202, "{body}");
-    let run_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run_id = trigger_run(port, TOKEN, "2021-02");
     // The extract is stuck on the stalling file.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !server.requests().iter().any(|r| r.contains("2021-02")) {
@@ -343,16 +291,7 @@ fn a_running_run_is_cancelled_through_the_api() {
     let (status, body) = http_request(port, "POST", &cancel, &auth, None);
     assert_eq!(status, 202, "{body}");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let detail = loop {
-        let (_, body) = http_request(port, "GET", &format!("/runs/{run_id}"), &[], None);
-        let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if detail["run"]["status"] != "running" {
-            break detail;
-        }
-        assert!(Instant::now() < deadline, "the run was not cancelled");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let detail = wait_for_run(port, &run_id, Duration::from_secs(30));
     assert_eq!(detail["run"]["status"], "cancelled", "{detail}");
     let blocks = detail["blocks"].as_array().unwrap();
     let extract = blocks
@@ -373,7 +312,7 @@ fn a_running_run_is_cancelled_through_the_api() {
         .unwrap();
     assert_eq!(load["status"], "skipped");
     // A deliberate cancel is not an incident: no failure alert.
-    assert!(posted(&server, "/hook").is_empty());
+    assert!(server.posted("/hook").is_empty());
     // Once ended, there is nothing left to cancel.
     let (status, body) = http_request(port, "POST", &cancel, &auth, None);
     assert_eq!(status, 409, "{body}");
@@ -384,17 +323,6 @@ fn a_running_run_is_cancelled_through_the_api() {
     );
     let _ = service.kill();
     let _ = service.wait();
-}
-
-/// The last `n` complete months, oldest first.
-fn last_complete_months(n: usize) -> Vec<Partition> {
-    let current = Partition::containing(Granularity::Monthly, chrono::Utc::now().naive_utc());
-    let mut all = vec![Partition::parse(Granularity::Monthly, "2019-01").unwrap()];
-    while all.last().unwrap().next() < current {
-        let next = all.last().unwrap().next();
-        all.push(next);
-    }
-    all.split_off(all.len() - n)
 }
 
 #[test]
@@ -429,20 +357,12 @@ fn restarting_after_downtime_catches_up_by_the_policy() {
 
     // Back up, with a schedule that does not fire during the test: at start-up it catches up
     // on the latest complete month only (catchup = "latest"), and names the one it skips.
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let log = work.path().join("serve.log");
-    let mut service = pipeline_command(
+    let (mut service, port) = start_service(
         "green_taxi_etl",
         work.path(),
         &env,
-        &["serve", "--listen", &listen, "--cron", "0 0 1 1 *"],
-    )
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log).unwrap())
-    .spawn()
-    .expect("serve starts");
-    assert!(wait_for_port(port, Duration::from_secs(30)));
+        &["--cron", "0 0 1 1 *"],
+    );
     let ledger = work.path().join(".baton/ledger.db");
     let scheduled = || {
         sqlite_rows(
@@ -468,7 +388,7 @@ fn restarting_after_downtime_catches_up_by_the_policy() {
         [format!("{} succeeded", months[2].key())],
         "only the latest month is caught up"
     );
-    let logged = std::fs::read_to_string(&log).unwrap();
+    let logged = std::fs::read_to_string(work.path().join(format!("serve-{port}.log"))).unwrap();
     assert!(
         logged.contains("partitions missed while the service was down are not caught up"),
         "{logged}"

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_tests::{
-    HttpServer, free_port, green_data_dir, http_request, pipeline_command, wait_for_port,
+    HttpServer, green_data_dir, http_request, start_service, trigger_run, wait_for_run,
 };
 
 const TOKEN: &str = "ui-token-5678";
@@ -68,50 +68,20 @@ fn json(port: u16, path: &str) -> serde_json::Value {
 fn the_ui_draws_the_dag_and_a_run_timeline_in_chromium() {
     let server = HttpServer::serve(&green_data_dir());
     let work = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut service = pipeline_command(
+    let (mut service, port) = start_service(
         "green_taxi_etl",
         work.path(),
         &[
             ("TLC_BASE_URL", server.url.as_str()),
             ("BATON_API_TOKEN", TOKEN),
         ],
-        &["serve", "--listen", &listen, "--no-schedule"],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("serve starts");
-    assert!(
-        wait_for_port(port, Duration::from_secs(30)),
-        "serve did not listen"
+        &["--no-schedule"],
     );
 
     // A real run to look at.
-    let bearer = format!("Bearer {TOKEN}");
-    let (status, body) = http_request(
-        port,
-        "POST",
-        "/runs",
-        &[("Authorization", bearer.as_str())],
-        Some(r#"{"partition": "2021-01"}"#),
-    );
-    assert_eq!(status, 202, "{body}");
-    let run_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let detail = json(port, &format!("/runs/{run_id}"));
-        if detail["run"]["status"] != "running" {
-            assert_eq!(detail["run"]["status"], "succeeded", "{detail}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run did not finish");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let run_id = trigger_run(port, TOKEN, "2021-01");
+    let detail = wait_for_run(port, &run_id, Duration::from_secs(120));
+    assert_eq!(detail["run"]["status"], "succeeded", "{detail}");
 
     // The compiled pipeline: edges, schemas and lineage through the rename.
     let pipeline = json(port, "/pipeline");
