@@ -244,6 +244,22 @@ pub fn last_complete_months(n: usize) -> Vec<baton_runtime::partition::Partition
     all.split_off(all.len().saturating_sub(n))
 }
 
+/// A folder serving the real green-taxi month 2021-01 under each of `months`' file names (as
+/// symbolic links): what a schedule's recent months need, from data that exists.
+pub fn green_files_for(months: &[baton_runtime::partition::Partition]) -> tempfile::TempDir {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    for month in months {
+        std::os::unix::fs::symlink(
+            green_data_dir().join("green_tripdata_2021-01.csv.gz"),
+            folder
+                .path()
+                .join(format!("green_tripdata_{}.csv.gz", month.key())),
+        )
+        .expect("a symbolic link");
+    }
+    folder
+}
+
 /// Services recording runs in a SQLite ledger under `dir`, as the CLI would.
 pub async fn sqlite_services(dir: &Path) -> baton_runtime::executor::Services {
     let ledger = baton_runtime::ledger::Ledger::open(&format!(

@@ -69,15 +69,8 @@ where
 fn two_replicas_run_each_tick_once() {
     let postgres = Postgres::start();
     // Scheduled runs load the latest complete month; serve a real month under its name.
-    let files = tempfile::tempdir().unwrap();
     let month = baton_tests::last_complete_months(1)[0];
-    std::os::unix::fs::symlink(
-        green_data_dir().join("green_tripdata_2021-01.csv.gz"),
-        files
-            .path()
-            .join(format!("green_tripdata_{}.csv.gz", month.key())),
-    )
-    .unwrap();
+    let files = baton_tests::green_files_for(&[month]);
     let server = HttpServer::serve(files.path());
     let work = tempfile::tempdir().unwrap();
     let every_two_seconds = ["--cron", "*/2 * * * * *"];

@@ -204,14 +204,9 @@ fn the_scheduler_runs_on_time_and_the_api_answers() {
 #[test]
 fn serve_reports_a_missed_sla() {
     // The file stalls, so the scheduled run is still going when its one-second SLA passes.
-    let files = tempfile::tempdir().unwrap();
     let month = last_complete_months(1)[0];
     let name = format!("green_tripdata_{}.csv.gz", month.key());
-    std::os::unix::fs::symlink(
-        green_data_dir().join("green_tripdata_2021-01.csv.gz"),
-        files.path().join(&name),
-    )
-    .unwrap();
+    let files = baton_tests::green_files_for(&[month]);
     let server = HttpServer::start(
         files.path(),
         ServerOptions {
@@ -329,16 +324,7 @@ fn a_running_run_is_cancelled_through_the_api() {
 fn restarting_after_downtime_catches_up_by_the_policy() {
     // Three recent months served from a real month's file.
     let months = last_complete_months(3);
-    let files = tempfile::tempdir().unwrap();
-    for month in &months {
-        std::os::unix::fs::symlink(
-            green_data_dir().join("green_tripdata_2021-01.csv.gz"),
-            files
-                .path()
-                .join(format!("green_tripdata_{}.csv.gz", month.key())),
-        )
-        .unwrap();
-    }
+    let files = baton_tests::green_files_for(&months);
     let server = HttpServer::serve(files.path());
     let work = tempfile::tempdir().unwrap();
     let env = [("TLC_BASE_URL", server.url.as_str())];
