@@ -24,7 +24,7 @@ use crate::ledger::{
     TriggerKind, now_ms,
 };
 use crate::partition::Partition;
-use crate::pipeline::{BlockDef, Pipeline, Trigger};
+use crate::pipeline::{BlockDef, BlockKind, Pipeline, Trigger};
 
 /// What happened to one block.
 #[derive(Clone, Debug, PartialEq)]
@@ -530,7 +530,7 @@ impl<'s> Execution<'s> {
     async fn schedule(&mut self, mut cancel: Option<watch::Receiver<Option<String>>>) {
         let pipeline = self.pipeline;
         let blocks = pipeline.blocks;
-        let deadline = pipeline
+        let mut deadline = pipeline
             .timeout_ms
             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
         let mut running = FuturesUnordered::new();
@@ -613,17 +613,25 @@ impl<'s> Execution<'s> {
             let next = tokio::select! {
                 next = running.next() => next,
                 () = timed_out => {
-                    // Dropping the futures stops the running blocks.
-                    drop(running);
+                    // Dropping the futures stops the running blocks. Callbacks still to run are
+                    // kept: a run that timed out is a failure its alerts must report, so the
+                    // loop goes on, without the deadline, for them alone.
+                    running = FuturesUnordered::new();
+                    deadline = None;
                     let timeout = Duration::from_millis(pipeline.timeout_ms.unwrap_or_default());
-                    self.stop_all(&format!("the run timed out after {}", humanize(timeout)), timeout)
-                        .await;
-                    return;
+                    self.stop_all(
+                        &format!("the run timed out after {}", humanize(timeout)),
+                        timeout,
+                        true,
+                    )
+                    .await;
+                    continue;
                 }
                 reason = cancelled => {
                     drop(running);
                     warn!(run_id = %self.run_id, "run cancelled: {reason}");
-                    self.stop_all(&reason, Duration::ZERO).await;
+                    // A deliberate cancel is no incident: callbacks are skipped too.
+                    self.stop_all(&reason, Duration::ZERO, false).await;
                     self.cancelled = Some(reason);
                     return;
                 }
@@ -892,15 +900,17 @@ impl<'s> Execution<'s> {
     }
 
     /// The run stops early (its timeout passed, or it was cancelled): running blocks fail with
-    /// `reason`, pending ones are skipped.
-    async fn stop_all(&mut self, reason: &str, elapsed: Duration) {
+    /// `reason`, pending ones are skipped, except callbacks when `keep_callbacks`.
+    async fn stop_all(&mut self, reason: &str, elapsed: Duration, keep_callbacks: bool) {
         for index in 0..self.state.len() {
+            let block = &self.pipeline.blocks[index];
             match self.state[index] {
                 State::Running => {
-                    let block = self.pipeline.blocks[index].name;
-                    self.fail(index, format!("block `{block}`: {reason}"), 1, elapsed)
+                    let name = block.name;
+                    self.fail(index, format!("block `{name}`: {reason}"), 1, elapsed)
                         .await;
                 }
+                State::Pending if keep_callbacks && block.kind == BlockKind::Callback => {}
                 State::Pending => self.skip(index, reason.to_string()).await,
                 _ => {}
             }
