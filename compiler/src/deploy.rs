@@ -157,8 +157,8 @@ fn deployment(pipeline: &Pipeline) -> String {
     let kube = kube_name(pipeline);
     let name = &pipeline.name;
     let (fields, volumes) = environment(pipeline, "          ", "      ");
-    // Without a schedule, `serve` only answers the API.
-    let no_schedule = if pipeline.schedule.is_none() {
+    // Without a schedule or a sensor, `serve` only answers the API.
+    let no_schedule = if pipeline.schedule.is_none() && pipeline.sensor.is_none() {
         ", \"--no-schedule\""
     } else {
         ""
@@ -166,9 +166,10 @@ fn deployment(pipeline: &Pipeline) -> String {
     let mut out = header(pipeline);
     let _ = write!(
         out,
-        "# Serve mode: `{name} serve` runs the schedule and the HTTP API (/health, /runs, /metrics).\n\
-         # One replica: the scheduler must not run twice. BATON_API_TOKEN in the Secret enables\n\
-         # triggering runs through the API.\n\
+        "# Serve mode: `{name} serve` runs the schedule or sensor and the HTTP API (/health, /runs,\n\
+         # /metrics, the web UI at /ui). One replica with the default SQLite ledger; with a\n\
+         # PostgreSQL ledger (BATON_LEDGER_URL) replicas claim each run, so more are safe.\n\
+         # BATON_API_TOKEN in the Secret enables triggering and cancelling runs through the API.\n\
          apiVersion: apps/v1\n\
          kind: Deployment\n\
          metadata:\n  name: {kube}\n  labels:\n    app.kubernetes.io/name: {kube}\n\
