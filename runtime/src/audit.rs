@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use polars::prelude::{DataFrame, DataType};
+use polars::prelude::{ChunkedArray, DataFrame, DataType, PolarsNumericType};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -119,8 +119,10 @@ impl Blocks {
     }
 }
 
-/// A checksum of a frame's content: SHA-256 over every column's name, type and values in order
-/// (nulls marked), so the same rows give the same checksum in any run, on any machine.
+/// A checksum of a frame's content: SHA-256 over every column's name and type, its values in
+/// order, and the positions of its nulls, so the same rows give the same checksum in any run,
+/// however the columns are chunked. Numbers are hashed as their little-endian bytes (a null's
+/// slot as zeros), straight from the column's memory when a chunk has no nulls.
 pub fn frame_checksum(frame: &DataFrame) -> String {
     let mut hash = Blocks::new();
     for column in frame.columns() {
@@ -128,58 +130,85 @@ pub fn frame_checksum(frame: &DataFrame) -> String {
         hash.push(&(name.len() as u64).to_le_bytes());
         hash.push(name.as_bytes());
         hash.push(column.dtype().to_string().as_bytes());
-        let series = column.as_materialized_series().to_physical_repr();
         // Dates and times hash as the integers they are stored as.
-        macro_rules! numbers {
-            ($chunked:expr) => {
-                for value in $chunked.iter() {
-                    match value {
-                        Some(v) => {
-                            hash.push(&[1]);
-                            hash.push(&v.to_le_bytes());
-                        }
-                        None => hash.push(&[0]),
-                    }
-                }
-            };
-        }
+        let series = column.as_materialized_series().to_physical_repr();
+        let mut nulls: Vec<u64> = Vec::new();
         match series.dtype() {
-            DataType::Int64 => numbers!(series.i64().expect("an int64 column")),
-            DataType::Int32 => numbers!(series.i32().expect("an int32 column")),
-            DataType::UInt32 => numbers!(series.u32().expect("a uint32 column")),
-            DataType::Float64 => numbers!(series.f64().expect("a float64 column")),
+            DataType::Int64 => numbers(&mut hash, series.i64().expect("int64"), &mut nulls),
+            DataType::Int32 => numbers(&mut hash, series.i32().expect("int32"), &mut nulls),
+            DataType::UInt32 => numbers(&mut hash, series.u32().expect("uint32"), &mut nulls),
+            DataType::Float64 => numbers(&mut hash, series.f64().expect("float64"), &mut nulls),
             DataType::Boolean => {
-                for value in series.bool().expect("a boolean column").iter() {
-                    hash.push(&[match value {
-                        None => 0,
-                        Some(false) => 1,
-                        Some(true) => 2,
-                    }]);
+                for (i, value) in series.bool().expect("a boolean column").iter().enumerate() {
+                    match value {
+                        Some(b) => hash.push(&[u8::from(b)]),
+                        None => nulls.push(i as u64),
+                    }
                 }
             }
             DataType::String => {
-                for value in series.str().expect("a string column").iter() {
+                for (i, value) in series.str().expect("a string column").iter().enumerate() {
                     match value {
                         Some(text) => {
-                            hash.push(&[1]);
                             hash.push(&(text.len() as u64).to_le_bytes());
                             hash.push(text.as_bytes());
                         }
-                        None => hash.push(&[0]),
+                        None => nulls.push(i as u64),
                     }
                 }
             }
             // Types the compiler never produces; hashed through their text, still exact.
             _ => {
-                for value in series.iter() {
-                    let text = value.to_string();
-                    hash.push(&(text.len() as u64).to_le_bytes());
-                    hash.push(text.as_bytes());
+                for (i, value) in series.iter().enumerate() {
+                    if value.is_null() {
+                        nulls.push(i as u64);
+                    } else {
+                        let text = value.to_string();
+                        hash.push(&(text.len() as u64).to_le_bytes());
+                        hash.push(text.as_bytes());
+                    }
                 }
             }
         }
+        hash.push(b"nulls");
+        hash.push(&(nulls.len() as u64).to_le_bytes());
+        for position in nulls {
+            hash.push(&position.to_le_bytes());
+        }
     }
     format!("sha256:{}", hash.finish())
+}
+
+/// A numeric column's values as little-endian bytes (nulls as zeros, their positions noted).
+fn numbers<T>(hash: &mut Blocks, column: &ChunkedArray<T>, nulls: &mut Vec<u64>)
+where
+    T: PolarsNumericType,
+{
+    let zero = T::Native::default();
+    let mut offset = 0u64;
+    for chunk in column.downcast_iter() {
+        let values: &[T::Native] = chunk.values().as_slice();
+        match chunk
+            .validity()
+            .filter(|validity| validity.unset_bits() > 0)
+        {
+            None => hash.push(bytemuck::cast_slice(values)),
+            Some(validity) => {
+                for (i, (value, valid)) in values.iter().zip(validity.iter()).enumerate() {
+                    if valid {
+                        hash.push(bytemuck::bytes_of(value));
+                    } else {
+                        hash.push(bytemuck::bytes_of(&zero));
+                        nulls.push(offset + i as u64);
+                    }
+                }
+            }
+        }
+        offset += chunk.len() as u64;
+    }
+    // Little-endian bytes straight from memory: every platform Baton builds for is
+    // little-endian, and the checksum must not depend on it.
+    const _: () = assert!(cfg!(target_endian = "little"));
 }
 
 /// The facts of a run's start.
@@ -339,27 +368,34 @@ mod tests {
     #[test]
     fn the_checksum_format_is_stable() {
         // Audit entries of old runs are compared with new ones: the bytes hashed must not change.
-        // SHA-256 of: name length (u64 LE), "a", "i64", then per value a marker and 8 LE bytes.
+        // SHA-256 of: name length (u64 LE), "a", "i64", the values as i64 LE (the null as 0),
+        // "nulls", how many, and where.
         let frame = df!("a" => [Some(1i64), None]).unwrap();
         assert_eq!(
             frame_checksum(&frame),
-            "sha256:fb969a986d36f3888502880685f9c95b49dcf9fdb1aaac6aa347218f18b29949"
+            "sha256:b1a2a920508a4a0f41c208db271b1d454636615da83b94a8e705144a80dfc596"
         );
-        // Past the hasher's block size, the digest is what one update over all bytes gives.
+        // Past the hasher's block size, and however the column is chunked, the digest is what
+        // one update over all bytes gives.
         let long: Vec<i64> = (0..100_000).collect();
         let mut expected = Sha256::new();
         expected.update(1u64.to_le_bytes());
         expected.update(b"n");
         expected.update(b"i64");
         for v in &long {
-            expected.update([1]);
             expected.update(v.to_le_bytes());
         }
-        let frame = df!("n" => long).unwrap();
-        assert_eq!(
-            frame_checksum(&frame),
-            format!("sha256:{}", hex(&expected.finalize()))
-        );
+        expected.update(b"nulls");
+        expected.update(0u64.to_le_bytes());
+        let expected = format!("sha256:{}", hex(&expected.finalize()));
+        let whole = df!("n" => long.clone()).unwrap();
+        assert_eq!(frame_checksum(&whole), expected);
+        let mut chunked = df!("n" => long[..30_000].to_vec()).unwrap();
+        chunked
+            .vstack_mut(&df!("n" => long[30_000..].to_vec()).unwrap())
+            .unwrap();
+        assert!(chunked.first_col_n_chunks() > 1 || chunked.columns()[0].n_chunks() > 1);
+        assert_eq!(frame_checksum(&chunked), expected);
     }
 
     #[test]
