@@ -280,6 +280,11 @@ fn migrator() -> Migrator {
             "audit trail and block checksums",
             include_str!("../migrations/ledger/0003_audit.sql"),
         ),
+        migration(
+            4,
+            "cancel requests between replicas",
+            include_str!("../migrations/ledger/0004_cancel_requests.sql"),
+        ),
     ])
 }
 
@@ -395,6 +400,29 @@ impl Ledger {
             .await?;
         transaction.commit().await?;
         Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Asks whichever process runs `run_id` to cancel it (the first request's reason stands).
+    pub async fn request_cancel(&self, run_id: &str, reason: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO baton_cancel_requests (run_id, reason, requested_at) \
+             VALUES ($1, $2, $3) ON CONFLICT (run_id) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Why someone asked to cancel `run_id`, if anyone did.
+    pub async fn cancel_request(&self, run_id: &str) -> Result<Option<String>, LedgerError> {
+        let row = sqlx::query("SELECT reason FROM baton_cancel_requests WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?)
     }
 
     /// Proves that a run is still alive.

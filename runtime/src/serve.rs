@@ -238,6 +238,7 @@ pub async fn serve(
     let scheduler = schedule
         .map(|schedule| tokio::spawn(run_scheduler(state.clone(), schedule, stopped.clone())));
     let watchdog = tokio::spawn(watch_abandoned_runs(state.clone(), stopped.clone()));
+    let cancels = tokio::spawn(watch_cancel_requests(state.clone(), stopped.clone()));
     let sensing = sensor_only.then(|| tokio::spawn(run_on_sensor(state.clone(), stopped.clone())));
     info!(listen = %state.options.listen, "serving {}", pipeline.name);
     let app = router(state.clone());
@@ -259,6 +260,7 @@ pub async fn serve(
         let _ = scheduler.await;
     }
     let _ = watchdog.await;
+    let _ = cancels.await;
     if let Some(sensing) = sensing {
         let _ = sensing.await;
     }
@@ -399,6 +401,36 @@ async fn run_scheduler(
         after = Utc::now().max(next);
         if *stopped.borrow() {
             return;
+        }
+    }
+}
+
+/// Every second, cancels the runs of this process that another replica was asked to cancel.
+async fn watch_cancel_requests(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
+    let Some(ledger) = state.services.ledger.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let local: Vec<(String, watch::Sender<Option<String>>)> = state
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, cancel)| (id.clone(), cancel.clone()))
+            .collect();
+        for (run_id, cancel) in local {
+            match ledger.cancel_request(&run_id).await {
+                Ok(Some(reason)) if cancel.borrow().is_none() => {
+                    info!(run_id = %run_id, "cancelling the run, as asked through another replica");
+                    cancel.send_replace(Some(reason));
+                }
+                Ok(_) => {}
+                Err(error) => warn!("cannot read cancel requests: {error}"),
+            }
         }
     }
 }
@@ -791,9 +823,9 @@ async fn run_detail(
     ))
 }
 
-/// `POST /runs/{run_id}/cancel`: cancels a run this process is running. Its running blocks
-/// stop and fail, the rest are skipped, and it ends `cancelled` (no failure alert is sent; it
-/// can be resumed).
+/// `POST /runs/{run_id}/cancel`: cancels a run of this process at once, or asks the replica
+/// running it through the shared ledger. Its running blocks stop and fail, the rest are
+/// skipped, and it ends `cancelled` (no failure alert is sent; it can be resumed).
 async fn cancel_run(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -821,15 +853,28 @@ async fn cancel_run(
         .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
         .filter(|r| r.pipeline == state.pipeline.name)
         .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no run `{run_id}`")))?;
-    let message = if run.status == "running" {
-        format!(
-            "run `{run_id}` is going in process {} on {}, not in this one: cancel it through that replica's API",
-            run.pid, run.host
-        )
-    } else {
-        format!("run `{run_id}` has already ended: {}", run.status)
-    };
-    Err(api_error(StatusCode::CONFLICT, message))
+    if run.status != "running" {
+        return Err(api_error(
+            StatusCode::CONFLICT,
+            format!("run `{run_id}` has already ended: {}", run.status),
+        ));
+    }
+    // Another replica runs it: it reads the request from the shared ledger within a second.
+    let by = state.api_actor().unwrap_or_else(|| "the API".into());
+    ledger(&state)?
+        .request_cancel(&run_id, &format!("cancelled by {by}"))
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    info!(run_id = %run_id, host = %run.host, pid = run.pid, "asked the replica running it to cancel the run");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "run_id": run_id,
+            "status": "cancelling",
+            "host": run.host,
+            "pid": run.pid,
+        })),
+    ))
 }
 
 #[derive(Deserialize)]

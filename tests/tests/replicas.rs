@@ -202,3 +202,51 @@ fn a_replica_killed_mid_run_is_resumed_by_another() {
         baton_tests::output_text(&verified)
     );
 }
+
+#[test]
+fn a_run_is_cancelled_through_another_replica() {
+    let postgres = Postgres::start();
+    let stalling = HttpServer::start(
+        &green_data_dir(),
+        ServerOptions {
+            stall: Some("2021-03".into()),
+            ..ServerOptions::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (first, first_port) = replica(
+        work.path(),
+        &postgres.url,
+        &stalling.url,
+        &["--no-schedule"],
+    );
+    let (second, second_port) = replica(
+        work.path(),
+        &postgres.url,
+        &stalling.url,
+        &["--no-schedule"],
+    );
+    let run_id = trigger_run(first_port, TOKEN, "2021-03");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stalling.requests().iter().any(|r| r.contains("2021-03")) {
+        assert!(
+            Instant::now() < deadline,
+            "the run never asked for the file"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Asked of the replica that does not run it: it passes the request on through the ledger.
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, body) = baton_tests::http_request(
+        second_port,
+        "POST",
+        &format!("/runs/{run_id}/cancel"),
+        &[("Authorization", bearer.as_str())],
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    let detail = baton_tests::wait_for_run(second_port, &run_id, Duration::from_secs(30));
+    assert_eq!(detail["run"]["status"], "cancelled", "{detail}");
+    stop(first);
+    stop(second);
+}
