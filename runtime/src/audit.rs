@@ -212,6 +212,40 @@ where
     const _: () = assert!(cfg!(target_endian = "little"));
 }
 
+tokio::task_local! {
+    /// The block whose attempt is running in this task, so that a source reading a file can
+    /// note the file's checksum for it.
+    static CURRENT_BLOCK: &'static str;
+}
+
+/// Runs one attempt of `block` with the block known to [`note_input`].
+pub(crate) async fn in_block<F: std::future::Future>(block: &'static str, attempt: F) -> F::Output {
+    CURRENT_BLOCK.scope(block, attempt).await
+}
+
+/// Notes that the running block read `bytes` from `label` (a file or URL): the audit trail
+/// records a source's input files by their bytes as stored, which identify them exactly and
+/// cost a tenth of hashing the decoded rows of a gzip CSV.
+pub(crate) fn note_input(ctx: &crate::context::RunContext, label: &str, bytes: &[u8]) {
+    if let Ok(block) = CURRENT_BLOCK.try_with(|block| *block) {
+        ctx.record_input(block, label, blake3::hash(bytes).to_hex().to_string());
+    }
+}
+
+/// The checksum of a source's input files: BLAKE3 over each file's name and checksum, in name
+/// order (so reading them in another order, or concurrently, gives the same value).
+pub fn files_checksum(files: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = files.iter().collect();
+    sorted.sort();
+    let mut hasher = blake3::Hasher::new();
+    for (label, hash) in sorted {
+        hasher.update(&(label.len() as u64).to_le_bytes());
+        hasher.update(label.as_bytes());
+        hasher.update(hash.as_bytes());
+    }
+    format!("blake3-files:{}", hasher.finalize().to_hex())
+}
+
 /// The facts of a run's start.
 pub fn run_started(run: &RunRecord) -> Value {
     json!({
@@ -445,6 +479,18 @@ mod tests {
         let mut stored = base.clone();
         stored.hash = hash.clone();
         assert_eq!(stored.compute_hash(), hash);
+    }
+
+    #[test]
+    fn input_files_are_checksummed_in_name_order() {
+        let a = ("s3://b/2021-01.csv".to_string(), "11".to_string());
+        let b = ("s3://b/2021-02.csv".to_string(), "22".to_string());
+        let forward = files_checksum(&[a.clone(), b.clone()]);
+        assert_eq!(forward, files_checksum(&[b.clone(), a.clone()]));
+        assert!(forward.starts_with("blake3-files:"));
+        assert_ne!(forward, files_checksum(&[a.clone()]));
+        let changed = ("s3://b/2021-02.csv".to_string(), "23".to_string());
+        assert_ne!(forward, files_checksum(&[a, changed]));
     }
 
     #[test]

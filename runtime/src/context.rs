@@ -172,6 +172,8 @@ struct Inner {
     delivered: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Data checks with `severity = "warn"` that found failing rows in this run.
     warnings: std::sync::Mutex<Vec<String>>,
+    /// The files each source read, with their checksums, for the audit trail.
+    inputs: std::sync::Mutex<HashMap<&'static str, Vec<(String, String)>>>,
 }
 
 /// What a block knows about its run: the pipeline, the partition, parameters and connections.
@@ -216,6 +218,7 @@ impl RunContext {
                 items: std::sync::Mutex::new(HashMap::new()),
                 delivered: std::sync::Mutex::new(std::collections::HashSet::new()),
                 warnings: std::sync::Mutex::new(Vec::new()),
+                inputs: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -334,6 +337,25 @@ impl RunContext {
         {
             warnings.push(warning);
         }
+    }
+
+    /// Notes a file a block read and its checksum; a retried read of the same file replaces it.
+    pub(crate) fn record_input(&self, block: &'static str, label: &str, checksum: String) {
+        if let Ok(mut inputs) = self.inner.inputs.lock() {
+            let files = inputs.entry(block).or_default();
+            files.retain(|(l, _)| l != label);
+            files.push((label.to_string(), checksum));
+        }
+    }
+
+    /// The files a block read, with their checksums (empty for blocks that read no file).
+    pub(crate) fn take_inputs(&self, block: &'static str) -> Vec<(String, String)> {
+        self.inner
+            .inputs
+            .lock()
+            .ok()
+            .and_then(|mut inputs| inputs.remove(block))
+            .unwrap_or_default()
     }
 
     /// The data checks' warnings of this run so far.

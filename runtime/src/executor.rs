@@ -793,8 +793,26 @@ impl<'s> Execution<'s> {
             _ => None,
         };
         let ledger = self.services.ledger.clone();
-        // The audit trail records what each block produced by a checksum of its content.
-        let to_checksum = output.clone().filter(|_| ledger.is_some());
+        // The audit trail records a run's inputs and outputs: the files each source read, by
+        // their bytes, and the rows that reach a sink, by their content. Frames in between are
+        // not checksummed (the pass costs time on every run).
+        let files = self.ctx.take_inputs(block.name);
+        let feeds_sink = self
+            .pipeline
+            .blocks
+            .iter()
+            .any(|b| b.sink.is_some() && b.inputs.contains(&index));
+        let mut checksum = None;
+        let mut to_checksum = None;
+        if ledger.is_some() {
+            if !files.is_empty() {
+                checksum = Some(crate::audit::files_checksum(&files));
+            }
+            if feeds_sink || (files.is_empty() && block.kind.is_source()) {
+                to_checksum = output.clone();
+            }
+        }
+        record.checksum = checksum;
         let has_consumers = self.consumers_left[index] > 0;
         self.state[index] = State::Done(if has_consumers { output } else { None });
         if ledger.is_none() && checkpoint.is_none() {
@@ -802,10 +820,15 @@ impl<'s> Execution<'s> {
         }
         self.background.push(tokio::spawn(async move {
             if let Some(frame) = to_checksum {
-                record.checksum =
+                let rows =
                     tokio::task::spawn_blocking(move || crate::audit::frame_checksum(&frame))
                         .await
                         .ok();
+                // A source that read files and feeds a sink directly keeps both.
+                record.checksum = match (record.checksum.take(), rows) {
+                    (Some(files), Some(rows)) => Some(format!("{files} {rows}")),
+                    (files, rows) => rows.or(files),
+                };
             }
             if let Some((path, frame)) = checkpoint {
                 match Checkpoints::write(path.clone(), frame).await {
@@ -1016,7 +1039,10 @@ async fn run_block_with_retries(
             let slot = ctx.resources().slot(pipeline, block.kind).await;
             let attempt_started = Instant::now();
             let attempt_started_at = now_ms();
-            let future = (pipeline.run_block)(index, ctx.clone(), inputs.clone());
+            let future = crate::audit::in_block(
+                block.name,
+                (pipeline.run_block)(index, ctx.clone(), inputs.clone()),
+            );
             let timeout = Duration::from_millis(policy.timeout_ms);
             let (result, timed_out) = match tokio::time::timeout(timeout, future).await {
                 Ok(result) => (result, false),

@@ -196,6 +196,17 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
+    /// Whether blocks of this kind read data from outside (files, APIs, databases).
+    pub fn is_source(self) -> bool {
+        matches!(
+            self,
+            BlockKind::HttpSource
+                | BlockKind::FileSource
+                | BlockKind::RestSource
+                | BlockKind::SqlSource
+        )
+    }
+
     /// The kind's name as written in pipeline files.
     pub fn name(self) -> &'static str {
         match self {

@@ -100,6 +100,7 @@ pub async fn read_source(
         }
     };
     let downloaded = bytes.len();
+    crate::audit::note_input(ctx, &crate::context::redact(&origin), &bytes);
     // `prepare` also records the file's own columns, from the same decompressed bytes.
     let observing = ctx.resources().observing();
     let (observed, frame) = tokio::task::spawn_blocking({
@@ -163,6 +164,7 @@ async fn read_store(
             let bytes = async { Ok::<_, BlockError>(store.get(&path).await?.bytes().await?) }
                 .await
                 .map_err(|e| e.context(&origin))?;
+            crate::audit::note_input(ctx, &crate::context::redact(&origin), &bytes);
             let shown = origin.clone();
             tokio::task::spawn_blocking(move || {
                 let (observed, frame) =

@@ -85,6 +85,25 @@ fn runs_are_audited_and_tampering_is_found() {
     // The same month loaded again produced exactly the same rows; another month did not.
     assert_eq!(clean[0], clean[2]);
     assert_ne!(clean[0], clean[1]);
+    // The source is recorded by the bytes of the file it downloaded: the checksum is the one
+    // computed here from the file on disk and its URL.
+    let extract = sqlite_rows(
+        &ledger,
+        "SELECT json_extract(b.value, '$.checksum') \
+         FROM baton_audit a, json_each(json_extract(a.detail, '$.blocks')) b \
+         WHERE a.event = 'run_finished' AND json_extract(b.value, '$.block') = 'extract_green_taxi' \
+         ORDER BY a.seq",
+    );
+    let file = green_data_dir().join("green_tripdata_2021-01.csv.gz");
+    let expected = baton_runtime::audit::files_checksum(&[(
+        format!("{}/green_tripdata_2021-01.csv.gz", server.url),
+        blake3::hash(&std::fs::read(file).unwrap())
+            .to_hex()
+            .to_string(),
+    )]);
+    assert_eq!(extract[0], expected);
+    assert_eq!(extract[2], expected);
+    assert_ne!(extract[1], expected);
 
     // An edited entry.
     let (ok, report) = verify_after(
