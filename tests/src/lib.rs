@@ -260,6 +260,26 @@ pub fn green_files_for(months: &[baton_runtime::partition::Partition]) -> tempfi
     folder
 }
 
+/// Points a macro-expanded test pipeline's connections at loopback peers: `API_URL` at
+/// `server`, `DATABASE_URL` at a SQLite warehouse in `dir`, `ALERT_WEBHOOK_URL` at the
+/// server's `/hook` (its webhook inbox, see [`HttpServer::posted`]).
+///
+/// # Safety
+///
+/// It sets environment variables: call it only while no other thread reads the environment,
+/// as in a test binary that runs one test.
+pub unsafe fn point_test_pipeline_at(server: &HttpServer, dir: &Path) {
+    // SAFETY: the caller guarantees that no other thread reads the environment.
+    unsafe {
+        std::env::set_var("API_URL", &server.url);
+        std::env::set_var(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("warehouse.db").display()),
+        );
+        std::env::set_var("ALERT_WEBHOOK_URL", format!("{}/hook", server.url));
+    }
+}
+
 /// Services recording runs in a SQLite ledger under `dir`, as the CLI would.
 pub async fn sqlite_services(dir: &Path) -> baton_runtime::executor::Services {
     let ledger = baton_runtime::ledger::Ledger::open(&format!(

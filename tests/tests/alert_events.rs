@@ -29,12 +29,7 @@ async fn recovery_and_warnings_are_reported_once_each() {
     let server = HttpServer::serve(&files);
     // SAFETY: this test binary runs one test, so no other thread reads the environment.
     unsafe {
-        std::env::set_var("API_URL", &server.url);
-        std::env::set_var(
-            "DATABASE_URL",
-            format!("sqlite://{}", work.path().join("warehouse.db").display()),
-        );
-        std::env::set_var("ALERT_WEBHOOK_URL", format!("{}/hook", server.url));
+        baton_tests::point_test_pipeline_at(&server, work.path());
         std::env::set_var("BATON_UI_URL", "https://baton.example.com/");
     }
     let services = baton_tests::sqlite_services(work.path()).await;

@@ -57,12 +57,9 @@ async fn one_alert_per_incident_on_every_channel() {
     let mailbox = work.path().join("mail");
     std::fs::create_dir_all(&mailbox).unwrap();
     let smtp = smtp_sink(&mailbox);
-    let db = work.path().join("warehouse.db");
     // SAFETY: this test binary runs one test, so no other thread reads the environment.
     unsafe {
-        std::env::set_var("API_URL", &server.url);
-        std::env::set_var("DATABASE_URL", format!("sqlite://{}", db.display()));
-        std::env::set_var("ALERT_WEBHOOK_URL", format!("{}/hook", server.url));
+        baton_tests::point_test_pipeline_at(&server, work.path());
         std::env::set_var("SLACK_WEBHOOK_URL", format!("{}/slack", server.url));
         std::env::set_var(
             "ALERT_EMAIL_URL",

@@ -26,12 +26,7 @@ async fn a_timed_out_run_fails_and_alerts() {
     std::fs::write(work.path().join("trips_stalled.csv"), "trip_id\n1\n").unwrap();
     // SAFETY: this test binary runs one test, so no other thread reads the environment.
     unsafe {
-        std::env::set_var("API_URL", &server.url);
-        std::env::set_var(
-            "DATABASE_URL",
-            format!("sqlite://{}", work.path().join("warehouse.db").display()),
-        );
-        std::env::set_var("ALERT_WEBHOOK_URL", format!("{}/hook", server.url));
+        baton_tests::point_test_pipeline_at(&server, work.path());
     }
     let services = baton_tests::sqlite_services(work.path()).await;
     let started = Instant::now();
