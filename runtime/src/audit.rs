@@ -1,6 +1,7 @@
 //! The audit trail: an append-only, hash-chained record in the ledger of who or what started
 //! each run, which compiled pipeline version and git commit ran, and what every block read and
-//! wrote (row counts and content checksums).
+//! wrote: row counts, the files each source read (by a checksum of their bytes) and the rows the
+//! sinks loaded (by a checksum of their content).
 //!
 //! Each entry carries the SHA-256 of the previous entry's hash and its own fields, so changing,
 //! inserting or deleting an entry anywhere but at the very end breaks the chain, and

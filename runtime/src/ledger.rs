@@ -123,9 +123,9 @@ pub struct RunRecord {
     pub pipeline: String,
     /// The partition key; `None` for a pipeline without partitions.
     pub partition: Option<String>,
-    /// `running`, `succeeded`, `failed` or `abandoned`.
+    /// `running`, `succeeded`, `failed`, `abandoned` or `cancelled`.
     pub status: String,
-    /// `run`, `backfill`, `resume`, `only` or `until`.
+    /// `run`, `backfill`, `resume`, `only`, `until`, `schedule`, `api` or `sensor`.
     pub trigger: String,
     /// The compiled pipeline's version.
     pub version: String,
