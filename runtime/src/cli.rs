@@ -669,13 +669,7 @@ async fn audit(ledger: &Ledger, action: &AuditAction) -> Result<ExitCode, Failur
             }
         }
         AuditAction::List { limit, run } => {
-            let entries: Vec<_> = ledger
-                .audit_entries()
-                .await?
-                .into_iter()
-                .filter(|e| run.as_ref().is_none_or(|r| &e.run_id == r))
-                .collect();
-            for entry in &entries[entries.len().saturating_sub(*limit)..] {
+            for entry in &ledger.audit_tail(*limit, run.as_deref()).await? {
                 println!(
                     "#{} {} {} {} {} by {}\n    {}\n    hash {}",
                     entry.seq,

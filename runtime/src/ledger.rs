@@ -693,12 +693,40 @@ impl Ledger {
 
     /// The whole audit trail in order.
     pub async fn audit_entries(&self) -> Result<Vec<crate::audit::AuditEntry>, LedgerError> {
-        let rows = sqlx::query(
+        self.select_audit("ORDER BY seq", "").await
+    }
+
+    /// The newest `limit` entries (of one run, or of all), oldest first.
+    pub async fn audit_tail(
+        &self,
+        limit: usize,
+        run_id: Option<&str>,
+    ) -> Result<Vec<crate::audit::AuditEntry>, LedgerError> {
+        // The limit is an integer, so formatting it into the statement is safe.
+        let mut entries = self
+            .select_audit(
+                &format!("WHERE ($1 = '' OR run_id = $1) ORDER BY seq DESC LIMIT {limit}"),
+                run_id.unwrap_or_default(),
+            )
+            .await?;
+        entries.reverse();
+        Ok(entries)
+    }
+
+    async fn select_audit(
+        &self,
+        clause: &str,
+        run_id: &str,
+    ) -> Result<Vec<crate::audit::AuditEntry>, LedgerError> {
+        let sql = format!(
             "SELECT seq, at, pipeline, actor, event, run_id, detail, prev_hash, hash \
-             FROM baton_audit ORDER BY seq",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+             FROM baton_audit {clause}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if clause.contains("$1") {
+            query = query.bind(run_id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 Ok(crate::audit::AuditEntry {

@@ -159,4 +159,9 @@ fn runs_are_audited_and_tampering_is_found() {
     let listed = output_text(&listed);
     assert!(listed.contains("#5 ") && listed.contains("#6 "), "{listed}");
     assert!(!listed.contains("#4 "), "{listed}");
+    let first = sqlite_rows(&ledger, "SELECT run_id FROM baton_audit WHERE seq = 1");
+    let of_run = pipeline(work.path(), &server, &["audit", "list", "--run", &first[0]]);
+    let of_run = output_text(&of_run);
+    assert!(of_run.contains("#1 ") && of_run.contains("#2 "), "{of_run}");
+    assert_eq!(of_run.matches("\n#").count() + 1, 2, "{of_run}");
 }
