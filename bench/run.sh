@@ -25,12 +25,14 @@ venv() {
 venv bench/.venv-polars "$baselines/polars_constraints.txt" polars pyarrow adbc-driver-postgresql "psycopg[binary]"
 venv bench/.venv-pandas "$baselines/pandas_constraints.txt" pandas pyarrow sqlalchemy psycopg2-binary
 
-# The same build as the README's main command.
+# The same build as the README's main command, and the orchestration-overhead harness.
 cargo build --release -p green_taxi_etl
+cargo build --release -p baton-tests --example overhead
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 python3 bench/bench.py \
   --baton "$target_dir/release/green_taxi_etl" \
+  --overhead "$target_dir/release/examples/overhead" \
   --polars-python bench/.venv-polars/bin/python \
   --pandas-python bench/.venv-pandas/bin/python \
   "$@"
