@@ -207,6 +207,115 @@ pub struct Ledger {
     pool: AnyPool,
     host: String,
     postgres: bool,
+    /// Block and attempt rows go through a writer task that commits whatever is queued in one
+    /// transaction: one commit per row made the ledger, not the blocks, the cost of a run with
+    /// many small blocks.
+    writes: tokio::sync::mpsc::UnboundedSender<Write>,
+}
+
+/// A row for the writer task, or a request to say when everything before it is written.
+#[derive(Debug)]
+enum Write {
+    Attempt(AttemptRecord),
+    Block(BlockRecord),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The most rows committed in one transaction.
+const WRITE_BATCH: usize = 1000;
+
+/// Commits queued rows in batches until every `Ledger` clone is gone. A batch that fails is
+/// written again row by row, so one bad row costs only itself, and each failure is logged.
+async fn write_behind(pool: AnyPool, mut queue: tokio::sync::mpsc::UnboundedReceiver<Write>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut flushes = Vec::new();
+        for write in batch {
+            match write {
+                Write::Flush(done) => flushes.push(done),
+                row => rows.push(row),
+            }
+        }
+        if !rows.is_empty() && write_batch(&pool, &rows).await.is_err() {
+            for row in &rows {
+                if let Err(error) = write_row(&pool, row).await {
+                    tracing::warn!("the run ledger did not take a row: {error}");
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn write_batch(pool: &AnyPool, rows: &[Write]) -> Result<(), sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    for row in rows {
+        write_row(&mut *transaction, row).await?;
+    }
+    transaction.commit().await
+}
+
+async fn write_row<'e, E>(executor: E, row: &Write) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    match row {
+        Write::Attempt(attempt) => {
+            sqlx::query(
+                "INSERT INTO baton_attempts (run_id, block, attempt, status, retryable, \
+                 started_at, ended_at, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&attempt.run_id)
+            .bind(&attempt.block)
+            .bind(attempt.attempt)
+            .bind(&attempt.status)
+            .bind(i64::from(attempt.retryable))
+            .bind(attempt.started_at)
+            .bind(attempt.ended_at)
+            .bind(&attempt.error)
+            .execute(executor)
+            .await?;
+        }
+        Write::Block(block) => {
+            sqlx::query(
+                "INSERT INTO baton_block_runs (run_id, block, position, status, attempts, \
+                 rows_in, rows_out, bytes, started_at, ended_at, error, checkpoint, checksum) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (run_id, block) DO UPDATE SET status = excluded.status, \
+                 attempts = excluded.attempts, rows_in = excluded.rows_in, \
+                 rows_out = excluded.rows_out, bytes = excluded.bytes, \
+                 started_at = excluded.started_at, ended_at = excluded.ended_at, \
+                 error = excluded.error, checkpoint = excluded.checkpoint, \
+                 checksum = excluded.checksum",
+            )
+            .bind(&block.run_id)
+            .bind(&block.block)
+            .bind(block.position)
+            .bind(&block.status)
+            .bind(block.attempts)
+            .bind(block.rows_in)
+            .bind(block.rows_out)
+            .bind(block.bytes)
+            .bind(block.started_at)
+            .bind(block.ended_at)
+            .bind(&block.error)
+            .bind(&block.checkpoint)
+            .bind(&block.checksum)
+            .execute(executor)
+            .await?;
+        }
+        Write::Flush(_) => {}
+    }
+    Ok(())
 }
 
 /// The condition under which a scheduler may start a run of a partition, so that replicas
@@ -340,10 +449,13 @@ impl Ledger {
             .run(&pool)
             .await
             .map_err(|e| LedgerError(format!("cannot migrate the ledger schema: {e}")))?;
+        let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_behind(pool.clone(), queue));
         Ok(Ledger {
             pool,
             host: hostname(),
             postgres: !url.starts_with("sqlite:"),
+            writes,
         })
     }
 
@@ -437,54 +549,33 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records one attempt of a block.
+    /// Records one attempt of a block (written with the next batch; [`Ledger::flush`] waits).
     pub async fn record_attempt(&self, attempt: &AttemptRecord) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO baton_attempts (run_id, block, attempt, status, retryable, started_at, \
-             ended_at, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&attempt.run_id)
-        .bind(&attempt.block)
-        .bind(attempt.attempt)
-        .bind(&attempt.status)
-        .bind(i64::from(attempt.retryable))
-        .bind(attempt.started_at)
-        .bind(attempt.ended_at)
-        .bind(&attempt.error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.queue(Write::Attempt(attempt.clone())).await
     }
 
-    /// Records (or updates) a block's final outcome in a run.
+    /// Records (or updates) a block's outcome in a run (written with the next batch).
     pub async fn record_block(&self, block: &BlockRecord) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO baton_block_runs (run_id, block, position, status, attempts, rows_in, \
-             rows_out, bytes, started_at, ended_at, error, checkpoint, checksum) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (run_id, block) DO UPDATE SET status = excluded.status, \
-             attempts = excluded.attempts, rows_in = excluded.rows_in, \
-             rows_out = excluded.rows_out, bytes = excluded.bytes, \
-             started_at = excluded.started_at, ended_at = excluded.ended_at, \
-             error = excluded.error, checkpoint = excluded.checkpoint, \
-             checksum = excluded.checksum",
-        )
-        .bind(&block.run_id)
-        .bind(&block.block)
-        .bind(block.position)
-        .bind(&block.status)
-        .bind(block.attempts)
-        .bind(block.rows_in)
-        .bind(block.rows_out)
-        .bind(block.bytes)
-        .bind(block.started_at)
-        .bind(block.ended_at)
-        .bind(&block.error)
-        .bind(&block.checkpoint)
-        .bind(&block.checksum)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.queue(Write::Block(block.clone())).await
+    }
+
+    /// Queues a row for the writer task; writes it directly if the task is gone.
+    async fn queue(&self, row: Write) -> Result<(), LedgerError> {
+        match self.writes.send(row) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::SendError(row)) => {
+                write_row(&self.pool, &row).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until every block and attempt row queued so far is committed.
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.writes.send(Write::Flush(done)).is_ok() {
+            let _ = written.await;
+        }
     }
 
     /// Records how a run ended.
@@ -494,6 +585,8 @@ impl Ledger {
         status: RunStatus,
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
+        // A run is recorded as ended only once all its block and attempt rows are.
+        self.flush().await;
         let now = now_ms();
         sqlx::query(
             "UPDATE baton_runs SET status = $1, ended_at = $2, heartbeat_at = $2, error = $3 \
@@ -896,6 +989,7 @@ impl Ledger {
 
     /// A run's blocks in pipeline order.
     pub async fn blocks(&self, run_id: &str) -> Result<Vec<BlockRecord>, LedgerError> {
+        self.flush().await;
         let rows = sqlx::query(
             "SELECT run_id, block, position, status, attempts, rows_in, rows_out, bytes, \
              started_at, ended_at, error, checkpoint, checksum FROM baton_block_runs \
@@ -929,6 +1023,7 @@ impl Ledger {
 
     /// A run's attempts, in the order they started.
     pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, LedgerError> {
+        self.flush().await;
         let rows = sqlx::query(
             "SELECT run_id, block, attempt, status, retryable, started_at, ended_at, error \
              FROM baton_attempts WHERE run_id = $1 ORDER BY started_at, block, attempt",
@@ -1049,6 +1144,7 @@ impl Ledger {
         pipeline: &str,
         bounds_ms: &[i64],
     ) -> Result<LedgerMetrics, LedgerError> {
+        self.flush().await;
         let pairs = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<(String, i64)>, LedgerError> {
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -1199,6 +1295,39 @@ mod tests {
             ended_at: None,
             error: None,
         }
+    }
+
+    #[tokio::test]
+    async fn queued_rows_are_all_written_and_one_bad_row_costs_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/ledger.db", dir.path().display());
+        let ledger = Ledger::open(&url).await.unwrap();
+        let attempt = |block: &str, attempt: i64| AttemptRecord {
+            run_id: "r".into(),
+            block: block.into(),
+            attempt,
+            status: "succeeded".into(),
+            retryable: false,
+            started_at: 1,
+            ended_at: 2,
+            error: None,
+        };
+        for i in 0..2_500 {
+            ledger
+                .record_attempt(&attempt(&format!("b{i}"), 1))
+                .await
+                .unwrap();
+        }
+        // The same attempt twice breaks the primary key: its batch is written row by row, and
+        // every other row still lands.
+        ledger.record_attempt(&attempt("b7", 1)).await.unwrap();
+        ledger.record_attempt(&attempt("after", 1)).await.unwrap();
+        // A second handle sees everything once the first has flushed.
+        ledger.flush().await;
+        let other = Ledger::open(&url).await.unwrap();
+        let attempts = other.attempts("r").await.unwrap();
+        assert_eq!(attempts.len(), 2_501);
+        assert!(attempts.iter().any(|a| a.block == "after"));
     }
 
     #[tokio::test]
