@@ -239,10 +239,7 @@ async fn start_and_run(
     };
     // SLA callbacks report on a run from outside it (`serve` sends them when a run is late).
     for (directive, block) in plan.iter_mut().zip(blocks) {
-        if block
-            .callback
-            .is_some_and(|c| c.event == crate::callback::CallbackEvent::Sla)
-        {
+        if block.sla_alert().is_some() {
             *directive = Directive::NotSelected;
         }
     }
@@ -274,7 +271,6 @@ async fn start_and_run(
                 TriggerKind::Schedule => format!("scheduler@{}", ledger.host()),
                 _ => crate::audit::local_actor(ledger.host()),
             });
-        audit = Some((ledger.clone(), actor));
         match claim {
             None => ledger.start_run(&record).await?,
             Some(claim) => {
@@ -287,15 +283,14 @@ async fn start_and_run(
                 }
             }
         }
-        if let Some((ledger, actor)) = &audit {
-            let detail = crate::audit::run_started(&record).to_string();
-            if let Err(error) = ledger
-                .append_audit(pipeline.name, actor, "run_started", &run_id, &detail)
-                .await
-            {
-                error!("the audit trail did not take the run's start: {error}");
-            }
+        let detail = crate::audit::run_started(&record).to_string();
+        if let Err(error) = ledger
+            .append_audit(pipeline.name, &actor, "run_started", &run_id, &detail)
+            .await
+        {
+            error!("the audit trail did not take the run's start: {error}");
         }
+        audit = Some((ledger.clone(), actor));
     }
     let heartbeat = services.ledger.clone().map(|ledger| {
         let run_id = run_id.clone();
@@ -461,10 +456,7 @@ impl<'s> Execution<'s> {
                 Directive::Run => {}
                 Directive::NotSelected => {
                     self.state[index] = State::NotSelected;
-                    let sla_alert = self.pipeline.blocks[index]
-                        .callback
-                        .is_some_and(|c| c.event == crate::callback::CallbackEvent::Sla);
-                    let because = if sla_alert {
+                    let because = if self.pipeline.blocks[index].sla_alert().is_some() {
                         "an SLA alert: `serve` sends it when a scheduled run is late"
                     } else {
                         "not selected for this run"

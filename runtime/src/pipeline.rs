@@ -262,6 +262,15 @@ pub struct BlockDef {
     pub lineage: &'static [(&'static str, &'static str)],
 }
 
+impl BlockDef {
+    /// What the block reports when it is an `on = "sla"` callback: `serve` sends it when a
+    /// scheduled run is late, and no run executes it.
+    pub fn sla_alert(&self) -> Option<&'static crate::callback::CallbackTarget> {
+        self.callback
+            .filter(|c| c.event == crate::callback::CallbackEvent::Sla)
+    }
+}
+
 /// When a block runs, given the outcomes of its upstream blocks (like Airflow's trigger rules).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {

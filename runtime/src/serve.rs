@@ -660,10 +660,7 @@ async fn send_sla_alerts(
 ) {
     let pipeline = state.pipeline;
     for block in pipeline.blocks {
-        let Some(target) = block
-            .callback
-            .filter(|c| c.event == crate::callback::CallbackEvent::Sla)
-        else {
+        let Some(target) = block.sla_alert() else {
             continue;
         };
         let ctx = state.context(run_id, partition);
@@ -779,6 +776,11 @@ struct ListQuery {
     before: Option<i64>,
 }
 
+/// A ledger that cannot be read or written, as the API answers it.
+fn ledger_unavailable(error: crate::ledger::LedgerError) -> ApiError {
+    api_error(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+}
+
 fn ledger(state: &AppState) -> Result<&crate::ledger::Ledger, ApiError> {
     state
         .services
@@ -797,7 +799,7 @@ async fn list_runs(
     let runs = ledger(&state)?
         .runs(state.pipeline.name, limit, query.before)
         .await
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(ledger_unavailable)?;
     Ok(Json(json!({ "runs": runs })))
 }
 
@@ -808,16 +810,14 @@ async fn run_detail(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers, false)?;
     let ledger = ledger(&state)?;
-    let unavailable =
-        |e: crate::ledger::LedgerError| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     let run = ledger
         .run(&run_id)
         .await
-        .map_err(unavailable)?
+        .map_err(ledger_unavailable)?
         .filter(|r| r.pipeline == state.pipeline.name)
         .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no run `{run_id}`")))?;
-    let blocks = ledger.blocks(&run_id).await.map_err(unavailable)?;
-    let attempts = ledger.attempts(&run_id).await.map_err(unavailable)?;
+    let blocks = ledger.blocks(&run_id).await.map_err(ledger_unavailable)?;
+    let attempts = ledger.attempts(&run_id).await.map_err(ledger_unavailable)?;
     Ok(Json(
         json!({ "run": run, "blocks": blocks, "attempts": attempts }),
     ))
@@ -850,7 +850,7 @@ async fn cancel_run(
     let run = ledger(&state)?
         .run(&run_id)
         .await
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(ledger_unavailable)?
         .filter(|r| r.pipeline == state.pipeline.name)
         .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no run `{run_id}`")))?;
     if run.status != "running" {
@@ -864,7 +864,7 @@ async fn cancel_run(
     ledger(&state)?
         .request_cancel(&run_id, &format!("cancelled by {by}"))
         .await
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(ledger_unavailable)?;
     info!(run_id = %run_id, host = %run.host, pid = run.pid, "asked the replica running it to cancel the run");
     Ok((
         StatusCode::ACCEPTED,
@@ -935,7 +935,7 @@ async fn trigger_backfill(
         crate::cli::backfill_partitions(state.pipeline, &body.from, &body.to).map_err(bad)?;
     let plan = backfill_plan(state.pipeline, ledger(&state)?, &partitions, body.rerun_all)
         .await
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(ledger_unavailable)?;
     let (todo, skipped): (Vec<_>, Vec<_>) = plan.into_iter().partition(|p| p.run);
     let todo: Vec<Partition> = todo.into_iter().map(|p| p.partition).collect();
     let task_state = state.clone();
@@ -978,7 +978,7 @@ async fn metrics(
     let metrics = ledger(&state)?
         .metrics(state.pipeline.name, &bounds_ms)
         .await
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(ledger_unavailable)?;
     let pipeline = state.pipeline.name;
     let status = state.status.lock().await;
     let mut out = String::new();

@@ -14,7 +14,7 @@ use polars::prelude::{AnyValue, DataFrame};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
-use super::{ApiError, AppState, api_error, authorize, ledger};
+use super::{ApiError, AppState, api_error, authorize, ledger, ledger_unavailable};
 use crate::pipeline::{BlockDef, Column, Pipeline};
 
 /// The single-page UI.
@@ -130,7 +130,7 @@ pub(super) async fn logs(
     let stored = ledger
         .logs(&run_id, query.block.as_deref())
         .await
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(ledger_unavailable)?;
     let lines = if stored.is_empty() {
         crate::logs::snapshot(&run_id)
             .into_iter()
@@ -156,12 +156,10 @@ pub(super) async fn preview(
     Query(query): Query<PreviewQuery>,
 ) -> Result<Json<Json_>, ApiError> {
     authorize(&state, &headers, false)?;
-    let unavailable =
-        |e: crate::ledger::LedgerError| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     let record = ledger(&state)?
         .blocks(&run_id)
         .await
-        .map_err(unavailable)?
+        .map_err(ledger_unavailable)?
         .into_iter()
         .find(|b| b.block == block)
         .ok_or_else(|| {
