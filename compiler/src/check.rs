@@ -6,12 +6,13 @@ use std::collections::HashSet;
 use crate::diagnostic::{Diagnostic, Span, did_you_mean, line_col};
 use crate::expr::{self, BinaryOp, Expr, ExprKind, UnaryOp};
 use crate::ir::{
-    self, ExprType, Function, PartitionField, Policy, Schema, SourceOrigin, TemplatePart, TypedExpr,
+    self, Aggregate, ExprType, Function, PartitionField, Policy, Schema, SourceOrigin,
+    TemplatePart, TypedExpr,
 };
 use crate::resolve::Graph;
 use crate::syntax::{
     self, BLOCK_KINDS, BlockKind, CallbackOn, CheckKind, CheckSeverity, ColumnDecl, ExprSource,
-    ForEach, Located, PipelineFile, StepOp, Trigger, WriteMode,
+    ForEach, JoinHow, Located, PipelineFile, StepOp, Trigger, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -62,6 +63,7 @@ pub fn check(
             .partitions
             .as_ref()
             .map(|p| p.granularity.value),
+        aggregates: AggregateScope::Rows,
     };
     checker.pipeline(graph)
 }
@@ -71,6 +73,24 @@ struct Checker<'a, 'd> {
     context: &'a Context<'a>,
     diagnostics: &'d mut Vec<Diagnostic>,
     granularity: Option<Granularity>,
+    /// Where aggregate functions may appear in the expression being typed.
+    aggregates: AggregateScope,
+}
+
+/// Where aggregate functions (`sum`, `count`, ...) may appear while an expression is typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AggregateScope {
+    /// Row by row (filters, derivations, checks): only as windows, `sum(x) over (k)`.
+    Rows,
+    /// Inside the `over (...)` of a window, before its aggregate call.
+    Window,
+    /// An `aggregate` block's expression: aggregates, and no bare columns.
+    Groups {
+        /// Whether the block has no `group_by`, so an empty input gives one row of nulls.
+        whole_input: bool,
+    },
+    /// Inside an aggregate call's argument: columns, but no other aggregate.
+    Argument,
 }
 
 /// A template without leading and trailing `/`: dataset folders are relative to the lake.
@@ -217,14 +237,16 @@ impl Checker<'_, '_> {
             for &i in &graph.inputs[b] {
                 consumed[i] = true;
             }
-            let input = graph.inputs[b].first().and_then(|&i| schemas[i].clone());
-            let has_input = graph.inputs[b].is_empty() || input.is_some();
-            if !has_input {
-                // The input failed to check; its errors are already reported and checking this
+            let inputs: Option<Vec<Schema>> = graph.inputs[b]
+                .iter()
+                .map(|&i| schemas[i].clone())
+                .collect();
+            let Some(inputs) = inputs else {
+                // An input failed to check; its errors are already reported and checking this
                 // block against a guessed schema would only add noise.
                 continue;
-            }
-            let Some((op, output)) = self.block(block, input.as_ref()) else {
+            };
+            let Some((op, output)) = self.block(block, &inputs) else {
                 continue;
             };
             if matches!(op, ir::BlockOp::Rust { .. }) {
@@ -736,8 +758,9 @@ impl Checker<'_, '_> {
     fn block(
         &mut self,
         block: &syntax::Block,
-        input: Option<&Schema>,
+        inputs: &[Schema],
     ) -> Option<(ir::BlockOp, Option<Schema>)> {
+        let input = inputs.first();
         match &block.kind {
             BlockKind::HttpSource(source) | BlockKind::FileSource(source) => {
                 let connection_ok = source
@@ -808,6 +831,16 @@ impl Checker<'_, '_> {
                 }
                 Some((ir::BlockOp::Transform { steps: checked }, Some(schema)))
             }
+            BlockKind::Join { keys, how, suffix } => match inputs {
+                [left, right] => self.join(block, keys, how, suffix.as_ref(), left, right),
+                // `resolve` reports a join without exactly two inputs.
+                _ => None,
+            },
+            BlockKind::Union => self.union(block, inputs),
+            BlockKind::Aggregate {
+                group_by,
+                aggregates,
+            } => self.aggregate(group_by, aggregates, input?),
             BlockKind::Rust { function, output } => {
                 self.rust_function(function);
                 let schema = match output {
@@ -1486,6 +1519,317 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// The column type of a computed column; a bare `null` has none.
+    fn column_type(
+        &mut self,
+        name: &Located<String>,
+        source: &ExprSource,
+        ty: ExprType,
+    ) -> Option<ColumnType> {
+        let Some(base) = ty.base else {
+            self.push(
+                Diagnostic::error(
+                    "E0009",
+                    format!("cannot tell the type of `{}`", name.value),
+                    source.span.clone(),
+                    "a bare `null` has no type",
+                )
+                .with_help("cast a typed value instead, e.g. `coalesce(x, 0)`"),
+            );
+            return None;
+        };
+        Some(ColumnType {
+            base,
+            nullable: ty.nullable,
+        })
+    }
+
+    /// A join's output: the left columns, then the right ones without the right keys (their
+    /// values equal the left keys'). Keys must have one type; a right column whose name the
+    /// left input has needs `suffix`.
+    fn join(
+        &mut self,
+        block: &syntax::Block,
+        keys: &syntax::JoinKeys,
+        how: &Located<JoinHow>,
+        suffix: Option<&Located<String>>,
+        left: &Schema,
+        right: &Schema,
+    ) -> Option<(ir::BlockOp, Option<Schema>)> {
+        let left_name = &block.inputs[0].value;
+        let right_name = &block.inputs[1].value;
+        let mut ok = true;
+        for (l, r) in &keys.pairs {
+            let left_type = find(left, &l.value);
+            let right_type = find(right, &r.value);
+            if left_type.is_none() {
+                self.unknown_column(
+                    &l.value,
+                    l.span.clone(),
+                    left,
+                    &format!("in the left input `{left_name}`"),
+                );
+                ok = false;
+            }
+            if right_type.is_none() {
+                self.unknown_column(
+                    &r.value,
+                    r.span.clone(),
+                    right,
+                    &format!("in the right input `{right_name}`"),
+                );
+                ok = false;
+            }
+            if let (Some(lt), Some(rt)) = (left_type, right_type)
+                && lt.base != rt.base
+            {
+                let mut diagnostic = if l.span == r.span {
+                    Diagnostic::error(
+                        "E0030",
+                        format!(
+                            "the join key `{}` has different types on the two sides",
+                            l.value
+                        ),
+                        l.span.clone(),
+                        format!(
+                            "{} in `{left_name}`, {} in `{right_name}`",
+                            lt.base.name(),
+                            rt.base.name()
+                        ),
+                    )
+                } else {
+                    Diagnostic::error(
+                        "E0030",
+                        format!(
+                            "join keys `{}` and `{}` have different types",
+                            l.value, r.value
+                        ),
+                        l.span.clone(),
+                        format!("{} in `{left_name}`", lt.base.name()),
+                    )
+                    .with_label(
+                        r.span.clone(),
+                        format!("{} in `{right_name}`", rt.base.name()),
+                    )
+                };
+                diagnostic = diagnostic
+                    .with_note(format!("no {} equals a {}: the join would match no rows", lt.base.name(), rt.base.name()))
+                    .with_help(format!("cast one side in a transform before the join, e.g. `cast = {{ {} = \"{}\" }}` on `{right_name}`'s side", r.value, lt.base.name()));
+                self.push(diagnostic);
+                ok = false;
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let right_keys: Vec<&str> = keys.pairs.iter().map(|(_, r)| r.value.as_str()).collect();
+        let left_keys: Vec<&str> = keys.pairs.iter().map(|(l, _)| l.value.as_str()).collect();
+        let mut schema: Schema = left
+            .iter()
+            .map(|(name, ty)| {
+                let mut ty = *ty;
+                let key = keys.pairs.iter().find(|(l, _)| &l.value == name);
+                match (how.value, key) {
+                    // Null keys match nothing, so an inner join's keys are never null.
+                    (JoinHow::Inner, Some(_)) => ty.nullable = false,
+                    // A full join's key is the left key or, for right rows without a match,
+                    // the right key.
+                    (JoinHow::Full, Some((_, r))) => {
+                        ty.nullable |= find(right, &r.value).is_some_and(|t| t.nullable);
+                    }
+                    (JoinHow::Full, None) => ty.nullable = true,
+                    _ => {}
+                }
+                (name.clone(), ty)
+            })
+            .collect();
+        let right_span = block.inputs[1].span.clone();
+        for (name, ty) in right {
+            if right_keys.contains(&name.as_str()) {
+                continue;
+            }
+            let mut ty = *ty;
+            ty.nullable |= how.value != JoinHow::Inner;
+            let out = match (find(&schema, name).is_some(), suffix) {
+                (false, _) => name.clone(),
+                (true, Some(suffix)) => format!("{name}{}", suffix.value),
+                (true, None) => {
+                    let what = if left_keys.contains(&name.as_str()) {
+                        "a key of the left input"
+                    } else {
+                        "a column of the left input too"
+                    };
+                    self.push(
+                        Diagnostic::error("E0017", format!("both inputs of the join have a column `{name}`"), right_span.clone(), format!("`{right_name}` has `{name}`, {what}"))
+                            .with_label(block.inputs[0].span.clone(), format!("`{left_name}` has `{name}`"))
+                            .with_help(format!("drop or rename `{name}` on one side before the join, or set `suffix = \"_{right_name}\"` to rename the right input's columns that collide")),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if find(&schema, &out).is_some() {
+                let span = suffix.map_or(right_span.clone(), |s| s.span.clone());
+                self.push(
+                    Diagnostic::error(
+                        "E0017",
+                        format!("the join would make two columns `{out}`"),
+                        span,
+                        format!("`{right_name}.{name}` becomes `{out}`, which exists already"),
+                    )
+                    .with_help("choose another suffix, or rename the column before the join"),
+                );
+                ok = false;
+                continue;
+            }
+            schema.push((out, ty));
+        }
+        let op = ir::BlockOp::Join {
+            how: how.value,
+            left_on: left_keys.iter().map(|k| k.to_string()).collect(),
+            right_on: right_keys.iter().map(|k| k.to_string()).collect(),
+            suffix: suffix.map(|s| s.value.clone()),
+        };
+        ok.then_some((op, Some(schema)))
+    }
+
+    /// A union's output has the first input's columns; every other input must have the same
+    /// names and types, in any order. A column is nullable when it is in any input.
+    fn union(
+        &mut self,
+        block: &syntax::Block,
+        inputs: &[Schema],
+    ) -> Option<(ir::BlockOp, Option<Schema>)> {
+        let (first, others) = inputs.split_first()?;
+        let first_name = &block.inputs[0].value;
+        let mut schema = first.clone();
+        let mut ok = true;
+        for (position, other) in others.iter().enumerate() {
+            let entry = &block.inputs[position + 1];
+            let mut notes = Vec::new();
+            let missing: Vec<&str> = first
+                .iter()
+                .filter(|(n, _)| find(other, n).is_none())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !missing.is_empty() {
+                notes.push(format!("`{}` lacks {}", entry.value, quoted_list(&missing)));
+            }
+            let extra: Vec<&str> = other
+                .iter()
+                .filter(|(n, _)| find(first, n).is_none())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !extra.is_empty() {
+                notes.push(format!(
+                    "only `{}` has {}",
+                    entry.value,
+                    quoted_list(&extra)
+                ));
+            }
+            for (name, ty) in other {
+                if let Some(column) = schema.iter_mut().find(|(n, _)| n == name) {
+                    if column.1.base != ty.base {
+                        notes.push(format!(
+                            "`{name}` is {} in `{first_name}` but {} in `{}`",
+                            column.1.base.name(),
+                            ty.base.name(),
+                            entry.value
+                        ));
+                    }
+                    column.1.nullable |= ty.nullable;
+                }
+            }
+            if !notes.is_empty() {
+                let mut diagnostic = Diagnostic::error(
+                    "E0031",
+                    format!(
+                        "`{}` does not have the columns of `{first_name}`",
+                        entry.value
+                    ),
+                    entry.span.clone(),
+                    "its rows cannot be stacked under the first input's",
+                )
+                .with_label(
+                    block.inputs[0].span.clone(),
+                    "the union's columns come from here",
+                );
+                for note in notes {
+                    diagnostic = diagnostic.with_note(note);
+                }
+                self.push(diagnostic.with_help("select, rename or cast in a transform before the union, so that every input has the same columns with the same types"));
+                ok = false;
+            }
+        }
+        ok.then_some((ir::BlockOp::Union, Some(schema)))
+    }
+
+    /// An aggregate block's output: its group keys with their types, then one column per
+    /// aggregate expression.
+    fn aggregate(
+        &mut self,
+        group_by: &[Located<String>],
+        aggregates: &[(Located<String>, ExprSource)],
+        input: &Schema,
+    ) -> Option<(ir::BlockOp, Option<Schema>)> {
+        let mut schema = Schema::new();
+        let mut ok = true;
+        for key in group_by {
+            match find(input, &key.value) {
+                Some(_) if find(&schema, &key.value).is_some() => {
+                    self.push(Diagnostic::error(
+                        "E0005",
+                        format!("`{}` is listed twice in `group_by`", key.value),
+                        key.span.clone(),
+                        "already a group key",
+                    ));
+                    ok = false;
+                }
+                Some(ty) => schema.push((key.value.clone(), *ty)),
+                None => {
+                    self.unknown_column(&key.value, key.span.clone(), input, "to group by");
+                    ok = false;
+                }
+            }
+        }
+        let mut computed = Vec::new();
+        for (name, source) in aggregates {
+            self.aggregates = AggregateScope::Groups {
+                whole_input: group_by.is_empty(),
+            };
+            let typed = self.typed_expr(source, input);
+            self.aggregates = AggregateScope::Rows;
+            let Some((expr, ty)) = typed else {
+                ok = false;
+                continue;
+            };
+            let Some(ty) = self.column_type(name, source, ty) else {
+                ok = false;
+                continue;
+            };
+            if find(&schema, &name.value).is_some() {
+                self.push(
+                    Diagnostic::error(
+                        "E0017",
+                        format!("`{}` is a group key and an aggregate", name.value),
+                        name.span.clone(),
+                        "a column of this name is in the output already",
+                    )
+                    .with_help("give the aggregate another name"),
+                );
+                ok = false;
+                continue;
+            }
+            schema.push((name.value.clone(), ty));
+            computed.push((name.value.clone(), expr));
+        }
+        let op = ir::BlockOp::Aggregate {
+            group_by: group_by.iter().map(|k| k.value.clone()).collect(),
+            aggregates: computed,
+        };
+        ok.then_some((op, Some(schema)))
+    }
+
     fn step(&mut self, op: &StepOp, schema: &mut Schema) -> Option<ir::StepOp> {
         match op {
             StepOp::Filter(source) => {
@@ -1521,22 +1865,9 @@ impl Checker<'_, '_> {
                 for (name, source) in columns {
                     match self.typed_expr(source, &before) {
                         Some((expr, ty)) => {
-                            let Some(base) = ty.base else {
-                                self.push(
-                                    Diagnostic::error(
-                                        "E0009",
-                                        format!("cannot tell the type of `{}`", name.value),
-                                        source.span.clone(),
-                                        "a bare `null` has no type",
-                                    )
-                                    .with_help("cast a typed value instead, e.g. `coalesce(x, 0)`"),
-                                );
+                            let Some(ty) = self.column_type(name, source, ty) else {
                                 failed = true;
                                 continue;
-                            };
-                            let ty = ColumnType {
-                                base,
-                                nullable: ty.nullable,
                             };
                             match schema.iter_mut().find(|(n, _)| n == &name.value) {
                                 Some(entry) => entry.1 = ty,
@@ -1859,6 +2190,13 @@ impl Checker<'_, '_> {
             nullable,
         };
         match &e.kind {
+            ExprKind::Column(name) if matches!(self.aggregates, AggregateScope::Groups { .. }) => {
+                self.push(
+                    Diagnostic::error("E0009", format!("`{name}` is neither a group key nor aggregated"), source.file_span(e.span.clone()), "a column outside an aggregate function")
+                        .with_help(format!("aggregate it, e.g. `max({name})`, or add it to `group_by` (group keys are in the output already)")),
+                );
+                None
+            }
             ExprKind::Column(name) => match find(schema, name) {
                 Some(ty) => Some((TypedExpr::Column(name.clone()), typed(ty.base, ty.nullable))),
                 None => {
@@ -2082,8 +2420,217 @@ impl Checker<'_, '_> {
                 name,
                 name_span,
                 args,
-            } => self.call(name, name_span, args, source, schema),
+            } => match Aggregate::named(name) {
+                Some(aggregate) => {
+                    self.aggregate_call(aggregate, name, name_span, args, source, schema)
+                }
+                None => self.call(name, name_span, args, source, schema),
+            },
+            ExprKind::Window { call, partition_by } => {
+                self.window(e, call, partition_by, source, schema)
+            }
         }
+    }
+
+    /// `AGGREGATE(x) over (a, b)`: allowed wherever rows are handled one by one.
+    fn window(
+        &mut self,
+        e: &Expr,
+        call: &Expr,
+        partition_by: &[Expr],
+        source: &ExprSource,
+        schema: &Schema,
+    ) -> Option<(TypedExpr, ExprType)> {
+        if self.aggregates != AggregateScope::Rows {
+            self.push(
+                Diagnostic::error("E0009", "`over (...)` has no place here", source.file_span(e.span.clone()), "a window inside an aggregate")
+                    .with_help("an aggregate block computes each aggregate per group of its `group_by`: remove `over (...)`"),
+            );
+            return None;
+        }
+        let is_aggregate =
+            matches!(&call.kind, ExprKind::Call { name, .. } if Aggregate::named(name).is_some());
+        if !is_aggregate {
+            let names: Vec<&str> = Aggregate::ALL.iter().map(|(n, _)| *n).collect();
+            self.push(
+                Diagnostic::error(
+                    "E0009",
+                    "`over (...)` follows an aggregate call",
+                    source.file_span(call.span.clone()),
+                    "not an aggregate",
+                )
+                .with_note(format!("aggregates: {}", names.join(", "))),
+            );
+            return None;
+        }
+        let mut columns = Vec::new();
+        for column in partition_by {
+            match &column.kind {
+                ExprKind::Column(name) if find(schema, name).is_some() => {
+                    columns.push(name.clone())
+                }
+                ExprKind::Column(name) => {
+                    self.unknown_column(
+                        name,
+                        source.file_span(column.span.clone()),
+                        schema,
+                        "to partition the window by",
+                    );
+                    return None;
+                }
+                _ => {
+                    self.type_error(
+                        source,
+                        &column.span,
+                        "`over (...)` lists the columns that form the groups".into(),
+                        "not a column".into(),
+                    );
+                    return None;
+                }
+            }
+        }
+        let saved = std::mem::replace(&mut self.aggregates, AggregateScope::Window);
+        let typed = self.infer(call, source, schema);
+        self.aggregates = saved;
+        let (typed, ty) = typed?;
+        Some((TypedExpr::Window(Box::new(typed), columns), ty))
+    }
+
+    /// `count()`, `sum(x)`, ...: in an aggregate block or a window only.
+    fn aggregate_call(
+        &mut self,
+        aggregate: Aggregate,
+        name: &str,
+        name_span: &Span,
+        args: &[Expr],
+        source: &ExprSource,
+        schema: &Schema,
+    ) -> Option<(TypedExpr, ExprType)> {
+        let span = source.file_span(name_span.clone());
+        let whole_input = match self.aggregates {
+            AggregateScope::Rows => {
+                self.push(
+                    Diagnostic::error("E0009", format!("`{name}` turns many rows into one value"), span, "an aggregate in a row-by-row expression")
+                        .with_help(format!("make it a window, `{name}(...) over (vendor_id)` (computed per group of rows and repeated on each), or group the rows in a `kind = \"aggregate\"` block")),
+                );
+                return None;
+            }
+            AggregateScope::Argument => {
+                self.push(
+                    Diagnostic::error(
+                        "E0009",
+                        "an aggregate inside an aggregate",
+                        span,
+                        "nested aggregate",
+                    )
+                    .with_help(
+                        "aggregate a column once; for two levels, chain two aggregate blocks",
+                    ),
+                );
+                return None;
+            }
+            AggregateScope::Window => false,
+            AggregateScope::Groups { whole_input } => whole_input,
+        };
+        let arity_ok = match aggregate {
+            Aggregate::Count => args.len() <= 1,
+            _ => args.len() == 1,
+        };
+        if !arity_ok {
+            let expected = if aggregate == Aggregate::Count {
+                "no argument (rows) or 1 (non-null values)"
+            } else {
+                "1 argument"
+            };
+            self.push(Diagnostic::error(
+                "E0015",
+                format!("`{name}` takes {expected}"),
+                span,
+                format!("called with {}", args.len()),
+            ));
+            return None;
+        }
+        let int64 = ExprType {
+            base: Some(BaseType::Int64),
+            nullable: false,
+        };
+        let Some(arg) = args.first() else {
+            return Some((TypedExpr::Aggregate(Aggregate::Count, None), int64));
+        };
+        let saved = std::mem::replace(&mut self.aggregates, AggregateScope::Argument);
+        let typed = self.infer(arg, source, schema);
+        self.aggregates = saved;
+        let (typed, ty) = typed?;
+        let ordered = [
+            BaseType::Int64,
+            BaseType::Float64,
+            BaseType::Date,
+            BaseType::Timestamp,
+            BaseType::String,
+        ];
+        let (result, needs) = match aggregate {
+            Aggregate::Count | Aggregate::CountDistinct => (Some(int64), ""),
+            Aggregate::Sum => (
+                ty.base
+                    .is_none_or(BaseType::is_numeric)
+                    .then_some(ExprType {
+                        base: ty.base,
+                        nullable: false,
+                    }),
+                "numbers",
+            ),
+            Aggregate::Mean => (
+                ty.base
+                    .is_none_or(BaseType::is_numeric)
+                    .then_some(ExprType {
+                        base: Some(BaseType::Float64),
+                        nullable: true,
+                    }),
+                "numbers",
+            ),
+            Aggregate::Min | Aggregate::Max => (
+                ty.base
+                    .is_none_or(|b| ordered.contains(&b))
+                    .then_some(ExprType {
+                        base: ty.base,
+                        nullable: ty.nullable || whole_input,
+                    }),
+                "numbers, dates, timestamps or strings",
+            ),
+        };
+        let Some(result) = result else {
+            let what = match &arg.kind {
+                ExprKind::Column(column) => {
+                    format!("`{column}` is {}", ty.base.map_or("null", BaseType::name))
+                }
+                _ => format!("this is {}", ty.base.map_or("null", BaseType::name)),
+            };
+            let column = match &arg.kind {
+                ExprKind::Column(column) => column.as_str(),
+                _ => "x",
+            };
+            let help = if needs == "numbers" {
+                format!(
+                    "cast it to a number in a transform before (`cast = {{ {column} = \"float64\" }}`), or count its values with `count({column})` or `count_distinct({column})`"
+                )
+            } else {
+                format!("count its values with `count({column})`, or derive a number from it first")
+            };
+            self.push(
+                Diagnostic::error(
+                    "E0009",
+                    format!("`{name}` needs {needs}"),
+                    source.file_span(arg.span.clone()),
+                    what,
+                )
+                .with_help(help),
+            );
+            return None;
+        };
+        Some((
+            TypedExpr::Aggregate(aggregate, Some(Box::new(typed))),
+            result,
+        ))
     }
 
     fn not_constant(&mut self, source: &ExprSource, item: &Expr) -> Option<(TypedExpr, ExprType)> {
@@ -2128,8 +2675,15 @@ impl Checker<'_, '_> {
                         source.file_span(name_span.clone()),
                         "not a function of the expression language",
                     )
-                    .with_optional_help(did_you_mean(name, FUNCTIONS))
-                    .with_note(format!("functions: {}", FUNCTIONS.join(", "))),
+                    .with_optional_help(did_you_mean(
+                        name,
+                        FUNCTIONS.into_iter().chain(Aggregate::ALL.map(|(n, _)| n)),
+                    ))
+                    .with_note(format!(
+                        "functions: {}; aggregates: {}",
+                        FUNCTIONS.join(", "),
+                        Aggregate::ALL.map(|(n, _)| n).join(", ")
+                    )),
                 );
                 return None;
             }
@@ -2382,6 +2936,15 @@ fn has_literal_password(url: &str) -> bool {
 }
 
 /// `90s`, `15m`, `2h10m` for a number of milliseconds.
+/// `a`, `b` and `c` as "`a`, `b`, `c`".
+fn quoted_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn human_ms(ms: u64) -> String {
     let seconds = ms / 1000;
     match seconds {

@@ -9,12 +9,12 @@ use quote::{format_ident, quote};
 
 use crate::expr::BinaryOp;
 use crate::ir::{
-    Block, BlockOp, Function, PartitionField, Pipeline, SourceOrigin, StepOp, TemplatePart,
-    TypedExpr,
+    Aggregate, Block, BlockOp, Function, PartitionField, Pipeline, SourceOrigin, StepOp,
+    TemplatePart, TypedExpr,
 };
 use crate::syntax::{
-    CallbackOn, Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, Pagination,
-    SecretRef, SensorKind, Trigger, WebhookFormat, WriteMode,
+    CallbackOn, Catchup, CheckSeverity, Compression, FileFormat, ForEach, JoinHow, Overlap,
+    Pagination, SecretRef, SensorKind, Trigger, WebhookFormat, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -388,6 +388,9 @@ fn kind_tokens(op: &BlockOp) -> TokenStream {
         BlockOp::RestSource { .. } => quote!(BlockKind::RestSource),
         BlockOp::SqlSource { .. } => quote!(BlockKind::SqlSource),
         BlockOp::Transform { .. } => quote!(BlockKind::Transform),
+        BlockOp::Join { .. } => quote!(BlockKind::Join),
+        BlockOp::Union => quote!(BlockKind::Union),
+        BlockOp::Aggregate { .. } => quote!(BlockKind::Aggregate),
         BlockOp::Rust { .. } => quote!(BlockKind::Rust),
         BlockOp::TableSink { .. } => quote!(BlockKind::TableSink),
         BlockOp::LakeSink { .. } => quote!(BlockKind::LakeSink),
@@ -813,6 +816,37 @@ pub(crate) fn summary(block: &Block) -> String {
             steps.len(),
             if steps.len() == 1 { "" } else { "s" }
         ),
+        BlockOp::Join {
+            how,
+            left_on,
+            right_on,
+            ..
+        } => {
+            let keys: Vec<String> = left_on
+                .iter()
+                .zip(right_on)
+                .map(|(l, r)| {
+                    if l == r {
+                        l.clone()
+                    } else {
+                        format!("{l} = {r}")
+                    }
+                })
+                .collect();
+            format!("{} join on {}", how.name(), keys.join(", "))
+        }
+        BlockOp::Union => "union of its inputs' rows".to_string(),
+        BlockOp::Aggregate {
+            group_by,
+            aggregates,
+        } => {
+            let names: Vec<&str> = aggregates.iter().map(|(n, _)| n.as_str()).collect();
+            if group_by.is_empty() {
+                format!("{} over all rows", names.join(", "))
+            } else {
+                format!("{} by {}", names.join(", "), group_by.join(", "))
+            }
+        }
         BlockOp::Rust { function } => format!("blocks::{function}"),
         BlockOp::TableSink {
             connection,
@@ -903,9 +937,15 @@ fn dispatch_arm(index: usize, block: &Block) -> TokenStream {
         BlockOp::Source { .. } | BlockOp::RestSource { .. } | BlockOp::SqlSource { .. } => {
             quote!(Box::pin(async move { #function(&ctx).await.map(Some) }))
         }
-        BlockOp::Transform { .. } | BlockOp::Rust { .. } => {
+        BlockOp::Transform { .. } | BlockOp::Rust { .. } | BlockOp::Aggregate { .. } => {
             quote!(ctx.compute(move |ctx| #function(ctx, inputs.remove(0)).map(Some)))
         }
+        BlockOp::Join { .. } => quote!(ctx.compute(move |ctx| {
+            let right = inputs.remove(1);
+            let left = inputs.remove(0);
+            #function(ctx, left, right).map(Some)
+        })),
+        BlockOp::Union => quote!(ctx.compute(move |ctx| #function(ctx, inputs).map(Some))),
         BlockOp::TableSink { .. }
         | BlockOp::LakeSink { .. }
         | BlockOp::ExportSink { .. }
@@ -933,6 +973,9 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
         BlockOp::RestSource { .. } => "REST source",
         BlockOp::SqlSource { .. } => "SQL source",
         BlockOp::Transform { .. } => "transform",
+        BlockOp::Join { .. } => "join",
+        BlockOp::Union => "union",
+        BlockOp::Aggregate { .. } => "aggregate",
         BlockOp::Rust { .. } => "hand-written Rust block",
         BlockOp::TableSink { .. } => "table sink",
         BlockOp::LakeSink { .. } => "lake sink",
@@ -1103,20 +1146,90 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             let output = schema_const(block);
             // Steps that read neither a parameter nor the partition, and no checks, leave the
             // context unused.
-            let body = quote!(#(#statements)* #checks);
-            let uses_context = body
-                .clone()
-                .into_iter()
-                .any(|token| mentions_context(&token));
-            let ctx = if uses_context {
-                quote!(ctx)
-            } else {
-                quote!(_ctx)
-            };
+            let ctx = context_parameter(&quote!(#(#statements)* #checks));
             quote! {
                 #(#doc)*
                 fn #function(#ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
                     #(#statements)*
+                    let frame = conform(frame.collect()?, #output)?;
+                    #checks
+                    Ok(frame)
+                }
+            }
+        }
+        BlockOp::Join {
+            how,
+            left_on,
+            right_on,
+            suffix,
+        } => {
+            let output = schema_const(block);
+            let how = match how {
+                JoinHow::Inner => quote!(JoinType::Inner),
+                JoinHow::Left => quote!(JoinType::Left),
+                JoinHow::Full => quote!(JoinType::Full),
+            };
+            let suffix = suffix
+                .as_ref()
+                .map(|suffix| quote!(.with_suffix(Some(#suffix.into()))));
+            let ctx = context_parameter(&checks);
+            quote! {
+                #(#doc)*
+                fn #function(#ctx: &RunContext, left: DataFrame, right: DataFrame) -> BlockResult<DataFrame> {
+                    // The right keys are merged into the left ones, which the compiled schema
+                    // keeps; null keys match nothing.
+                    let frame = left.lazy().join(
+                        right.lazy(),
+                        [#(col(#left_on)),*],
+                        [#(col(#right_on)),*],
+                        JoinArgs::new(#how).with_coalesce(JoinCoalesce::CoalesceColumns) #suffix,
+                    );
+                    let frame = conform(frame.collect()?, #output)?;
+                    #checks
+                    Ok(frame)
+                }
+            }
+        }
+        BlockOp::Union => {
+            let output = schema_const(block);
+            let columns = block.output.iter().flatten().map(|(name, _)| name);
+            let ctx = context_parameter(&checks);
+            quote! {
+                #(#doc)*
+                fn #function(#ctx: &RunContext, inputs: Vec<DataFrame>) -> BlockResult<DataFrame> {
+                    // Each input is put in the first one's column order, so rows stack by name.
+                    let frames: Vec<LazyFrame> = inputs
+                        .into_iter()
+                        .map(|input| input.lazy().select([#(col(#columns)),*]))
+                        .collect();
+                    let frame = concat(frames, UnionArgs::default())?;
+                    let frame = conform(frame.collect()?, #output)?;
+                    #checks
+                    Ok(frame)
+                }
+            }
+        }
+        BlockOp::Aggregate {
+            group_by,
+            aggregates,
+        } => {
+            let output = schema_const(block);
+            let computed = aggregates.iter().map(|(name, expr)| {
+                let expr = expr_tokens(expr);
+                quote!(#expr.alias(#name))
+            });
+            // Groups keep the order in which their keys first appear, so a run's output
+            // (and its checksum) does not change from run to run.
+            let grouped = if group_by.is_empty() {
+                quote!(input.lazy().select([#(#computed),*]))
+            } else {
+                quote!(input.lazy().group_by_stable([#(col(#group_by)),*]).agg([#(#computed),*]))
+            };
+            let ctx = context_parameter(&quote!(#grouped #checks));
+            quote! {
+                #(#doc)*
+                fn #function(#ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
+                    let frame = #grouped;
                     let frame = conform(frame.collect()?, #output)?;
                     #checks
                     Ok(frame)
@@ -1253,6 +1366,20 @@ fn formatted(parts: &[TemplatePart], literal: &str, args: &[TokenStream]) -> Tok
 }
 
 /// Whether a token tree uses the identifier `ctx`.
+/// `ctx` when the body uses the run context, `_ctx` when it does not (steps that read neither
+/// a parameter nor the partition, and no checks).
+fn context_parameter(body: &TokenStream) -> TokenStream {
+    if body
+        .clone()
+        .into_iter()
+        .any(|token| mentions_context(&token))
+    {
+        quote!(ctx)
+    } else {
+        quote!(_ctx)
+    }
+}
+
 fn mentions_context(token: &proc_macro2::TokenTree) -> bool {
     match token {
         proc_macro2::TokenTree::Ident(ident) => ident == "ctx",
@@ -1423,6 +1550,29 @@ fn expr_tokens(expr: &TypedExpr) -> TokenStream {
             let list = list_tokens(values);
             let test = quote!(#inner.is_in(#list, false));
             if *negated { quote!(#test.not()) } else { test }
+        }
+        TypedExpr::Aggregate(aggregate, argument) => {
+            let Some(argument) = argument else {
+                return quote!(len().cast(DataType::Int64));
+            };
+            let argument = expr_tokens(argument);
+            match aggregate {
+                Aggregate::Count => quote!(#argument.count().cast(DataType::Int64)),
+                Aggregate::CountDistinct => {
+                    quote!(#argument.drop_nulls().n_unique().cast(DataType::Int64))
+                }
+                Aggregate::Sum => quote!(#argument.sum()),
+                Aggregate::Mean => quote!(#argument.mean()),
+                Aggregate::Min => quote!(#argument.min()),
+                Aggregate::Max => quote!(#argument.max()),
+            }
+        }
+        // A window over no columns is the aggregate of the whole frame, which polars repeats
+        // on every row by itself.
+        TypedExpr::Window(aggregate, columns) if columns.is_empty() => expr_tokens(aggregate),
+        TypedExpr::Window(aggregate, columns) => {
+            let aggregate = expr_tokens(aggregate);
+            quote!(#aggregate.over([#(col(#columns)),*])?)
         }
         TypedExpr::Call(function, typed_args) => {
             let args: Vec<TokenStream> = typed_args.iter().map(expr_tokens).collect();

@@ -61,6 +61,14 @@ pub enum ExprKind {
         /// The arguments.
         args: Vec<Expr>,
     },
+    /// `sum(fare) over (vendor_id)`: an aggregate computed per group of rows and repeated on
+    /// every row of the group, as SQL's window functions.
+    Window {
+        /// The aggregate call.
+        call: Box<Expr>,
+        /// The columns whose values form the groups; empty for the whole frame.
+        partition_by: Vec<Expr>,
+    },
 }
 
 /// Unary operators.
@@ -489,6 +497,35 @@ impl Parser {
         }
     }
 
+    /// `CALL over (a, b)`: the call becomes a window expression; without `over` it stays a call.
+    fn window(&mut self, call: Expr) -> Result<Expr, ParseError> {
+        if !self.peek_keyword("over") {
+            return Ok(call);
+        }
+        self.next();
+        self.expect_symbol("(")?;
+        let mut partition_by = Vec::new();
+        if !self.peek_symbol(")") {
+            loop {
+                partition_by.push(self.expr(0)?);
+                if self.peek_symbol(",") {
+                    self.next();
+                } else {
+                    break;
+                }
+            }
+        }
+        let close = self.expect_symbol(")")?;
+        let span = call.span.start..close.end;
+        Ok(Expr {
+            kind: ExprKind::Window {
+                call: Box::new(call),
+                partition_by,
+            },
+            span,
+        })
+    }
+
     fn identifier(&mut self, name: String, span: Span) -> Result<Expr, ParseError> {
         let lower = name.to_ascii_lowercase();
         match lower.as_str() {
@@ -550,14 +587,15 @@ impl Parser {
                 }
             }
             let close = self.expect_symbol(")")?;
-            return Ok(Expr {
+            let call = Expr {
                 kind: ExprKind::Call {
                     name: lower,
                     name_span: span.clone(),
                     args,
                 },
                 span: span.start..close.end,
-            });
+            };
+            return self.window(call);
         }
         Ok(Expr {
             kind: ExprKind::Column(name),
@@ -590,6 +628,10 @@ fn visit<'a>(expr: &'a Expr, f: &mut impl FnMut(&'a Expr)) {
             list.iter().for_each(|item| visit(item, f));
         }
         ExprKind::Call { args, .. } => args.iter().for_each(|arg| visit(arg, f)),
+        ExprKind::Window { call, partition_by } => {
+            visit(call, f);
+            partition_by.iter().for_each(|column| visit(column, f));
+        }
         ExprKind::Column(_)
         | ExprKind::Literal(_)
         | ExprKind::Null

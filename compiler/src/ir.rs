@@ -5,8 +5,8 @@
 
 use crate::expr::BinaryOp;
 use crate::syntax::{
-    Catchup, CheckSeverity, Compression, FileFormat, ForEach, Overlap, RestOptions, SecretRef,
-    Trigger, WebhookFormat, WriteMode,
+    Catchup, CheckSeverity, Compression, FileFormat, ForEach, JoinHow, Overlap, RestOptions,
+    SecretRef, Trigger, WebhookFormat, WriteMode,
 };
 use crate::types::{BaseType, ColumnType, Granularity, Literal};
 
@@ -204,6 +204,26 @@ pub enum BlockOp {
     Rust {
         /// The function's name in the pipeline's Rust module.
         function: String,
+    },
+    /// Joins its two inputs (left, right) on key columns.
+    Join {
+        /// Inner, left or full.
+        how: JoinHow,
+        /// The key columns of the left input.
+        left_on: Vec<String>,
+        /// The key columns of the right input, paired with `left_on`.
+        right_on: Vec<String>,
+        /// Appended to a right column whose name the left input already has.
+        suffix: Option<String>,
+    },
+    /// Stacks the rows of its inputs, which have the same columns (matched by name).
+    Union,
+    /// One row per group of equal key values, with aggregates of the group's rows.
+    Aggregate {
+        /// The key columns, in output order.
+        group_by: Vec<String>,
+        /// The aggregate columns: name and expression (built of aggregate calls).
+        aggregates: Vec<(String, TypedExpr)>,
     },
     /// Writes one file per run at a templated path of an object store.
     ExportSink {
@@ -443,4 +463,47 @@ pub enum TypedExpr {
     InList(Box<TypedExpr>, Vec<Literal>, bool),
     /// A function call.
     Call(Function, Vec<TypedExpr>),
+    /// An aggregate over the rows of a group: `count()` has no argument.
+    Aggregate(Aggregate, Option<Box<TypedExpr>>),
+    /// An aggregate per group of rows with equal values in these columns, repeated on every
+    /// row (`sum(x) over (k)`); no columns means the whole frame.
+    Window(Box<TypedExpr>, Vec<String>),
+}
+
+/// Aggregate functions: in an `aggregate` block, or with `over (...)` anywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregate {
+    /// `count()`: the rows; `count(x)`: the non-null values.
+    Count,
+    /// `count_distinct(x)`: the distinct non-null values.
+    CountDistinct,
+    /// `sum(x)` of numbers; 0 for no values.
+    Sum,
+    /// `mean(x)` (or `avg(x)`) of numbers; null for no values.
+    Mean,
+    /// `min(x)` of numbers, dates, timestamps or strings.
+    Min,
+    /// `max(x)`.
+    Max,
+}
+
+impl Aggregate {
+    /// The functions by name, as written in expressions.
+    pub const ALL: [(&'static str, Aggregate); 7] = [
+        ("count", Aggregate::Count),
+        ("count_distinct", Aggregate::CountDistinct),
+        ("sum", Aggregate::Sum),
+        ("mean", Aggregate::Mean),
+        ("avg", Aggregate::Mean),
+        ("min", Aggregate::Min),
+        ("max", Aggregate::Max),
+    ];
+
+    /// The function called `name`, if it is an aggregate.
+    pub fn named(name: &str) -> Option<Aggregate> {
+        Aggregate::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
 }

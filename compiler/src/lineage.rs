@@ -116,6 +116,47 @@ pub fn lineage(pipeline: &Pipeline) -> Vec<Lineage> {
                     (name.clone(), origins)
                 })
                 .collect(),
+            BlockOp::Join {
+                left_on,
+                right_on,
+                suffix,
+                ..
+            } => match block.inputs[..] {
+                [left, right] => join_lineage(
+                    &all[left],
+                    &all[right],
+                    left_on,
+                    right_on,
+                    suffix.as_deref(),
+                ),
+                _ => input,
+            },
+            // A union's column holds the values of its namesakes in every input.
+            BlockOp::Union => input
+                .iter()
+                .map(|(name, origins)| {
+                    let mut origins = origins.clone();
+                    for &other in &block.inputs[1..] {
+                        if let Some((_, more)) = all[other].iter().find(|(c, _)| c == name) {
+                            origins.extend(more.iter().cloned());
+                        }
+                    }
+                    (name.clone(), origins)
+                })
+                .collect(),
+            BlockOp::Aggregate {
+                group_by,
+                aggregates,
+            } => {
+                let mut out: Lineage = group_by
+                    .iter()
+                    .filter_map(|key| input.iter().find(|(c, _)| c == key).cloned())
+                    .collect();
+                for (name, expr) in aggregates {
+                    out.push((name.clone(), expression_origins(&input, expr)));
+                }
+                out
+            }
             _ => input,
         };
         all.push(lineage);
@@ -130,20 +171,7 @@ fn apply(lineage: &mut Lineage, op: &StepOp) {
         StepOp::Derive(columns) => {
             let before = lineage.clone();
             for (name, expr) in columns {
-                let mut origins = BTreeSet::new();
-                references(expr, &mut |reference| match reference {
-                    Some(column) => {
-                        if let Some((_, from)) = before.iter().find(|(c, _)| c == column) {
-                            origins.extend(from.iter().cloned());
-                        }
-                    }
-                    None => {
-                        origins.insert(Origin::Computed);
-                    }
-                });
-                if origins.is_empty() {
-                    origins.insert(Origin::Computed);
-                }
+                let origins = expression_origins(&before, expr);
                 match lineage.iter_mut().find(|(c, _)| c == name) {
                     Some(entry) => entry.1 = origins,
                     None => lineage.push((name.clone(), origins)),
@@ -162,6 +190,57 @@ fn apply(lineage: &mut Lineage, op: &StepOp) {
     }
 }
 
+/// The origins of a computed column: those of every column its expression reads; constants,
+/// parameters and partition fields make it (also) computed.
+fn expression_origins(input: &Lineage, expr: &TypedExpr) -> BTreeSet<Origin> {
+    let mut origins = BTreeSet::new();
+    references(expr, &mut |reference| match reference {
+        Some(column) => {
+            if let Some((_, from)) = input.iter().find(|(c, _)| c == column) {
+                origins.extend(from.iter().cloned());
+            }
+        }
+        None => {
+            origins.insert(Origin::Computed);
+        }
+    });
+    if origins.is_empty() {
+        origins.insert(Origin::Computed);
+    }
+    origins
+}
+
+/// A join's lineage, built like its schema: the left columns (a key also carries its right
+/// key's origins, whose values it holds), then the right columns without keys, suffixed when
+/// the left has their name.
+fn join_lineage(
+    left: &Lineage,
+    right: &Lineage,
+    left_on: &[String],
+    right_on: &[String],
+    suffix: Option<&str>,
+) -> Lineage {
+    let mut out = left.clone();
+    for (name, origins) in right {
+        match right_on.iter().position(|key| key == name) {
+            Some(position) => {
+                if let Some(entry) = out.iter_mut().find(|(c, _)| *c == left_on[position]) {
+                    entry.1.extend(origins.iter().cloned());
+                }
+            }
+            None => {
+                let taken = left.iter().any(|(c, _)| c == name);
+                let name = match (taken, suffix) {
+                    (true, Some(suffix)) => format!("{name}{suffix}"),
+                    _ => name.clone(),
+                };
+                out.push((name, origins.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// Calls `visit` with every column an expression reads, and with `None` for every parameter
 /// or partition field (values computed outside the rows).
 fn references(expr: &TypedExpr, visit: &mut dyn FnMut(Option<&str>)) {
@@ -178,6 +257,19 @@ fn references(expr: &TypedExpr, visit: &mut dyn FnMut(Option<&str>)) {
         TypedExpr::Call(_, args) => {
             for arg in args {
                 references(arg, visit);
+            }
+        }
+        TypedExpr::Aggregate(_, argument) => {
+            if let Some(argument) = argument {
+                references(argument, visit);
+            }
+        }
+        // The groups a window is computed over shape its values too (a sum per e-mail
+        // address tells something about each address).
+        TypedExpr::Window(aggregate, columns) => {
+            references(aggregate, visit);
+            for column in columns {
+                visit(Some(column));
             }
         }
     }

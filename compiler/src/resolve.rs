@@ -133,6 +133,10 @@ fn check_arity(block: &Block, diagnostics: &mut Vec<Diagnostic>) {
     let count = block.inputs.len();
     let (ok, expected) = if is_source {
         (count == 0, "no inputs")
+    } else if matches!(block.kind, BlockKind::Join { .. }) {
+        (count == 2, "exactly two inputs (left, right)")
+    } else if matches!(block.kind, BlockKind::Union) {
+        (count >= 2, "two inputs or more")
     } else {
         (count == 1, "exactly one input")
     };
@@ -145,6 +149,10 @@ fn check_arity(block: &Block, diagnostics: &mut Vec<Diagnostic>) {
             "a callback reads no rows: list the blocks it reports on in `after` instead of `inputs`"
         } else if is_source {
             "a source reads from outside the pipeline; remove `inputs`"
+        } else if matches!(block.kind, BlockKind::Join { .. }) {
+            "name the left and the right block: `inputs = [\"trips\", \"zones\"]`"
+        } else if matches!(block.kind, BlockKind::Union) {
+            "name the blocks whose rows it stacks: `inputs = [\"green\", \"yellow\"]`"
         } else {
             "name the block it reads from: `inputs = [\"extract\"]`"
         };

@@ -240,12 +240,15 @@ pub enum WriteMode {
 }
 
 /// Block kinds, as written in `kind = "..."`.
-pub const BLOCK_KINDS: [&str; 11] = [
+pub const BLOCK_KINDS: [&str; 14] = [
     "http",
     "file",
     "rest",
     "sql",
     "transform",
+    "join",
+    "union",
+    "aggregate",
     "rust",
     "table",
     "lake",
@@ -253,6 +256,44 @@ pub const BLOCK_KINDS: [&str; 11] = [
     "bigquery",
     "callback",
 ];
+
+/// Kinds of join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinHow {
+    /// Rows whose keys match on both sides.
+    Inner,
+    /// Every left row, with the matching right columns or nulls.
+    Left,
+    /// Every row of both sides; keys are merged into the left key columns.
+    Full,
+}
+
+impl JoinHow {
+    /// Every kind with its name in pipeline files.
+    pub const ALL: [(&'static str, JoinHow); 3] = [
+        ("inner", JoinHow::Inner),
+        ("left", JoinHow::Left),
+        ("full", JoinHow::Full),
+    ];
+
+    /// Its name in pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            JoinHow::Inner => "inner",
+            JoinHow::Left => "left",
+            JoinHow::Full => "full",
+        }
+    }
+}
+
+/// The key columns of a join: pairs of a left and a right column (the same name twice for `on`).
+#[derive(Clone, Debug)]
+pub struct JoinKeys {
+    /// The pairs, in order.
+    pub pairs: Vec<(Located<String>, Located<String>)>,
+    /// Where the keys are written (`on` or `left_on`).
+    pub span: Span,
+}
 
 /// Webhook bodies of callbacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,6 +403,24 @@ pub enum BlockKind {
     Transform {
         /// The steps, applied in order.
         steps: Vec<Step>,
+    },
+    /// Joins two inputs on key columns.
+    Join {
+        /// The key columns.
+        keys: JoinKeys,
+        /// Inner (default), left or full.
+        how: Located<JoinHow>,
+        /// Appended to right columns whose names the left input has.
+        suffix: Option<Located<String>>,
+    },
+    /// Stacks the rows of inputs with the same columns.
+    Union,
+    /// Groups rows by key columns and computes aggregates per group.
+    Aggregate {
+        /// The key columns; none for one row over the whole input.
+        group_by: Vec<Located<String>>,
+        /// The computed columns, in order.
+        aggregates: Vec<(Located<String>, ExprSource)>,
     },
     /// A hand-written Rust function.
     Rust {
@@ -1368,11 +1427,9 @@ impl Reader<'_, '_> {
         // so that the block's location is the line a reader looks for.
         let span = self.block_header(&name, span);
         let mut cursor = TableCursor::new(table, span.clone(), format!("block `{}`", name.value));
-        let kind_value = self.req_string(
-            &mut cursor,
-            "kind",
-            "one of `http`, `file`, `transform`, `rust`, `table`, `lake`, `callback`",
-        );
+        let kinds: Vec<String> = BLOCK_KINDS.iter().map(|k| format!("`{k}`")).collect();
+        let kind_value =
+            self.req_string(&mut cursor, "kind", &format!("one of {}", kinds.join(", ")));
         let description = self.opt_string(&mut cursor, "description").map(|d| d.value);
         let inputs = cursor
             .get("inputs")
@@ -1486,6 +1543,25 @@ impl Reader<'_, '_> {
                     }
                 };
                 Some(BlockKind::Transform { steps })
+            }
+            "join" => self.join(cursor),
+            "union" => Some(BlockKind::Union),
+            "aggregate" => {
+                let group_by = cursor
+                    .get("group_by")
+                    .map(|v| self.string_list("group_by", v))
+                    .unwrap_or_default();
+                let aggregates = match cursor.get("aggregates") {
+                    Some(value) => self.expression_table("aggregates", value)?,
+                    None => {
+                        self.missing(cursor, "aggregates", "add the columns to compute, e.g. `aggregates = { trips = \"count()\", revenue = \"sum(total_amount)\" }`");
+                        return None;
+                    }
+                };
+                Some(BlockKind::Aggregate {
+                    group_by,
+                    aggregates,
+                })
             }
             "rust" => {
                 let function = self.req_string(
@@ -1989,16 +2065,7 @@ impl Reader<'_, '_> {
         let span = key_start..body.span().end;
         let op = match op {
             "filter" => StepOp::Filter(self.expr("filter", body)?),
-            "derive" => {
-                let table = self.table("derive", body)?;
-                let mut columns = Vec::new();
-                for (name, expr) in table.iter() {
-                    if let Some(expr) = self.expr(name.get_ref(), expr) {
-                        columns.push((Located::new(name.get_ref().to_string(), name.span()), expr));
-                    }
-                }
-                StepOp::Derive(columns)
-            }
+            "derive" => StepOp::Derive(self.expression_table("derive", body)?),
             "rename" => match body.get_ref() {
                 DeValue::String(rule) if rule == "snake_case" => StepOp::RenameSnakeCase,
                 DeValue::String(rule) => {
@@ -2030,6 +2097,104 @@ impl Reader<'_, '_> {
         };
         self.finish(cursor);
         Some(Step { op, span })
+    }
+
+    /// A table of column names and expressions, in the order written: `derive` and
+    /// `aggregates`.
+    fn expression_table(
+        &mut self,
+        key: &str,
+        value: &Value<'_>,
+    ) -> Option<Vec<(Located<String>, ExprSource)>> {
+        let table = self.table(key, value)?;
+        let mut columns = Vec::new();
+        for (name, expr) in table.iter() {
+            if let Some(expr) = self.expr(name.get_ref(), expr) {
+                columns.push((Located::new(name.get_ref().to_string(), name.span()), expr));
+            }
+        }
+        Some(columns)
+    }
+
+    /// A `join` block's keys (`on`, or `left_on` with `right_on`), kind and suffix.
+    fn join(&mut self, cursor: &mut TableCursor<'_, '_>) -> Option<BlockKind> {
+        let on = cursor.get("on").map(|v| (self.key_list("on", v), v.span()));
+        let left_on = cursor
+            .get("left_on")
+            .map(|v| (self.key_list("left_on", v), v.span()));
+        let right_on = cursor
+            .get("right_on")
+            .map(|v| (self.key_list("right_on", v), v.span()));
+        let keys = match (on, left_on, right_on) {
+            (Some((on, span)), None, None) => JoinKeys {
+                pairs: on.iter().map(|c| (c.clone(), c.clone())).collect(),
+                span,
+            },
+            (None, Some((left, span)), Some((right, right_span))) => {
+                if left.len() != right.len() {
+                    self.error(
+                        Diagnostic::error(
+                            "E0004",
+                            format!(
+                                "`left_on` has {} key column{}, `right_on` {}",
+                                left.len(),
+                                if left.len() == 1 { "" } else { "s" },
+                                right.len()
+                            ),
+                            right_span,
+                            "one right key per left key",
+                        )
+                        .with_help(
+                            "pair every left key column with the right column it must equal",
+                        ),
+                    );
+                    return None;
+                }
+                JoinKeys {
+                    pairs: left.into_iter().zip(right).collect(),
+                    span,
+                }
+            }
+            (Some((_, span)), Some(_), _) | (Some((_, span)), _, Some(_)) => {
+                self.error(
+                    Diagnostic::error("E0004", "`on` and `left_on`/`right_on` both name the join keys", span, "keys named twice")
+                        .with_help("use `on` when the key columns have the same names on both sides, `left_on` and `right_on` when they differ"),
+                );
+                return None;
+            }
+            (None, Some((_, span)), None) | (None, None, Some((_, span))) => {
+                self.error(
+                    Diagnostic::error("E0004", "`left_on` and `right_on` go together", span, "the other side's keys are missing")
+                        .with_help("add both `left_on = [...]` and `right_on = [...]`, or use `on` when the names are the same"),
+                );
+                return None;
+            }
+            (None, None, None) => {
+                self.missing(cursor, "on", "name the key columns, e.g. `on = [\"location_id\"]`, or `left_on` and `right_on` when their names differ");
+                return None;
+            }
+        };
+        let how = match self.opt_string(cursor, "how") {
+            None => Located::new(JoinHow::Inner, keys.span.clone()),
+            Some(how) => match JoinHow::ALL.iter().find(|(name, _)| *name == how.value) {
+                Some((_, value)) => Located::new(*value, how.span),
+                None => {
+                    let names: Vec<&str> = JoinHow::ALL.iter().map(|(n, _)| *n).collect();
+                    self.invalid_value("how", how.span, &how.value, &names);
+                    return None;
+                }
+            },
+        };
+        let suffix = self.opt_string(cursor, "suffix");
+        Some(BlockKind::Join { keys, how, suffix })
+    }
+
+    /// A list of key columns; one column may be written as a plain string.
+    fn key_list(&mut self, key: &str, value: &Value<'_>) -> Vec<Located<String>> {
+        match value.get_ref() {
+            DeValue::Array(_) => self.string_list(key, value),
+            _ => self.string(key, value).into_iter().collect(),
+        }
     }
 
     fn check(&mut self, value: &Value<'_>) -> Option<Check> {

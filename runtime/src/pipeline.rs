@@ -181,6 +181,12 @@ pub enum BlockKind {
     SqlSource,
     /// Column operations compiled from TOML.
     Transform,
+    /// Joins two inputs on key columns.
+    Join,
+    /// Stacks the rows of its inputs.
+    Union,
+    /// One row per group, with aggregates.
+    Aggregate,
     /// A hand-written Rust function.
     Rust,
     /// Writes a SQL table.
@@ -215,6 +221,9 @@ impl BlockKind {
             BlockKind::RestSource => "rest",
             BlockKind::SqlSource => "sql",
             BlockKind::Transform => "transform",
+            BlockKind::Join => "join",
+            BlockKind::Union => "union",
+            BlockKind::Aggregate => "aggregate",
             BlockKind::Rust => "rust",
             BlockKind::TableSink => "table",
             BlockKind::LakeSink => "lake",

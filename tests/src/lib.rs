@@ -40,6 +40,18 @@ pub fn green_data_dir() -> PathBuf {
     dir
 }
 
+/// `../shared/data/tlc/zones`, the TLC's real taxi zone lookup (`taxi+_zone_lookup.csv`). Panics
+/// with an explanation when absent.
+pub fn zones_data_dir() -> PathBuf {
+    let dir = workspace_root().join("../shared/data/tlc/zones");
+    assert!(
+        dir.join("taxi+_zone_lookup.csv").exists(),
+        "this test needs the real NYC TLC zone lookup in {} (the project's shared data folder); it is absent",
+        dir.display()
+    );
+    dir
+}
+
 /// The real green-taxi files of these months (`2021-01`), from [`green_data_dir`].
 pub fn green_month_files(months: &[&str]) -> Vec<PathBuf> {
     let dir = green_data_dir();
