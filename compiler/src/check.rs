@@ -284,6 +284,13 @@ impl Checker<'_, '_> {
                     );
                     return None;
                 }
+                if constant_truth(&expr) == Some(false) {
+                    self.push(
+                        Diagnostic::warning("W0006", format!("block `{}` never runs", block.name.value), source.span.clone(), "this condition is always false")
+                            .with_note("the block is skipped in every run, and so is every block that needs its rows")
+                            .with_help("remove the block, or make the condition depend on a parameter (`param.NAME`) or the partition"),
+                    );
+                }
                 Some((source.text.clone(), expr))
             });
             schemas[b] = output.clone();
@@ -1174,7 +1181,7 @@ impl Checker<'_, '_> {
         let Some((path, text)) = self.context.rust_module else {
             self.push(
                 Diagnostic::error("E0020", format!("no Rust module for function `{}`", function.value), function.span.clone(), "the pipeline has no hand-written Rust")
-                    .with_help(format!("create `{}` next to the pipeline file with `pub fn {}(frame: DataFrame) -> BlockResult<DataFrame>`", self.rust_module_hint(), function.value)),
+                    .with_help(format!("create `{}` next to the pipeline file with `use super::*;` and `pub fn {}(rows: {stem}Input) -> PolarsResult<{stem}Output>` (the row types are generated from this file)", self.rust_module_hint(), function.value, stem = camel_case(&function.value))),
             );
             return;
         };
@@ -1855,6 +1862,20 @@ impl Checker<'_, '_> {
                     if let Some(entry) = schema.iter_mut().find(|(n, _)| *n == column) {
                         entry.1.nullable = false;
                     }
+                }
+                if constant_truth(&expr) == Some(false) {
+                    self.push(
+                        Diagnostic::warning(
+                            "W0006",
+                            "this filter drops every row",
+                            source.span.clone(),
+                            "always false",
+                        )
+                        .with_note("every block downstream receives no rows")
+                        .with_help(
+                            "remove the step, or compare a column (`fare > 0`) or a parameter",
+                        ),
+                    );
                 }
                 Some(ir::StepOp::Filter(expr))
             }
@@ -2936,6 +2957,72 @@ fn has_literal_password(url: &str) -> bool {
 }
 
 /// `90s`, `15m`, `2h10m` for a number of milliseconds.
+/// The value of a condition that depends on no row, parameter or partition: `false`,
+/// `1 > 2`, `not true and x > 0` (`false and ...` is false whatever the rest is). `None` when
+/// it depends on something known only at run time.
+fn constant_truth(expr: &TypedExpr) -> Option<bool> {
+    match expr {
+        TypedExpr::Literal(Literal::Bool(b)) => Some(*b),
+        TypedExpr::Not(inner) => constant_truth(inner).map(|b| !b),
+        TypedExpr::Binary(BinaryOp::And, left, right) => {
+            match (constant_truth(left), constant_truth(right)) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            }
+        }
+        TypedExpr::Binary(BinaryOp::Or, left, right) => {
+            match (constant_truth(left), constant_truth(right)) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            }
+        }
+        TypedExpr::Binary(op, left, right) if op.is_comparison() => {
+            let ordering = match (left.as_ref(), right.as_ref()) {
+                (TypedExpr::Literal(a), TypedExpr::Literal(b)) => match (a, b) {
+                    (Literal::String(a), Literal::String(b)) => Some(a.cmp(b)),
+                    (Literal::Bool(a), Literal::Bool(b)) => Some(a.cmp(b)),
+                    (a, b) => numeric(a)?.partial_cmp(&numeric(b)?),
+                },
+                _ => None,
+            }?;
+            Some(match op {
+                BinaryOp::Eq => ordering.is_eq(),
+                BinaryOp::NotEq => ordering.is_ne(),
+                BinaryOp::Lt => ordering.is_lt(),
+                BinaryOp::LtEq => ordering.is_le(),
+                BinaryOp::Gt => ordering.is_gt(),
+                _ => ordering.is_ge(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A number literal as a float, for comparing constants.
+fn numeric(literal: &Literal) -> Option<f64> {
+    match literal {
+        Literal::Int(i) => Some(*i as f64),
+        Literal::Float(x) => Some(*x),
+        _ => None,
+    }
+}
+
+/// `flag_expensive` as `FlagExpensive`: the stem of a hand-written function's row types.
+pub fn camel_case(name: &str) -> String {
+    name.split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// `a`, `b` and `c` as "`a`, `b`, `c`".
 fn quoted_list(names: &[&str]) -> String {
     names

@@ -9,7 +9,7 @@ use quote::{format_ident, quote};
 
 use crate::expr::BinaryOp;
 use crate::ir::{
-    Aggregate, Block, BlockOp, Function, PartitionField, Pipeline, SourceOrigin, StepOp,
+    Aggregate, Block, BlockOp, Function, PartitionField, Pipeline, Schema, SourceOrigin, StepOp,
     TemplatePart, TypedExpr,
 };
 use crate::syntax::{
@@ -192,6 +192,7 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         },
         None => quote!(),
     };
+    let rows = rust_rows(pipeline);
     let main = if options.with_main {
         quote! {
             fn main() -> std::process::ExitCode {
@@ -230,6 +231,8 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         static BLOCKS: [BlockDef; #block_count] = [#(#definitions),*];
 
         #(#schemas)*
+
+        #rows
 
         #(#targets)*
 
@@ -1240,6 +1243,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             function: user_function,
         } => {
             let user = format_ident!("{}", user_function);
+            let (rows_in, _) = rows_type_names(user_function);
             let output = schema_const(block);
             let ctx = if checks.is_empty() {
                 quote!(_ctx)
@@ -1249,9 +1253,11 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             quote! {
                 #(#doc)*
                 fn #function(#ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
-                    // The hand-written function's output is checked against the declared schema, so
-                    // a mistake there is reported at this block, not in a sink downstream.
-                    let frame = conform(blocks::#user(input)?, #output)?;
+                    let rows = #rows_in::from_frame(&input)?;
+                    // The hand-written function's output is checked against the declared schema
+                    // as well, so a column of the wrong length or with nulls is reported at this
+                    // block, not in a sink downstream.
+                    let frame = conform(blocks::#user(rows)?.into_frame()?, #output)?;
                     #checks
                     Ok(frame)
                 }
@@ -1366,6 +1372,145 @@ fn formatted(parts: &[TemplatePart], literal: &str, args: &[TokenStream]) -> Tok
 }
 
 /// Whether a token tree uses the identifier `ctx`.
+/// The names of a hand-written function's typed rows: `flag_expensive` takes
+/// `FlagExpensiveInput` and returns `FlagExpensiveOutput`.
+fn rows_type_names(function: &str) -> (proc_macro2::Ident, proc_macro2::Ident) {
+    let stem = crate::check::camel_case(function);
+    (format_ident!("{stem}Input"), format_ident!("{stem}Output"))
+}
+
+/// The typed rows of every hand-written function: a struct with one typed column per field of
+/// the schema flowing in, and one for the declared output (an alias when the output schema is
+/// the input's). The function's signature and every field it reads or fills are checked by
+/// rustc against what the pipeline file declares, with errors located in the user's code.
+fn rust_rows(pipeline: &Pipeline) -> TokenStream {
+    let mut seen = Vec::new();
+    let mut items = Vec::new();
+    for block in &pipeline.blocks {
+        let BlockOp::Rust { function } = &block.op else {
+            continue;
+        };
+        if seen.contains(function) {
+            continue;
+        }
+        seen.push(function.clone());
+        let (input_name, output_name) = rows_type_names(function);
+        let input = block
+            .inputs
+            .first()
+            .and_then(|&i| pipeline.blocks[i].output.clone())
+            .unwrap_or_default();
+        let output = block.output.clone().unwrap_or_default();
+        let place = format!("{}:{}", pipeline.source_path, block.line);
+        items.push(rows_struct(
+            &input_name,
+            &input,
+            &format!(" The rows `blocks::{function}` receives from `{}` ({place}), one typed column per field.", block.name),
+        ));
+        if output == input {
+            let doc = format!(
+                " The rows `blocks::{function}` returns: the schema it receives ({place})."
+            );
+            items.push(quote! {
+                #[doc = #doc]
+                pub type #output_name = #input_name;
+            });
+        } else {
+            items.push(rows_struct(
+                &output_name,
+                &output,
+                &format!(
+                    " The rows `blocks::{function}` returns: the `output` of `{}` ({place}).",
+                    block.name
+                ),
+            ));
+        }
+    }
+    quote!(#(#items)*)
+}
+
+/// A struct of typed columns with its conversions from and to a frame.
+fn rows_struct(name: &proc_macro2::Ident, schema: &Schema, doc: &str) -> TokenStream {
+    let idents = field_idents(schema);
+    let fields = schema.iter().zip(&idents).map(|((column, ty), ident)| {
+        let chunked = match ty.base {
+            BaseType::Int64 => quote!(Int64Chunked),
+            BaseType::Float64 => quote!(Float64Chunked),
+            BaseType::String => quote!(StringChunked),
+            BaseType::Bool => quote!(BooleanChunked),
+            BaseType::Date => quote!(DateChunked),
+            BaseType::Timestamp => quote!(DatetimeChunked),
+        };
+        let doc = format!(" `{column}`: {ty}.");
+        quote!(#[doc = #doc] pub #ident: #chunked)
+    });
+    let takes = schema.iter().zip(&idents).map(|((column, ty), ident)| {
+        let accessor = match ty.base {
+            BaseType::Int64 => quote!(i64),
+            BaseType::Float64 => quote!(f64),
+            BaseType::String => quote!(str),
+            BaseType::Bool => quote!(bool),
+            BaseType::Date => quote!(date),
+            BaseType::Timestamp => quote!(datetime),
+        };
+        quote!(#ident: frame.column(#column)?.#accessor()?.clone())
+    });
+    let gives = schema.iter().zip(&idents).map(
+        |((column, _), ident)| quote!(self.#ident.into_series().with_name(#column.into()).into()),
+    );
+    quote! {
+        #[doc = #doc]
+        pub struct #name {
+            #(#fields,)*
+        }
+
+        // A hand-written function uses only the conversions it needs.
+        #[allow(dead_code)]
+        impl #name {
+            /// Takes the typed columns of a frame with this schema (an error names a missing
+            /// column or another type).
+            pub fn from_frame(frame: &DataFrame) -> PolarsResult<Self> {
+                Ok(Self {
+                    #(#takes,)*
+                })
+            }
+
+            /// The columns as a frame, named as in the pipeline file; they must have one length.
+            pub fn into_frame(self) -> PolarsResult<DataFrame> {
+                DataFrame::new_infer_height(Vec::from([#(#gives),*]))
+            }
+        }
+    }
+}
+
+/// Field names for columns: the column name when it is a Rust identifier (a keyword is
+/// written raw), otherwise its snake_case with other characters as `_`, numbered on a clash.
+fn field_idents(schema: &Schema) -> Vec<proc_macro2::Ident> {
+    let mut taken: Vec<String> = Vec::new();
+    schema
+        .iter()
+        .map(|(column, _)| {
+            let mut base: String = crate::check::snake_case(column)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            if base.is_empty() || base.starts_with(|c: char| c.is_ascii_digit()) {
+                base = format!("column_{base}");
+            }
+            let mut name = base.clone();
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{base}_{n}");
+                n += 1;
+            }
+            taken.push(name.clone());
+            syn::parse_str::<proc_macro2::Ident>(&name).unwrap_or_else(|_| {
+                proc_macro2::Ident::new_raw(&name, proc_macro2::Span::call_site())
+            })
+        })
+        .collect()
+}
+
 /// `ctx` when the body uses the run context, `_ctx` when it does not (steps that read neither
 /// a parameter nor the partition, and no checks).
 fn context_parameter(body: &TokenStream) -> TokenStream {

@@ -10,6 +10,7 @@
 
 pub mod build;
 pub mod check;
+pub mod contract;
 pub mod deploy;
 pub mod diagnostic;
 pub mod emit;

@@ -3,6 +3,9 @@
 //! - `cargo xtask check [NAME...]`: compile pipelines and print every diagnostic, without building.
 //! - `cargo xtask generate [NAME...]`: regenerate `generated/NAME/src/main.rs` (what `cargo build` does).
 //! - `cargo xtask new NAME`: create `generated/NAME/` (Cargo.toml and build.rs) for a new pipeline.
+//! - `cargo xtask sink-changes [--base REV] [--deny-breaking] [NAME...]`: what the working tree
+//!   changes in what each sink writes, compared with git revision REV (default `HEAD`), each
+//!   change called breaking or compatible.
 //!
 //! Without names, every `pipelines/*.toml` is processed.
 
@@ -35,6 +38,17 @@ enum Command {
     New {
         /// The pipeline's name (pipelines/NAME.toml).
         name: String,
+    },
+    /// Compare what each sink writes with a git revision: breaking and compatible changes.
+    SinkChanges {
+        /// The git revision to compare with.
+        #[arg(long, default_value = "HEAD")]
+        base: String,
+        /// Exit with an error when a change is breaking (for CI).
+        #[arg(long)]
+        deny_breaking: bool,
+        /// Pipeline names (default: all in pipelines/).
+        names: Vec<String>,
     },
 }
 
@@ -111,6 +125,18 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::SinkChanges {
+            base,
+            deny_breaking,
+            names,
+        } => match sink_changes(&root, &base, pipeline_names(&root, names)) {
+            Ok(breaking) if breaking && deny_breaking => ExitCode::FAILURE,
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprint!("{error}");
+                ExitCode::FAILURE
+            }
+        },
         // The crate's code is generated right away: a workspace member without `src/main.rs`
         // would break every cargo command.
         Command::New { name } => match scaffold(&root, &name) {
@@ -124,6 +150,76 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Prints, per pipeline, how its sinks' contracts changed since git revision `base`. Returns
+/// whether any change is breaking.
+fn sink_changes(root: &Path, base: &str, names: Vec<String>) -> Result<bool, String> {
+    let mut breaking = false;
+    for name in names {
+        let toml = format!("pipelines/{name}.toml");
+        let rust = format!("pipelines/{name}.rs");
+        let new_text = std::fs::read_to_string(root.join(&toml))
+            .map_err(|e| format!("cannot read {toml}: {e}\n"))?;
+        let new_rust = std::fs::read_to_string(root.join(&rust)).ok();
+        let new = contracts_of(&toml, &new_text, &rust, new_rust.as_deref())?;
+        let old = match git_show(root, base, &toml) {
+            Some(old_text) => {
+                let old_rust = git_show(root, base, &rust);
+                contracts_of(&toml, &old_text, &rust, old_rust.as_deref())
+                    .map_err(|e| format!("{toml} at {base} does not compile:\n{e}"))?
+            }
+            None => Vec::new(),
+        };
+        let changes = baton_compiler::contract::compare(&old, &new);
+        if changes.is_empty() {
+            println!("{toml}: no change to what its sinks write");
+        } else {
+            println!("{toml}:");
+            for change in &changes {
+                println!("  {change}");
+            }
+        }
+        breaking |= changes
+            .iter()
+            .any(|c| c.impact == baton_compiler::contract::Impact::Breaking);
+    }
+    Ok(breaking)
+}
+
+/// The sink contracts of a pipeline's text, or its rendered diagnostics.
+fn contracts_of(
+    path: &str,
+    text: &str,
+    rust_path: &str,
+    rust: Option<&str>,
+) -> Result<Vec<baton_compiler::contract::SinkContract>, String> {
+    let source = baton_compiler::Source {
+        path,
+        text,
+        rust_module: rust.map(|r| (rust_path, r)),
+        lock: None,
+    };
+    let compilation = baton_compiler::compile(&source);
+    match &compilation.pipeline {
+        Some(pipeline) if !compilation.has_errors() => {
+            Ok(baton_compiler::contract::contracts(pipeline))
+        }
+        _ => Err(compilation.render(&source)),
+    }
+}
+
+/// A file's text at a git revision; `None` when it did not exist there.
+fn git_show(root: &Path, revision: &str, path: &str) -> Option<String> {
+    let output = std::process::Command::new("git")
+        .current_dir(root)
+        .args(["show", &format!("{revision}:{path}")])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Compiles a pipeline and writes its generated sources when they changed. The error is the
