@@ -24,3 +24,6 @@ cargo fmt --all --check
 # resolves features exactly as `cargo test` does, so polars is compiled once, not twice.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast
+# Coverage-guided fuzzing of the compiler's front end, 45 s per target (cargo-fuzz needs a
+# nightly toolchain; the script says so and stops when there is none).
+bash scripts/fuzz.sh 45
