@@ -49,6 +49,9 @@ pub struct Diagnostic {
     pub help: Option<String>,
 }
 
+/// Every warning code, for `deny = [...]`.
+pub const WARNING_CODES: [&str; 6] = ["W0001", "W0002", "W0003", "W0004", "W0005", "W0006"];
+
 impl Diagnostic {
     /// An error with a code, a message and the span it is about.
     pub fn error(

@@ -81,6 +81,7 @@ pub fn compile(source: &Source<'_>) -> Compilation {
             lock::check(&file, lock_path, lock_text, &mut diagnostics);
         }
         governance::check(&file, &pipeline, &mut diagnostics);
+        deny(&file, &mut diagnostics);
         pipeline
     });
     diagnostic::sort(&mut diagnostics);
@@ -88,6 +89,40 @@ pub fn compile(source: &Source<'_>) -> Compilation {
     Compilation {
         pipeline: if failed { None } else { pipeline },
         diagnostics,
+    }
+}
+
+/// `[pipeline] deny = ["W0005"]` turns those warnings into errors (`"warnings"`: all of them),
+/// as rustc's `#![deny(...)]` does: a team decides which risks its pipelines may not take.
+fn deny(file: &syntax::PipelineFile, diagnostics: &mut Vec<Diagnostic>) {
+    let denied = &file.pipeline.deny;
+    for code in denied {
+        if code.value != "warnings" && !diagnostic::WARNING_CODES.contains(&code.value.as_str()) {
+            diagnostics.push(
+                Diagnostic::error(
+                    "E0003",
+                    format!("`{}` is not a warning code", code.value),
+                    code.span.clone(),
+                    "cannot be denied",
+                )
+                .with_note(format!(
+                    "warnings: {}, or \"warnings\" for all",
+                    diagnostic::WARNING_CODES.join(", ")
+                )),
+            );
+        }
+    }
+    for diagnostic in diagnostics.iter_mut() {
+        let rule = denied
+            .iter()
+            .find(|code| code.value == diagnostic.code || code.value == "warnings");
+        if let (Severity::Warning, Some(rule)) = (diagnostic.severity, rule) {
+            diagnostic.severity = Severity::Error;
+            diagnostic.notes.push(format!(
+                "an error here because `[pipeline] deny` lists `{}`",
+                rule.value
+            ));
+        }
     }
 }
 

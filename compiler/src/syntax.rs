@@ -63,6 +63,8 @@ pub struct PipelineMeta {
     pub sensor: Option<SensorDecl>,
     /// `require_timeouts = true`: every block must have a timeout set on purpose.
     pub require_timeouts: Option<Located<bool>>,
+    /// `deny = ["W0005"]` (or `["warnings"]`): warnings this pipeline treats as errors.
+    pub deny: Vec<Located<String>>,
 }
 
 /// `[pipeline.schedule]`.
@@ -1081,6 +1083,10 @@ impl Reader<'_, '_> {
             .get("timeout")
             .and_then(|v| self.duration("timeout", v));
         let require_timeouts = self.opt_bool(&mut cursor, "require_timeouts");
+        let deny = cursor
+            .get("deny")
+            .map(|v| self.string_list("deny", v))
+            .unwrap_or_default();
         let schedule = match cursor.get("schedule") {
             Some(value) => self
                 .table("schedule", value)
@@ -1113,6 +1119,7 @@ impl Reader<'_, '_> {
             schedule,
             sensor,
             require_timeouts,
+            deny,
         })
     }
 
