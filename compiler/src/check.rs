@@ -1077,16 +1077,26 @@ impl Checker<'_, '_> {
                 break;
             };
             let name = &rest[open + 1..open + close];
-            if !CALLBACK_PLACEHOLDERS.contains(&name) {
-                // Point into the string when it is written without escapes, else at all of it.
-                let raw = &self.context.source[message.span.clone()];
-                let span = match raw.find(&format!("{{{name}}}")) {
-                    Some(at) if raw[1..raw.len().saturating_sub(1)] == *text => {
-                        let start = message.span.start + at;
-                        start..start + name.len() + 2
-                    }
-                    _ => message.span.clone(),
-                };
+            // Point into the string when it is written without escapes, else at all of it.
+            let raw = &self.context.source[message.span.clone()];
+            let located = |written: &str| match raw.find(written) {
+                Some(at) if raw[1..raw.len().saturating_sub(1)] == *text => {
+                    let start = message.span.start + at;
+                    start..start + written.len()
+                }
+                _ => message.span.clone(),
+            };
+            let from_environment = offset + open > 0 && text.as_bytes()[offset + open - 1] == b'$';
+            if from_environment {
+                // Alerts are logged, posted and mailed: a value from the environment there is
+                // how tokens leak into chat channels and log stores.
+                self.push(
+                    Diagnostic::error("E0013", format!("a callback message may not read the environment (`${{{name}}}`)"), located(&format!("${{{name}}}")), "messages are logged and sent as they are")
+                        .with_note("an alert goes to logs, webhooks and mailboxes; a secret written there is a leaked secret")
+                        .with_help("keep secrets in connection passwords (`password = { env = \"VAR\" }`); messages use only the run's placeholders, such as `{pipeline}` and `{error}`"),
+                );
+            } else if !CALLBACK_PLACEHOLDERS.contains(&name) {
+                let span = located(&format!("{{{name}}}"));
                 self.push(
                     Diagnostic::error(
                         "E0022",

@@ -1607,7 +1607,8 @@ impl Reader<'_, '_> {
                             "replace" => WriteMode::Replace,
                             "append" => WriteMode::Append,
                             "replace_partition" => WriteMode::ReplacePartition,
-                            "upsert" => WriteMode::Upsert,
+                            // dlt and dbt call it merge.
+                            "upsert" | "merge" => WriteMode::Upsert,
                             other => {
                                 self.invalid_value(
                                     "mode",
