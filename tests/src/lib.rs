@@ -571,18 +571,7 @@ for path in sys.argv[1:]:
                 dates.add(r['lpep_pickup_datetime'][:10])
 print(rows, len(dates))
 "#;
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(files)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = python_lines(script, files).join(" ");
     let mut numbers = text
         .split_whitespace()
         .map(|n| n.parse::<usize>().expect("a count"));
@@ -590,6 +579,27 @@ print(rows, len(dates))
         numbers.next().expect("rows"),
         numbers.next().expect("dates"),
     )
+}
+
+/// Runs a Python script (standard library only: the independent reference of the end-to-end
+/// tests) with these arguments; returns the lines it printed, and panics with its error output
+/// when it fails.
+pub fn python_lines(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Vec<String> {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// One HTTP/1.1 request to 127.0.0.1:`port` over a plain socket (the tests need no HTTP client

@@ -2,10 +2,9 @@
 //! samples of 2019 from a loopback server, four at a time. One month answers 503 twice: the
 //! block is retried, and the retries fetch only that month.
 
-use std::process::Command;
-
 use baton_tests::{
-    HttpServer, ServerOptions, output_text, run_pipeline, sqlite_rows, yellow_data_dir,
+    HttpServer, ServerOptions, output_text, python_lines, run_pipeline, sqlite_rows,
+    yellow_data_dir,
 };
 
 /// Rows of the samples that the pipeline keeps, counted with Python's standard library only:
@@ -24,17 +23,7 @@ for month in range(1, 13):
                 kept += 1
     print(f"2019-{month:02}|{kept}")
 "#;
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(yellow_data_dir())
-        .output()
-        .expect("python3 runs");
-    assert!(output.status.success());
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    python_lines(script, &[yellow_data_dir()])
 }
 
 #[test]

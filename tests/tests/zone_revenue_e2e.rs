@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use baton_tests::{
-    HttpServer, green_data_dir, green_month_files, output_text, run_pipeline, sqlite_rows,
-    zones_data_dir,
+    HttpServer, green_data_dir, green_month_files, output_text, python_lines, run_pipeline,
+    sqlite_rows, zones_data_dir,
 };
 
 /// Per pickup zone of a known borough, for trips with a vendor whose pickup and dropoff zones
@@ -39,31 +38,23 @@ for (borough, zone), (n, total, passengers, counted) in sorted(groups.items()):
     mean = passengers / counted if counted else ''
     print(f"{borough}|{zone}|{n}|{total!r}|{mean!r}" if counted else f"{borough}|{zone}|{n}|{total!r}|")
 "#;
-    let output = Command::new("python3")
-        .args(["-c", script])
-        .arg(trips)
-        .arg(zones)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split('|').collect();
-            (
-                (fields[0].to_string(), fields[1].to_string()),
-                (
-                    fields[2].parse().expect("trips"),
-                    fields[3].parse().expect("total"),
-                    fields[4].parse().ok(),
-                ),
-            )
-        })
+    python_lines(script, &[trips, zones])
+        .iter()
+        .map(|line| zone_row(line))
         .collect()
+}
+
+/// `borough|zone|trips|total|mean passengers` (the mean may be empty).
+fn zone_row(line: &str) -> ((String, String), (i64, f64, Option<f64>)) {
+    let fields: Vec<&str> = line.split('|').collect();
+    (
+        (fields[0].to_string(), fields[1].to_string()),
+        (
+            fields[2].parse().expect("trips"),
+            fields[3].parse().expect("total"),
+            fields[4].parse().ok(),
+        ),
+    )
 }
 
 fn mart(db: &Path) -> BTreeMap<(String, String), (i64, f64, Option<f64>)> {
@@ -73,17 +64,7 @@ fn mart(db: &Path) -> BTreeMap<(String, String), (i64, f64, Option<f64>)> {
          avg_monthly_passenger_count FROM dm_monthly_zone_revenue WHERE revenue_month = '2021-01-01'",
     )
     .iter()
-    .map(|line| {
-        let fields: Vec<&str> = line.split('|').collect();
-        (
-            (fields[0].to_string(), fields[1].to_string()),
-            (
-                fields[2].parse().expect("trips"),
-                fields[3].parse().expect("total"),
-                fields[4].parse().ok(),
-            ),
-        )
-    })
+    .map(|line| zone_row(line))
     .collect()
 }
 
