@@ -1195,14 +1195,12 @@ impl Checker<'_, '_> {
             );
             return;
         };
-        let functions: Vec<String> = match syn::parse_file(text) {
+        let signatures: Vec<syn::Signature> = match syn::parse_file(text) {
             Ok(parsed) => parsed
                 .items
-                .iter()
+                .into_iter()
                 .filter_map(|item| match item {
-                    syn::Item::Fn(f) if matches!(f.vis, syn::Visibility::Public(_)) => {
-                        Some(f.sig.ident.to_string())
-                    }
+                    syn::Item::Fn(f) if matches!(f.vis, syn::Visibility::Public(_)) => Some(f.sig),
                     _ => None,
                 })
                 .collect(),
@@ -1210,7 +1208,13 @@ impl Checker<'_, '_> {
             // compiled; here only names can be checked.
             Err(_) => return,
         };
-        if !functions.contains(&function.value) {
+        let functions: Vec<String> = signatures.iter().map(|s| s.ident.to_string()).collect();
+        if let Some(signature) = signatures
+            .iter()
+            .find(|s| s.ident == function.value.as_str())
+        {
+            self.rust_signature(function, path, signature);
+        } else {
             self.push(
                 Diagnostic::error(
                     "E0020",
@@ -1222,6 +1226,57 @@ impl Checker<'_, '_> {
                     &function.value,
                     functions.iter().map(String::as_str),
                 )),
+            );
+        }
+    }
+
+    /// A hand-written function takes the generated input rows and returns the output rows; an
+    /// older or mistaken signature is reported here, at the block, with the one to write,
+    /// rather than as a type mismatch inside the generated code.
+    fn rust_signature(
+        &mut self,
+        function: &Located<String>,
+        path: &str,
+        signature: &syn::Signature,
+    ) {
+        let stem = camel_case(&function.value);
+        use quote::ToTokens as _;
+        let written = |tokens: &syn::Type| {
+            tokens
+                .to_token_stream()
+                .into_iter()
+                .map(|t| t.to_string())
+                .collect::<String>()
+        };
+        let takes_rows = match signature.inputs.iter().collect::<Vec<_>>()[..] {
+            [syn::FnArg::Typed(argument)] => matches!(
+                argument.ty.as_ref(),
+                syn::Type::Path(path) if path.path.segments.last().is_some_and(|s| s.ident == format!("{stem}Input"))
+            ),
+            _ => false,
+        };
+        let returns_rows = match &signature.output {
+            syn::ReturnType::Type(_, ty) => written(ty).contains(&format!("{stem}Output")),
+            syn::ReturnType::Default => false,
+        };
+        if !(takes_rows && returns_rows) {
+            // The signature as rustfmt would print it: an empty function, formatted.
+            let item = syn::Item::Fn(syn::ItemFn {
+                attrs: Vec::new(),
+                vis: syn::Visibility::Inherited,
+                sig: signature.clone(),
+                block: Box::new(syn::parse_quote!({})),
+            });
+            let found = prettyplease::unparse(&syn::File {
+                shebang: None,
+                attrs: Vec::new(),
+                items: vec![item],
+            });
+            let found = found.trim().trim_end_matches("{}").trim();
+            self.push(
+                Diagnostic::error("E0020", format!("`{}` in `{path}` does not take and return the block's rows", function.value), function.span.clone(), "its signature does not fit this block")
+                    .with_note(format!("found: `{found}`"))
+                    .with_help(format!("write `pub fn {}(rows: {stem}Input) -> PolarsResult<{stem}Output>`: both types are generated from this file's schemas", function.value)),
             );
         }
     }

@@ -11,13 +11,15 @@ fn diagnostics_are_rendered_like_rustc() {
             "tests/fixtures/diagnostics/{}",
             path.file_name().unwrap().to_string_lossy()
         );
-        // A fixture may have a schema lock beside it.
+        // A fixture may have a schema lock and hand-written Rust blocks beside it.
         let lock = std::fs::read_to_string(path.with_extension("lock.json")).ok();
         let lock_name = name.replace(".toml", ".lock.json");
+        let rust = std::fs::read_to_string(path.with_extension("rs")).ok();
+        let rust_name = name.replace(".toml", ".rs");
         let source = Source {
             path: &name,
             text: &text,
-            rust_module: None,
+            rust_module: rust.as_deref().map(|r| (rust_name.as_str(), r)),
             lock: lock.as_deref().map(|l| (lock_name.as_str(), l)),
         };
         let compilation = compile(&source);
