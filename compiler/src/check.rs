@@ -775,6 +775,11 @@ impl Checker<'_, '_> {
                     .as_ref()
                     .is_none_or(|c| self.connection(c));
                 let path = self.template(&source.path, source.for_each.is_some());
+                if source.for_each.is_none()
+                    && let Some(parts) = &path
+                {
+                    self.path_granularity(&source.path, parts);
+                }
                 self.unique_columns(&source.schema);
                 let mut schema = decls_to_schema(&source.schema);
                 let fan_out = self.fan_out(source, path.as_deref(), &mut schema);
@@ -1456,6 +1461,45 @@ impl Checker<'_, '_> {
             }
         }
         ok.then_some(parts)
+    }
+
+    /// A source path whose date format is finer than the partitions (`%d` in a monthly
+    /// pipeline, `%H` in a daily one) names one file per day (or hour), but each run reads only
+    /// the one of its first instant: the rest of the partition is silently never read.
+    fn path_granularity(&mut self, path: &Located<String>, parts: &[TemplatePart]) {
+        let Some(granularity) = self.granularity else {
+            return;
+        };
+        let finer: &[&str] = match granularity {
+            Granularity::Monthly => &[
+                "%d", "%e", "%j", "%F", "%D", "%H", "%I", "%k", "%M", "%S", "%T", "%R", "%c", "%x",
+                "%a", "%A", "%u", "%w",
+            ],
+            Granularity::Daily => &[
+                "%H", "%I", "%k", "%l", "%M", "%S", "%T", "%R", "%c", "%X", "%p",
+            ],
+            Granularity::Hourly => &["%M", "%S", "%T", "%R", "%c", "%X"],
+        };
+        for part in parts {
+            let TemplatePart::Date {
+                field: PartitionField::Start,
+                format,
+            } = part
+            else {
+                continue;
+            };
+            if let Some(specifier) = finer.iter().find(|s| format.contains(**s)) {
+                let (each, fan_out) = match granularity {
+                    Granularity::Monthly => ("day", "partition.days"),
+                    _ => ("hour", "partition.hours"),
+                };
+                self.push(
+                    Diagnostic::error("E0011", format!("`{specifier}` names a file per {each}, but the pipeline runs {}", granularity.name()), path.span.clone(), format!("each run would read only the file of its first {each}"))
+                        .with_help(format!("read every {each} of the partition with `for_each = \"{fan_out}\"` and `{{item}}` in the path, or make the partitions {}", if each == "day" { "daily" } else { "hourly" })),
+                );
+                return;
+            }
+        }
     }
 
     fn template_variable(&mut self, inner: &str, span: Span) -> Option<TemplatePart> {
