@@ -145,6 +145,9 @@ def main():
                     help='an extra argument for the Baton binary (repeatable), for experiments')
     ap.add_argument('--overhead', help='the release `overhead` example (tests/examples/overhead.rs)')
     ap.add_argument('--out', default=os.path.join(ROOT, 'BENCHMARKS.md'))
+    ap.add_argument('--scale', default='10',
+                    help='comma-separated data factors to run Baton and polars on besides the real '
+                         'data (bench/generate.py makes N times the rows); empty for none')
     ap.add_argument('--skip-feedback', action='store_true',
                     help='do not measure the edit-build loop (it edits pipelines/ for a moment)')
     args = ap.parse_args()
@@ -292,7 +295,83 @@ def run_all(args, pg, base_url, work, feedback):
         sys.exit(f'the tools loaded different data: {fingerprints}')
 
     copy_floor = psql_copy_floor(pg, work, args.rounds)
-    write_report(args.out, tools, copy_floor, fingerprints['Baton'], phases, args.rounds, feedback)
+    factors = [int(f) for f in args.scale.split(',') if f.strip()]
+    scale = scale_runs(args, pg, work, [t for t in tools if t.name != 'pandas script, COPY (as Mage)'],
+                       factors, fresh)
+    write_report(args.out, tools, copy_floor, fingerprints['Baton'], phases, args.rounds, feedback,
+                 scale)
+
+
+def scale_runs(args, pg, work, tools, factors, fresh):
+    """Each tool once on N times the rows (after the real-data rounds warmed everything up):
+    [(factor, {tool: (seconds, peak RSS MB)})]. Rows and content are verified as for 1x."""
+    if not factors or not args.polars_python:
+        return []
+    results = [(1, {t.name: (statistics.median(t.times), statistics.median(t.rss)) for t in tools})]
+    for factor in factors:
+        data = os.path.join(os.path.expanduser('~'), '.cache', 'baton', 'bench-data', f'x{factor}')
+        subprocess.run([args.polars_python, os.path.join(ROOT, 'bench', 'generate.py'),
+                        '--factor', str(factor), '--out', data], check=True, stdout=subprocess.DEVNULL)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, '-m', 'http.server', str(port), '--bind', '127.0.0.1', '--directory', data],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+        url = f'http://127.0.0.1:{port}'
+        measured, fingerprints = {}, {}
+        try:
+            for tool in tools:
+                env = {**tool.env, 'TLC_BASE_URL': url, 'GREEN_BASE_URL': url}
+                fresh()
+                seconds, rss, output, code = measure(tool.command, env, work)
+                if code != 0:
+                    sys.exit(f'{tool.name} failed at {factor}x ({code}):\n{output[-4000:]}')
+                fingerprint = pg.psql(FINGERPRINT)
+                rows = int(fingerprint.split()[0])
+                if rows != factor * EXPECTED_ROWS:
+                    sys.exit(f'{tool.name} at {factor}x: {rows} rows, expected {factor * EXPECTED_ROWS}')
+                fingerprints[tool.name] = fingerprint
+                measured[tool.name] = (seconds, rss)
+                print(f'{tool.name} at {factor}x: {seconds:.3f} s, {rss:.0f} MB', file=sys.stderr)
+        finally:
+            server.terminate()
+        if len(set(fingerprints.values())) != 1:
+            sys.exit(f'the tools loaded different data at {factor}x: {fingerprints}')
+        results.append((factor, measured))
+    return results
+
+
+def scale_svg(path, scale):
+    """Time and peak RSS against the data factor, one line per tool, as a small SVG."""
+    tools = list(scale[0][1].keys())
+    colors = ['#1f77b4', '#ff7f0e', '#2ca02c']
+    width, height, pad = 360, 240, 48
+    factors = [f for f, _ in scale]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height + 40}" '
+             'font-family="sans-serif" font-size="11">']
+    for panel, (title, index, unit) in enumerate([('wall time', 0, 's'), ('peak RSS', 1, 'MB')]):
+        x0 = panel * width
+        top = max(m[name][index] for _, m in scale for name in tools) * 1.1
+        def point(i, value):
+            x = x0 + pad + i * (width - 2 * pad) / max(1, len(factors) - 1)
+            y = height - pad + 20 - value / top * (height - 2 * pad)
+            return x, y
+        parts.append(f'<text x="{x0 + width / 2}" y="16" text-anchor="middle">{title} ({unit})</text>')
+        parts.append(f'<line x1="{x0 + pad}" y1="{height - pad + 20}" x2="{x0 + width - pad}" '
+                     f'y2="{height - pad + 20}" stroke="black"/>')
+        parts.append(f'<line x1="{x0 + pad}" y1="{pad - 8}" x2="{x0 + pad}" y2="{height - pad + 20}" stroke="black"/>')
+        parts.append(f'<text x="{x0 + pad - 4}" y="{pad - 4}" text-anchor="end">{top:.3g}</text>')
+        for i, factor in enumerate(factors):
+            x, _ = point(i, 0)
+            parts.append(f'<text x="{x}" y="{height - pad + 34}" text-anchor="middle">{factor}x</text>')
+        for t, name in enumerate(tools):
+            points = ' '.join('%.1f,%.1f' % point(i, m[name][index]) for i, (_, m) in enumerate(scale))
+            parts.append(f'<polyline points="{points}" fill="none" stroke="{colors[t % 3]}" stroke-width="2"/>')
+            if panel == 0:
+                parts.append(f'<text x="{pad + 8}" y="{pad + 8 + 14 * t}" fill="{colors[t % 3]}">{name}</text>')
+    parts.append('</svg>')
+    with open(path, 'w') as f:
+        f.write('\n'.join(parts) + '\n')
 
 
 def baton_phases(work):
@@ -334,7 +413,7 @@ def machine():
     return f'{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}'
 
 
-def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback):
+def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback, scale):
     baton = statistics.median(tools[0].times)
     lines = [
         '# Benchmarks',
@@ -380,6 +459,26 @@ def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback)
     for block in blocks:
         mean = statistics.mean(p[block] for p in phases)
         lines.append(f'| {block} | {mean:.0f} |')
+    if len(scale) > 1:
+        svg = os.path.join(ROOT, 'bench', 'scale.svg')
+        scale_svg(svg, scale)
+        names = list(scale[0][1].keys())
+        lines += [
+            '',
+            '## Scale',
+            '',
+            'The same run on N times the rows (`bench/generate.py`: each real row N times, '
+            'timestamps shifted by 37 s per copy), one run each after the rounds above; 1x is the '
+            'median above. Rows and content are verified as for 1x. Issue 7\'s target: time '
+            'growing linearly, peak RSS flat.',
+            '',
+            '| data | rows loaded | ' + ' | '.join(f'{n}: s | {n}: peak RSS MB' for n in names) + ' |',
+            '|---|---|' + '---|---|' * len(names),
+        ]
+        for factor, measured in scale:
+            cells = ' | '.join(f'{measured[n][0]:.2f} | {measured[n][1]:.0f}' for n in names)
+            lines.append(f'| {factor}x | {factor * EXPECTED_ROWS:,} | {cells} |')
+        lines += ['', '![time and peak RSS against data size](bench/scale.svg)']
     if OVERHEAD:
         results, start_ms = OVERHEAD
         lines += [

@@ -290,6 +290,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
         tokens,
         position: 0,
         end: text.len(),
+        depth: 0,
     };
     let expr = parser.expr(0)?;
     match parser.peek() {
@@ -305,7 +306,14 @@ struct Parser {
     tokens: Vec<(Token, Span)>,
     position: usize,
     end: usize,
+    /// How deeply the expression being parsed is nested, bounded by `MAX_DEPTH`.
+    depth: usize,
 }
+
+/// The deepest nesting of parentheses, operators and calls the parser follows. Real expressions
+/// stay far below; without a bound, `((((...` recursed until the stack overflowed (found by
+/// cargo-fuzz).
+const MAX_DEPTH: usize = 100;
 
 fn is_keyword(token: &Token, keyword: &str) -> bool {
     matches!(token, Token::Ident(name) if name.eq_ignore_ascii_case(keyword))
@@ -351,8 +359,21 @@ impl Parser {
         }
     }
 
-    /// Precedence climbing. Levels: or (1) < and (2) < not (3) < comparison (4) < + - (5) < * / % (6).
+    /// Precedence climbing, bounded in depth. Levels: or (1) < and (2) < not (3) <
+    /// comparison (4) < + - (5) < * / % (6).
     fn expr(&mut self, min_level: u8) -> Result<Expr, ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error_here(&format!(
+                "the expression is nested more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        self.depth += 1;
+        let expr = self.climb(min_level);
+        self.depth -= 1;
+        expr
+    }
+
+    fn climb(&mut self, min_level: u8) -> Result<Expr, ParseError> {
         let mut left = self.prefix()?;
         while let Some((token, _)) = self.peek() {
             let (op, level) = match token {
