@@ -229,8 +229,12 @@ fn decode(
     compression: Compression,
     format: FileFormat,
     observing: bool,
-    parse: impl FnOnce(&[u8]) -> BlockResult<DataFrame>,
+    parse: impl Fn(&[u8]) -> BlockResult<DataFrame>,
 ) -> BlockResult<(Option<FileColumns>, BlockResult<DataFrame>)> {
+    // `prepare` observes whole files; runs parse a gzip CSV as it inflates.
+    if !observing && compression == Compression::Gzip && format == FileFormat::Csv {
+        return Ok((None, gzip_csv_in_chunks(bytes, CSV_CHUNK_BYTES, &parse)?));
+    }
     let data = decompress(bytes, compression)?;
     let observed = observing.then(|| observe(&data, format)).transpose()?;
     Ok((observed, parse(&data)))
@@ -354,6 +358,96 @@ pub fn parse(
     columns: &[Column],
 ) -> BlockResult<DataFrame> {
     parse_plain(&decompress(bytes, compression)?, format, columns)
+}
+
+/// How much inflated CSV text is parsed at a time. A gzip month of trips inflates to five to ten
+/// times its size; parsed chunk by chunk, the whole text never sits in memory beside the rows
+/// parsed from it.
+const CSV_CHUNK_BYTES: usize = 32 << 20;
+
+/// Inflates a gzip CSV file and parses it in chunks of about `chunk_bytes` of text, each cut at
+/// the end of a record and given the header row, into one frame (one polars chunk per text
+/// chunk, not copied together). The outer error is a file that cannot be inflated; the inner
+/// one is a parse error, as `decode` reports them.
+fn gzip_csv_in_chunks(
+    bytes: &[u8],
+    chunk_bytes: usize,
+    parse: &dyn Fn(&[u8]) -> BlockResult<DataFrame>,
+) -> BlockResult<BlockResult<DataFrame>> {
+    let corrupt = |e: std::io::Error| {
+        BlockError::fatal(format!(
+            "the gzip data is truncated or corrupt ({e}); {} compressed bytes received",
+            bytes.len()
+        ))
+    };
+    let mut decoder = MultiGzDecoder::new(bytes);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut header: Option<Vec<u8>> = None;
+    let mut frame: Option<DataFrame> = None;
+    let mut want = chunk_bytes.max(1);
+    let mut finished = false;
+    let mut buffer = vec![0u8; 256 << 10];
+    while !finished || !pending.is_empty() {
+        while !finished && pending.len() < want {
+            let read = decoder.read(&mut buffer).map_err(corrupt)?;
+            finished = read == 0;
+            pending.extend_from_slice(&buffer[..read]);
+        }
+        let cut = if finished {
+            pending.len()
+        } else {
+            match last_record_end(&pending) {
+                Some(end) => end,
+                // One record longer than a chunk: read on until it ends.
+                None => {
+                    want = pending.len() * 2;
+                    continue;
+                }
+            }
+        };
+        want = chunk_bytes.max(1);
+        let text: Vec<u8> = match &header {
+            None => {
+                let line = pending.iter().position(|b| *b == b'\n').map_or(cut, |i| i + 1);
+                header = Some(pending[..line.min(cut)].to_vec());
+                pending.drain(..cut).collect()
+            }
+            Some(header) => {
+                let mut text = Vec::with_capacity(header.len() + cut);
+                text.extend_from_slice(header);
+                text.extend(pending.drain(..cut));
+                text
+            }
+        };
+        let parsed = match parse(&text) {
+            Ok(parsed) => parsed,
+            Err(error) => return Ok(Err(error)),
+        };
+        match &mut frame {
+            None => frame = Some(parsed),
+            Some(frame) => {
+                if let Err(error) = frame.vstack_mut(&parsed) {
+                    return Ok(Err(error.into()));
+                }
+            }
+        }
+    }
+    Ok(frame.map_or_else(|| parse(&[]), Ok))
+}
+
+/// The position just after the last complete record of CSV text: after its last newline that
+/// is outside quotes. Quotes toggle and a doubled quote toggles twice, so a newline is outside
+/// quotes when the text before it holds an even number of them (text starts at a record).
+fn last_record_end(text: &[u8]) -> Option<usize> {
+    let quotes = |part: &[u8]| part.iter().filter(|b| **b == b'"').count();
+    let mut end = text.iter().rposition(|b| *b == b'\n')?;
+    let mut before = quotes(&text[..end]);
+    while before % 2 == 1 {
+        let previous = text[..end].iter().rposition(|b| *b == b'\n')?;
+        before -= quotes(&text[previous..end]);
+        end = previous;
+    }
+    Some(end + 1)
 }
 
 /// The file's bytes as stored, decompressed when they are compressed.
@@ -611,6 +705,51 @@ mod tests {
         let at = frame.column("at").unwrap().cast(&DataType::String).unwrap();
         assert_eq!(at.str().unwrap().get(0), Some("2021-01-01 00:15:56.250000"));
         assert_eq!(at.str().unwrap().get(1), Some("2021-01-02 01:00:00.000000"));
+    }
+
+    #[test]
+    fn gzip_csv_parsed_in_chunks_equals_the_whole_file() {
+        use std::io::Write as _;
+        // Quoted fields with commas, doubled quotes and newlines, so that cuts must respect
+        // quotes; CRLF line ends as in the TLC's files.
+        const QUOTED: &[Column] = &[
+            Column::required("id", BaseType::Int64),
+            Column::nullable("note", BaseType::String),
+            Column::nullable("at", BaseType::Timestamp),
+        ];
+        let mut text = String::from("id,note,at\r\n");
+        for i in 0..40 {
+            let note = match i % 4 {
+                0 => "\"two\nlines\"".to_string(),
+                1 => "\"say \"\"hi\"\", then\"".to_string(),
+                2 => String::new(),
+                _ => format!("plain{i}"),
+            };
+            text.push_str(&format!("{i},{note},2021-01-01 00:00:{:02}\r\n", i % 60));
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        let bytes = gz.finish().unwrap();
+        let whole = parse_plain(text.as_bytes(), FileFormat::Csv, QUOTED).unwrap();
+        let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, QUOTED);
+        for chunk in [1, 2, 7, 16, 33, 64, 100, 1_000, 1 << 20] {
+            let chunked = gzip_csv_in_chunks(&bytes, chunk, &parse).unwrap().unwrap();
+            assert!(chunked.equals_missing(&whole), "chunks of {chunk} bytes:\n{chunked}\n{whole}");
+        }
+    }
+
+    #[test]
+    fn truncated_gzip_is_a_read_error_and_bad_rows_a_parse_error() {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"id,at,day\n1,2021-01-01 00:15:56,2021-01-01\n2,soon,2021-01-02\n")
+            .unwrap();
+        let bytes = gz.finish().unwrap();
+        let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, COLUMNS);
+        let truncated = gzip_csv_in_chunks(&bytes[..bytes.len() - 10], 8, &parse);
+        assert!(truncated.is_err());
+        let bad = gzip_csv_in_chunks(&bytes, 8, &parse).unwrap().unwrap_err();
+        assert!(bad.message.contains("`soon`"), "{bad}");
     }
 
     #[test]
