@@ -408,7 +408,10 @@ fn gzip_csv_in_chunks(
         want = chunk_bytes.max(1);
         let text: Vec<u8> = match &header {
             None => {
-                let line = pending.iter().position(|b| *b == b'\n').map_or(cut, |i| i + 1);
+                let line = pending
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(cut, |i| i + 1);
                 header = Some(pending[..line.min(cut)].to_vec());
                 pending.drain(..cut).collect()
             }
@@ -734,7 +737,10 @@ mod tests {
         let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, QUOTED);
         for chunk in [1, 2, 7, 16, 33, 64, 100, 1_000, 1 << 20] {
             let chunked = gzip_csv_in_chunks(&bytes, chunk, &parse).unwrap().unwrap();
-            assert!(chunked.equals_missing(&whole), "chunks of {chunk} bytes:\n{chunked}\n{whole}");
+            assert!(
+                chunked.equals_missing(&whole),
+                "chunks of {chunk} bytes:\n{chunked}\n{whole}"
+            );
         }
     }
 
