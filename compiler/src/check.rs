@@ -623,6 +623,8 @@ impl Checker<'_, '_> {
         let Some(declared) = &self.file.pipeline.schedule else {
             return;
         };
+        // One warning for the schedule, with a note per block that can outlast it.
+        let mut notes = Vec::new();
         for block in blocks {
             let policy = block.policy;
             let attempts = u64::from(policy.retries) + 1;
@@ -639,13 +641,28 @@ impl Checker<'_, '_> {
                 .saturating_mul(attempts)
                 .saturating_add(delays);
             if worst > interval as u64 {
-                self.push(
-                    Diagnostic::warning("W0005", format!("block `{}` can take longer than the time between two scheduled runs", block.name), declared.cron.span.clone(), format!("runs start every {}", human_ms(interval as u64)))
-                        .with_note(format!("`{}` may take up to {}: {attempts} attempt(s) of at most {} plus retry delays", block.name, human_ms(worst), human_ms(policy.timeout_ms)))
-                        .with_help("lower its `timeout` or `retries`, or schedule runs less often; overlapping ticks are skipped or queued, not run twice"),
-                );
+                notes.push((block.name.clone(), format!("`{}` may take up to {}: {attempts} attempt(s) of at most {} plus retry delays", block.name, human_ms(worst), human_ms(policy.timeout_ms))));
             }
         }
+        let Some((first, _)) = notes.first() else {
+            return;
+        };
+        let message = match notes.len() {
+            1 => {
+                format!("block `{first}` can take longer than the time between two scheduled runs")
+            }
+            n => format!("{n} blocks can take longer than the time between two scheduled runs"),
+        };
+        let mut diagnostic = Diagnostic::warning(
+            "W0005",
+            message,
+            declared.cron.span.clone(),
+            format!("runs start every {}", human_ms(interval as u64)),
+        );
+        for (_, note) in notes {
+            diagnostic = diagnostic.with_note(note);
+        }
+        self.push(diagnostic.with_help("lower their `timeout` or `retries`, or schedule runs less often; overlapping ticks are skipped or queued, not run twice"));
     }
 
     /// With `require_timeouts = true`, every block has a timeout chosen on purpose: its own or

@@ -413,7 +413,12 @@ fn gzip_csv_in_chunks(
                     .position(|b| *b == b'\n')
                     .map_or(cut, |i| i + 1);
                 header = Some(pending[..line.min(cut)].to_vec());
-                pending.drain(..cut).collect()
+                if cut == pending.len() {
+                    // A file smaller than a chunk is parsed as it is, without a copy.
+                    std::mem::take(&mut pending)
+                } else {
+                    pending.drain(..cut).collect()
+                }
             }
             Some(header) => {
                 let mut text = Vec::with_capacity(header.len() + cut);
