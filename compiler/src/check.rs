@@ -1746,7 +1746,7 @@ impl Checker<'_, '_> {
                     )
                 };
                 diagnostic = diagnostic
-                    .with_note(format!("no {} equals a {}: the join would match no rows", lt.base.name(), rt.base.name()))
+                    .with_note(format!("{} values never equal {} values: the join would match no rows", lt.base.name(), rt.base.name()))
                     .with_help(format!("cast one side in a transform before the join, e.g. `cast = {{ {} = \"{}\" }}` on `{right_name}`'s side", r.value, lt.base.name()));
                 self.push(diagnostic);
                 ok = false;
@@ -2597,6 +2597,17 @@ impl Checker<'_, '_> {
         }
         let is_aggregate =
             matches!(&call.kind, ExprKind::Call { name, .. } if Aggregate::named(name).is_some());
+        if let ExprKind::Call {
+            name,
+            name_span,
+            args,
+        } = &call.kind
+            && !is_aggregate
+            && self.call(name, name_span, args, source, schema).is_none()
+        {
+            // An unknown function (`rank`) is reported as such, with the list.
+            return None;
+        }
         if !is_aggregate {
             let names: Vec<&str> = Aggregate::ALL.iter().map(|(n, _)| *n).collect();
             self.push(
