@@ -581,6 +581,51 @@ print(rows, len(dates))
     )
 }
 
+/// A fresh folder for a `pipeline!`-expanded fixture pipeline: `files` (relative path and
+/// text) written into it, the working directory moved there and `DATABASE_URL` pointing at a
+/// SQLite file in it. Returns the folder and that file. It changes the process's working
+/// directory and environment, so the test binary must hold one test.
+pub fn fixture_folder(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().expect("a temporary folder");
+    for (path, text) in files {
+        let path = work.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("a file in a folder")).expect("a folder");
+        std::fs::write(path, text).expect("write a fixture file");
+    }
+    std::env::set_current_dir(work.path()).expect("enter the folder");
+    let db = work.path().join("w.db");
+    // SAFETY: such a test binary runs one test, so no other thread reads the environment.
+    unsafe { std::env::set_var("DATABASE_URL", format!("sqlite://{}", db.display())) };
+    (work, db)
+}
+
+/// Runs a compiled pipeline once (no ledger) and requires that it succeeded, printing every
+/// block's status when it did not.
+pub async fn run_succeeding(
+    pipeline: &'static baton_runtime::pipeline::Pipeline,
+    partition: Option<baton_runtime::partition::Partition>,
+    params: std::collections::HashMap<String, baton_runtime::context::Value>,
+) -> baton_runtime::executor::RunReport {
+    let report = baton_runtime::executor::run(
+        pipeline,
+        baton_runtime::executor::RunRequest::full(
+            partition,
+            params,
+            baton_runtime::ledger::TriggerKind::Run,
+        ),
+        &baton_runtime::executor::Services::default(),
+    )
+    .await
+    .expect("the run starts");
+    let statuses: Vec<_> = report
+        .blocks
+        .iter()
+        .map(|b| (b.name, b.status.clone()))
+        .collect();
+    assert!(report.succeeded(), "{statuses:?}");
+    report
+}
+
 /// Runs a Python script (standard library only: the independent reference of the end-to-end
 /// tests) with these arguments; returns the lines it printed, and panics with its error output
 /// when it fails.

@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use baton_runtime::executor::{RunRequest, Services, run};
-use baton_runtime::ledger::TriggerKind;
-use baton_tests::sqlite_rows;
+use baton_tests::{fixture_folder, run_succeeding, sqlite_rows};
 
 mod zone_joins {
     baton_macros::pipeline!("fixtures/pipelines/zone_joins.toml");
@@ -19,28 +17,8 @@ const ZONES: &str =
 
 #[tokio::test(flavor = "multi_thread")]
 async fn left_and_full_joins_keep_the_rows_and_nulls_they_promise() {
-    let work = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(work.path().join("data")).unwrap();
-    std::fs::write(work.path().join("data/trips.csv"), TRIPS).unwrap();
-    std::fs::write(work.path().join("data/zones.csv"), ZONES).unwrap();
-    std::env::set_current_dir(work.path()).unwrap();
-    let db = work.path().join("w.db");
-    // SAFETY: this test binary runs one test, so no other thread reads the environment.
-    unsafe { std::env::set_var("DATABASE_URL", format!("sqlite://{}", db.display())) };
-
-    let report = run(
-        &zone_joins::PIPELINE,
-        RunRequest::full(None, HashMap::new(), TriggerKind::Run),
-        &Services::default(),
-    )
-    .await
-    .unwrap();
-    let statuses: Vec<_> = report
-        .blocks
-        .iter()
-        .map(|b| (b.name, b.status.clone()))
-        .collect();
-    assert!(report.succeeded(), "{statuses:?}");
+    let (_work, db) = fixture_folder(&[("data/trips.csv", TRIPS), ("data/zones.csv", ZONES)]);
+    run_succeeding(&zone_joins::PIPELINE, None, HashMap::new()).await;
 
     // Left: every trip once; the right key is merged into zone_id, the right `name` suffixed.
     assert_eq!(

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use baton_runtime::context::Value;
-use baton_runtime::executor::{BlockStatus, RunRequest, Services, run};
-use baton_runtime::ledger::TriggerKind;
+use baton_runtime::executor::BlockStatus;
 use baton_runtime::partition::{Granularity, Partition};
+use baton_tests::{fixture_folder, run_succeeding};
 
 mod trips {
     baton_macros::pipeline!("fixtures/pipelines/trips_with_rust_block.toml");
@@ -22,45 +22,19 @@ const CSV: &str = "Trip ID,PickupTime,Fare,Zone,Shared\n\
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_macro_expanded_pipeline_with_a_rust_block_runs() {
-    let work = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(work.path().join("data")).unwrap();
-    std::fs::write(work.path().join("data/trips_20240101.csv"), CSV).unwrap();
-    std::env::set_current_dir(work.path()).unwrap();
-    let db = work.path().join("w.db");
-    // SAFETY: this test binary runs one test, so no other thread reads the environment.
-    unsafe { std::env::set_var("DATABASE_URL", format!("sqlite://{}", db.display())) };
+    let (_work, db) = fixture_folder(&[("data/trips_20240101.csv", CSV)]);
     let partition = Partition::parse(Granularity::Daily, "2024-01-01").unwrap();
 
-    let services = Services::default();
-    let report = run(
-        &trips::PIPELINE,
-        RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Run),
-        &services,
-    )
-    .await
-    .unwrap();
-    let statuses: Vec<_> = report
-        .blocks
-        .iter()
-        .map(|b| (b.name, b.status.clone()))
-        .collect();
-    assert!(report.succeeded(), "{statuses:?}");
+    let report = run_succeeding(&trips::PIPELINE, Some(partition), HashMap::new()).await;
     // Trip 2 is below min_fare (2.5) and trip 4 has no zone.
     assert_eq!(
-        statuses.last().unwrap().1,
+        report.blocks.last().unwrap().status,
         BlockStatus::Succeeded { rows: 3 }
     );
 
     // A parameter override changes what the compiled filter keeps; the partition is replaced.
     let strict = HashMap::from([("min_fare".to_string(), Value::Float(20.0))]);
-    let report = run(
-        &trips::PIPELINE,
-        RunRequest::full(Some(partition), strict, TriggerKind::Run),
-        &services,
-    )
-    .await
-    .unwrap();
-    assert!(report.succeeded());
+    run_succeeding(&trips::PIPELINE, Some(partition), strict).await;
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
         .await
         .expect("open the warehouse");

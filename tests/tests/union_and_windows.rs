@@ -3,10 +3,8 @@
 
 use std::collections::HashMap;
 
-use baton_runtime::executor::{RunRequest, Services, run};
-use baton_runtime::ledger::TriggerKind;
 use baton_runtime::partition::{Granularity, Partition};
-use baton_tests::sqlite_rows;
+use baton_tests::{fixture_folder, run_succeeding, sqlite_rows};
 
 mod fleet {
     baton_macros::pipeline!("fixtures/pipelines/fleet_union.toml");
@@ -19,29 +17,12 @@ const YELLOW: &str = "zone,fare_amount,vendor_id\nA,30.0,2\nC,1.0,1\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn union_stacks_by_name_and_windows_and_aggregates_compute_what_sql_would() {
-    let work = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(work.path().join("data")).unwrap();
-    std::fs::write(work.path().join("data/green_2024-01-01.csv"), GREEN).unwrap();
-    std::fs::write(work.path().join("data/yellow_2024-01-01.csv"), YELLOW).unwrap();
-    std::env::set_current_dir(work.path()).unwrap();
-    let db = work.path().join("w.db");
-    // SAFETY: this test binary runs one test, so no other thread reads the environment.
-    unsafe { std::env::set_var("DATABASE_URL", format!("sqlite://{}", db.display())) };
+    let (_work, db) = fixture_folder(&[
+        ("data/green_2024-01-01.csv", GREEN),
+        ("data/yellow_2024-01-01.csv", YELLOW),
+    ]);
     let partition = Partition::parse(Granularity::Daily, "2024-01-01").unwrap();
-
-    let report = run(
-        &fleet::PIPELINE,
-        RunRequest::full(Some(partition), HashMap::new(), TriggerKind::Run),
-        &Services::default(),
-    )
-    .await
-    .unwrap();
-    let statuses: Vec<_> = report
-        .blocks
-        .iter()
-        .map(|b| (b.name, b.status.clone()))
-        .collect();
-    assert!(report.succeeded(), "{statuses:?}");
+    run_succeeding(&fleet::PIPELINE, Some(partition), HashMap::new()).await;
 
     // The union has five rows; above their vendor's mean are 20 (vendor 1) and 30 (vendor 2).
     assert_eq!(
