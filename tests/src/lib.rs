@@ -518,7 +518,10 @@ pub fn output_text(output: &Output) -> String {
 /// The rows of a query on a SQLite file, through the `sqlite3` command line (an independent
 /// reader), one `|`-separated line per row.
 pub fn sqlite_rows(db: &Path, sql: &str) -> Vec<String> {
+    // A pipeline's connections may still be closing (the last one checkpoints the WAL, which
+    // locks the file for a moment): wait up to 10 s for the lock rather than fail at once.
     let output = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
         .arg(sql)
         .output()

@@ -627,7 +627,10 @@ async fn write_sqlite(
 ) -> BlockResult<()> {
     let table = qualified(Dialect::Sqlite, target);
     let values = sqlite_columns(frame, target.columns)?;
-    let mut tx = pool.begin().await?;
+    // The write lock is taken at the start: a deferred transaction that read first would fail
+    // at once with "database is locked" when another sink of the run wrote to the same file in
+    // the meantime, instead of waiting its turn (the busy timeout applies only to IMMEDIATE).
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for statement in preamble(Dialect::Sqlite, target, partition.as_ref()) {
         let mut query = sqlx::query(AssertSqlSafe(statement.sql));
         if let Some(value) = statement.bind {
