@@ -1763,8 +1763,8 @@ impl Checker<'_, '_> {
                 let mut ty = *ty;
                 let key = keys.pairs.iter().find(|(l, _)| &l.value == name);
                 match (how.value, key) {
-                    // Null keys match nothing, so an inner join's keys are never null.
-                    (JoinHow::Inner, Some(_)) => ty.nullable = false,
+                    // Null keys match nothing, so an inner or semi join's keys are never null.
+                    (JoinHow::Inner | JoinHow::Semi, Some(_)) => ty.nullable = false,
                     // A full join's key is the left key or, for right rows without a match,
                     // the right key.
                     (JoinHow::Full, Some((_, r))) => {
@@ -1777,7 +1777,9 @@ impl Checker<'_, '_> {
             })
             .collect();
         let right_span = block.inputs[1].span.clone();
-        for (name, ty) in right {
+        // A semi or anti join only filters the left rows: no right column is added.
+        let added: &[(String, ColumnType)] = if how.value.filters_only() { &[] } else { right };
+        for (name, ty) in added {
             if right_keys.contains(&name.as_str()) {
                 continue;
             }

@@ -1167,15 +1167,19 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             suffix,
         } => {
             let output = schema_const(block);
+            let ctx = context_parameter(&checks);
+            if how.filters_only() {
+                let doc: Vec<TokenStream> = doc.collect();
+                return semi_or_anti_join(block, &function, &doc, *how, left_on, right_on, &checks);
+            }
             let how = match how {
                 JoinHow::Inner => quote!(JoinType::Inner),
                 JoinHow::Left => quote!(JoinType::Left),
-                JoinHow::Full => quote!(JoinType::Full),
+                _ => quote!(JoinType::Full),
             };
             let suffix = suffix
                 .as_ref()
                 .map(|suffix| quote!(.with_suffix(Some(#suffix.into()))));
-            let ctx = context_parameter(&checks);
             quote! {
                 #(#doc)*
                 fn #function(#ctx: &RunContext, left: DataFrame, right: DataFrame) -> BlockResult<DataFrame> {
@@ -1372,6 +1376,61 @@ fn formatted(parts: &[TemplatePart], literal: &str, args: &[TokenStream]) -> Tok
 }
 
 /// Whether a token tree uses the identifier `ctx`.
+/// A semi or anti join: the left rows with (without) a match among the right's distinct keys.
+/// It is a join against those keys alone, so it needs no polars feature beyond joins, and a
+/// left row is never repeated however often its key is on the right.
+fn semi_or_anti_join(
+    block: &Block,
+    function: &proc_macro2::Ident,
+    doc: &[TokenStream],
+    how: JoinHow,
+    left_on: &[String],
+    right_on: &[String],
+    checks: &TokenStream,
+) -> TokenStream {
+    let output = schema_const(block);
+    let ctx = context_parameter(checks);
+    let keep = if how == JoinHow::Semi {
+        quote! {
+            // Matching rows: an inner join with the distinct right keys.
+            let frame = left.lazy().join(
+                keys,
+                [#(col(#left_on)),*],
+                [#(col(#right_on)),*],
+                JoinArgs::new(JoinType::Inner).with_coalesce(JoinCoalesce::CoalesceColumns),
+            );
+        }
+    } else {
+        quote! {
+            // Rows without a match: a left join with the distinct right keys, marked, keeping
+            // the rows the mark did not reach.
+            let frame = left
+                .lazy()
+                .join(
+                    keys.with_column(lit(true).alias("__baton_matched")),
+                    [#(col(#left_on)),*],
+                    [#(col(#right_on)),*],
+                    JoinArgs::new(JoinType::Left).with_coalesce(JoinCoalesce::CoalesceColumns),
+                )
+                .filter(col("__baton_matched").is_null())
+                .drop(by_name(["__baton_matched"], true, false));
+        }
+    };
+    quote! {
+        #(#doc)*
+        fn #function(#ctx: &RunContext, left: DataFrame, right: DataFrame) -> BlockResult<DataFrame> {
+            let keys = right
+                .lazy()
+                .select([#(col(#right_on)),*])
+                .unique_stable(None, UniqueKeepStrategy::Any);
+            #keep
+            let frame = conform(frame.collect()?, #output)?;
+            #checks
+            Ok(frame)
+        }
+    }
+}
+
 /// The names of a hand-written function's typed rows: `flag_expensive` takes
 /// `FlagExpensiveInput` and returns `FlagExpensiveOutput`.
 fn rows_type_names(function: &str) -> (proc_macro2::Ident, proc_macro2::Ident) {

@@ -116,6 +116,8 @@ pub fn lineage(pipeline: &Pipeline) -> Vec<Lineage> {
                     (name.clone(), origins)
                 })
                 .collect(),
+            // A semi or anti join only filters the left rows.
+            BlockOp::Join { how, .. } if how.filters_only() => input,
             BlockOp::Join {
                 left_on,
                 right_on,

@@ -268,14 +268,20 @@ pub enum JoinHow {
     Left,
     /// Every row of both sides; keys are merged into the left key columns.
     Full,
+    /// The left rows that have a match on the right, once each; only the left columns.
+    Semi,
+    /// The left rows that have no match on the right; only the left columns.
+    Anti,
 }
 
 impl JoinHow {
     /// Every kind with its name in pipeline files.
-    pub const ALL: [(&'static str, JoinHow); 3] = [
+    pub const ALL: [(&'static str, JoinHow); 5] = [
         ("inner", JoinHow::Inner),
         ("left", JoinHow::Left),
         ("full", JoinHow::Full),
+        ("semi", JoinHow::Semi),
+        ("anti", JoinHow::Anti),
     ];
 
     /// Its name in pipeline files.
@@ -284,7 +290,14 @@ impl JoinHow {
             JoinHow::Inner => "inner",
             JoinHow::Left => "left",
             JoinHow::Full => "full",
+            JoinHow::Semi => "semi",
+            JoinHow::Anti => "anti",
         }
+    }
+
+    /// Whether the output has only the left input's columns (the right side filters).
+    pub fn filters_only(self) -> bool {
+        matches!(self, JoinHow::Semi | JoinHow::Anti)
     }
 }
 
