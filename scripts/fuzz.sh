@@ -14,6 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
+# FUZZ_SEED fixes libFuzzer's seed: the same inputs are tried on every run, so what a test run
+# finds is reproducible. Without it each run explores anew.
+seed=()
+if [ -n "${FUZZ_SEED:-}" ]; then
+  seed=(-seed="$FUZZ_SEED")
+fi
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: no nightly toolchain here, so cargo-fuzz cannot run; compiler/tests/no_panic.rs covered the front end on stable" >&2
@@ -39,5 +45,5 @@ for target in front_end expression; do
   # Without a sanitizer: the code is safe Rust, and what is looked for is a panic; a sanitizer
   # would cut the runs per second several times.
   cargo +nightly fuzz run --sanitizer none --target-dir "$target_dir" "$target" "$corpus/$target" -- \
-    -max_total_time="$seconds" -max_len=16384 -rss_limit_mb=2048 -print_final_stats=1
+    -max_total_time="$seconds" -max_len=16384 -rss_limit_mb=2048 -print_final_stats=1 "${seed[@]}"
 done
