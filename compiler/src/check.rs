@@ -1211,9 +1211,10 @@ impl Checker<'_, '_> {
 
     fn rust_function(&mut self, function: &Located<String>) {
         let Some((path, text)) = self.context.rust_module else {
+            let rows = ir::row_type_names(&function.value);
             self.push(
                 Diagnostic::error("E0020", format!("no Rust module for function `{}`", function.value), function.span.clone(), "the pipeline has no hand-written Rust")
-                    .with_help(format!("create `{}` next to the pipeline file with `use super::*;` and `pub fn {}(rows: {stem}Input) -> PolarsResult<{stem}Output>` (the row types are generated from this file)", self.rust_module_hint(), function.value, stem = camel_case(&function.value))),
+                    .with_help(format!("create `{}` next to the pipeline file with `use super::*;` and `pub fn {}(rows: {}) -> PolarsResult<{}>` (the row types are generated from this file)", self.rust_module_hint(), function.value, rows.0, rows.1)),
             );
             return;
         };
@@ -1261,7 +1262,7 @@ impl Checker<'_, '_> {
         path: &str,
         signature: &syn::Signature,
     ) {
-        let stem = camel_case(&function.value);
+        let (rows_in, rows_out) = ir::row_type_names(&function.value);
         use quote::ToTokens as _;
         let written = |tokens: &syn::Type| {
             tokens
@@ -1273,12 +1274,12 @@ impl Checker<'_, '_> {
         let takes_rows = match signature.inputs.iter().collect::<Vec<_>>()[..] {
             [syn::FnArg::Typed(argument)] => matches!(
                 argument.ty.as_ref(),
-                syn::Type::Path(path) if path.path.segments.last().is_some_and(|s| s.ident == format!("{stem}Input"))
+                syn::Type::Path(path) if path.path.segments.last().is_some_and(|s| s.ident == rows_in)
             ),
             _ => false,
         };
         let returns_rows = match &signature.output {
-            syn::ReturnType::Type(_, ty) => written(ty).contains(&format!("{stem}Output")),
+            syn::ReturnType::Type(_, ty) => written(ty).contains(&rows_out),
             syn::ReturnType::Default => false,
         };
         if !(takes_rows && returns_rows) {
@@ -1298,7 +1299,7 @@ impl Checker<'_, '_> {
             self.push(
                 Diagnostic::error("E0020", format!("`{}` in `{path}` does not take and return the block's rows", function.value), function.span.clone(), "its signature does not fit this block")
                     .with_note(format!("found: `{found}`"))
-                    .with_help(format!("write `pub fn {}(rows: {stem}Input) -> PolarsResult<{stem}Output>`: both types are generated from this file's schemas", function.value)),
+                    .with_help(format!("write `pub fn {}(rows: {rows_in}) -> PolarsResult<{rows_out}>`: both types are generated from this file's schemas", function.value)),
             );
         }
     }
@@ -1929,11 +1930,12 @@ impl Checker<'_, '_> {
         }
         let mut computed = Vec::new();
         for (name, source) in aggregates {
-            self.aggregates = AggregateScope::Groups {
-                whole_input: group_by.is_empty(),
-            };
-            let typed = self.typed_expr(source, input);
-            self.aggregates = AggregateScope::Rows;
+            let typed = self.in_scope(
+                AggregateScope::Groups {
+                    whole_input: group_by.is_empty(),
+                },
+                |checker| checker.typed_expr(source, input),
+            );
             let Some((expr, ty)) = typed else {
                 ok = false;
                 continue;
@@ -2581,6 +2583,14 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// Runs `check` with aggregates allowed as `scope` says, then restores the scope around it.
+    fn in_scope<T>(&mut self, scope: AggregateScope, check: impl FnOnce(&mut Self) -> T) -> T {
+        let saved = std::mem::replace(&mut self.aggregates, scope);
+        let result = check(self);
+        self.aggregates = saved;
+        result
+    }
+
     /// `AGGREGATE(x) over (a, b)`: allowed wherever rows are handled one by one.
     fn window(
         &mut self,
@@ -2649,10 +2659,9 @@ impl Checker<'_, '_> {
                 }
             }
         }
-        let saved = std::mem::replace(&mut self.aggregates, AggregateScope::Window);
-        let typed = self.infer(call, source, schema);
-        self.aggregates = saved;
-        let (typed, ty) = typed?;
+        let (typed, ty) = self.in_scope(AggregateScope::Window, |checker| {
+            checker.infer(call, source, schema)
+        })?;
         Some((TypedExpr::Window(Box::new(typed), columns), ty))
     }
 
@@ -2717,10 +2726,9 @@ impl Checker<'_, '_> {
         let Some(arg) = args.first() else {
             return Some((TypedExpr::Aggregate(Aggregate::Count, None), int64));
         };
-        let saved = std::mem::replace(&mut self.aggregates, AggregateScope::Argument);
-        let typed = self.infer(arg, source, schema);
-        self.aggregates = saved;
-        let (typed, ty) = typed?;
+        let (typed, ty) = self.in_scope(AggregateScope::Argument, |checker| {
+            checker.infer(arg, source, schema)
+        })?;
         let ordered = [
             BaseType::Int64,
             BaseType::Float64,
@@ -3146,20 +3154,6 @@ fn numeric(literal: &Literal) -> Option<f64> {
         Literal::Float(x) => Some(*x),
         _ => None,
     }
-}
-
-/// `flag_expensive` as `FlagExpensive`: the stem of a hand-written function's row types.
-pub fn camel_case(name: &str) -> String {
-    name.split('_')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 /// `a`, `b` and `c` as "`a`, `b`, `c`".

@@ -1168,29 +1168,11 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
         } => {
             let output = schema_const(block);
             let ctx = context_parameter(&checks);
-            if how.filters_only() {
-                let doc: Vec<TokenStream> = doc.collect();
-                return semi_or_anti_join(block, &function, &doc, *how, left_on, right_on, &checks);
-            }
-            let how = match how {
-                JoinHow::Inner => quote!(JoinType::Inner),
-                JoinHow::Left => quote!(JoinType::Left),
-                _ => quote!(JoinType::Full),
-            };
-            let suffix = suffix
-                .as_ref()
-                .map(|suffix| quote!(.with_suffix(Some(#suffix.into()))));
+            let joined = join_tokens(*how, left_on, right_on, suffix.as_deref());
             quote! {
                 #(#doc)*
                 fn #function(#ctx: &RunContext, left: DataFrame, right: DataFrame) -> BlockResult<DataFrame> {
-                    // The right keys are merged into the left ones, which the compiled schema
-                    // keeps; null keys match nothing.
-                    let frame = left.lazy().join(
-                        right.lazy(),
-                        [#(col(#left_on)),*],
-                        [#(col(#right_on)),*],
-                        JoinArgs::new(#how).with_coalesce(JoinCoalesce::CoalesceColumns) #suffix,
-                    );
+                    #joined
                     let frame = conform(frame.collect()?, #output)?;
                     #checks
                     Ok(frame)
@@ -1376,66 +1358,61 @@ fn formatted(parts: &[TemplatePart], literal: &str, args: &[TokenStream]) -> Tok
 }
 
 /// Whether a token tree uses the identifier `ctx`.
-/// A semi or anti join: the left rows with (without) a match among the right's distinct keys.
-/// It is a join against those keys alone, so it needs no polars feature beyond joins, and a
-/// left row is never repeated however often its key is on the right.
-fn semi_or_anti_join(
-    block: &Block,
-    function: &proc_macro2::Ident,
-    doc: &[TokenStream],
+/// The statements that join `left` and `right` into the lazy `frame`. Inner, left and full
+/// joins merge the right keys into the left ones, which the compiled schema keeps (null keys
+/// match nothing). A semi or anti join keeps the left rows with (without) a match among the
+/// right's distinct keys: a join against those keys alone, so it needs no polars feature
+/// beyond joins, and a left row is never repeated however often its key is on the right.
+fn join_tokens(
     how: JoinHow,
     left_on: &[String],
     right_on: &[String],
-    checks: &TokenStream,
+    suffix: Option<&str>,
 ) -> TokenStream {
-    let output = schema_const(block);
-    let ctx = context_parameter(checks);
-    let keep = if how == JoinHow::Semi {
-        quote! {
-            // Matching rows: an inner join with the distinct right keys.
-            let frame = left.lazy().join(
-                keys,
-                [#(col(#left_on)),*],
-                [#(col(#right_on)),*],
-                JoinArgs::new(JoinType::Inner).with_coalesce(JoinCoalesce::CoalesceColumns),
-            );
-        }
-    } else {
-        quote! {
-            // Rows without a match: a left join with the distinct right keys, marked, keeping
-            // the rows the mark did not reach.
-            let frame = left
-                .lazy()
-                .join(
-                    keys.with_column(lit(true).alias("__baton_matched")),
-                    [#(col(#left_on)),*],
-                    [#(col(#right_on)),*],
-                    JoinArgs::new(JoinType::Left).with_coalesce(JoinCoalesce::CoalesceColumns),
-                )
-                .filter(col("__baton_matched").is_null())
-                .drop(by_name(["__baton_matched"], true, false));
-        }
+    let keys = quote!([#(col(#left_on)),*], [#(col(#right_on)),*]);
+    let args = |kind: TokenStream| quote!(JoinArgs::new(#kind).with_coalesce(JoinCoalesce::CoalesceColumns));
+    let distinct_keys = quote! {
+        let keys = right
+            .lazy()
+            .select([#(col(#right_on)),*])
+            .unique_stable(None, UniqueKeepStrategy::Any);
     };
-    quote! {
-        #(#doc)*
-        fn #function(#ctx: &RunContext, left: DataFrame, right: DataFrame) -> BlockResult<DataFrame> {
-            let keys = right
-                .lazy()
-                .select([#(col(#right_on)),*])
-                .unique_stable(None, UniqueKeepStrategy::Any);
-            #keep
-            let frame = conform(frame.collect()?, #output)?;
-            #checks
-            Ok(frame)
+    match how {
+        JoinHow::Semi => {
+            let args = args(quote!(JoinType::Inner));
+            quote! {
+                #distinct_keys
+                let frame = left.lazy().join(keys, #keys, #args);
+            }
+        }
+        JoinHow::Anti => {
+            let args = args(quote!(JoinType::Left));
+            quote! {
+                #distinct_keys
+                let frame = left
+                    .lazy()
+                    .join(keys.with_column(lit(true).alias("__baton_matched")), #keys, #args)
+                    .filter(col("__baton_matched").is_null())
+                    .drop(by_name(["__baton_matched"], true, false));
+            }
+        }
+        JoinHow::Inner | JoinHow::Left | JoinHow::Full => {
+            let kind = match how {
+                JoinHow::Inner => quote!(JoinType::Inner),
+                JoinHow::Left => quote!(JoinType::Left),
+                _ => quote!(JoinType::Full),
+            };
+            let args = args(kind);
+            let suffix = suffix.map(|suffix| quote!(.with_suffix(Some(#suffix.into()))));
+            quote!(let frame = left.lazy().join(right.lazy(), #keys, #args #suffix);)
         }
     }
 }
 
-/// The names of a hand-written function's typed rows: `flag_expensive` takes
-/// `FlagExpensiveInput` and returns `FlagExpensiveOutput`.
+/// The identifiers of a hand-written function's typed rows (`ir::row_type_names`).
 fn rows_type_names(function: &str) -> (proc_macro2::Ident, proc_macro2::Ident) {
-    let stem = crate::check::camel_case(function);
-    (format_ident!("{stem}Input"), format_ident!("{stem}Output"))
+    let (input, output) = crate::ir::row_type_names(function);
+    (format_ident!("{input}"), format_ident!("{output}"))
 }
 
 /// The typed rows of every hand-written function: a struct with one typed column per field of

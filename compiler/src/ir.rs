@@ -507,3 +507,21 @@ impl Aggregate {
             .map(|(_, a)| *a)
     }
 }
+
+/// The names of the typed rows a hand-written function takes and returns: `flag_expensive`
+/// takes `FlagExpensiveInput` and returns `FlagExpensiveOutput`. The checker names them in its
+/// messages and the emitter generates them.
+pub fn row_type_names(function: &str) -> (String, String) {
+    let stem: String = function
+        .split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    (format!("{stem}Input"), format!("{stem}Output"))
+}

@@ -1668,13 +1668,10 @@ impl Reader<'_, '_> {
                     "the dataset's folder in the lake, e.g. `path = \"green_taxi\"`",
                 );
                 // One column (`"day"`) or several (`["year", "month"]`), outermost first.
-                let partition_by = match cursor.get("partition_by") {
-                    None => Vec::new(),
-                    Some(value) => match value.get_ref() {
-                        DeValue::Array(_) => self.string_list("partition_by", value),
-                        _ => self.string("partition_by", value).into_iter().collect(),
-                    },
-                };
+                let partition_by = cursor
+                    .get("partition_by")
+                    .map(|value| self.name_or_names("partition_by", value))
+                    .unwrap_or_default();
                 let max_rows_per_file = self.opt_integer(cursor, "max_rows_per_file", 1..=u32::MAX);
                 // The dataset is a folder, so only `format` says CSV; Parquet by default.
                 let (format, _) = self.file_format(cursor, ".parquet", false);
@@ -2139,13 +2136,15 @@ impl Reader<'_, '_> {
 
     /// A `join` block's keys (`on`, or `left_on` with `right_on`), kind and suffix.
     fn join(&mut self, cursor: &mut TableCursor<'_, '_>) -> Option<BlockKind> {
-        let on = cursor.get("on").map(|v| (self.key_list("on", v), v.span()));
+        let on = cursor
+            .get("on")
+            .map(|v| (self.name_or_names("on", v), v.span()));
         let left_on = cursor
             .get("left_on")
-            .map(|v| (self.key_list("left_on", v), v.span()));
+            .map(|v| (self.name_or_names("left_on", v), v.span()));
         let right_on = cursor
             .get("right_on")
-            .map(|v| (self.key_list("right_on", v), v.span()));
+            .map(|v| (self.name_or_names("right_on", v), v.span()));
         let keys = match (on, left_on, right_on) {
             (Some((on, span)), None, None) => JoinKeys {
                 pairs: on.iter().map(|c| (c.clone(), c.clone())).collect(),
@@ -2210,8 +2209,9 @@ impl Reader<'_, '_> {
         Some(BlockKind::Join { keys, how, suffix })
     }
 
-    /// A list of key columns; one column may be written as a plain string.
-    fn key_list(&mut self, key: &str, value: &Value<'_>) -> Vec<Located<String>> {
+    /// A list of column names; one column may be written as a plain string (`"day"` or
+    /// `["year", "month"]`).
+    fn name_or_names(&mut self, key: &str, value: &Value<'_>) -> Vec<Located<String>> {
         match value.get_ref() {
             DeValue::Array(_) => self.string_list(key, value),
             _ => self.string(key, value).into_iter().collect(),

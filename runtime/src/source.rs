@@ -374,12 +374,7 @@ fn gzip_csv_in_chunks(
     chunk_bytes: usize,
     parse: &dyn Fn(&[u8]) -> BlockResult<DataFrame>,
 ) -> BlockResult<BlockResult<DataFrame>> {
-    let corrupt = |e: std::io::Error| {
-        BlockError::fatal(format!(
-            "the gzip data is truncated or corrupt ({e}); {} compressed bytes received",
-            bytes.len()
-        ))
-    };
+    let corrupt = |e| corrupt_gzip(e, bytes.len());
     let mut decoder = MultiGzDecoder::new(bytes);
     let mut pending: Vec<u8> = Vec::new();
     let mut header: Option<Vec<u8>> = None;
@@ -458,6 +453,13 @@ fn last_record_end(text: &[u8]) -> Option<usize> {
     Some(end + 1)
 }
 
+/// A gzip file that does not inflate: cut short in transfer, or not gzip at all.
+fn corrupt_gzip(error: std::io::Error, compressed: usize) -> BlockError {
+    BlockError::fatal(format!(
+        "the gzip data is truncated or corrupt ({error}); {compressed} compressed bytes received"
+    ))
+}
+
 /// The file's bytes as stored, decompressed when they are compressed.
 fn decompress(bytes: &[u8], compression: Compression) -> BlockResult<Cow<'_, [u8]>> {
     match compression {
@@ -466,12 +468,7 @@ fn decompress(bytes: &[u8], compression: Compression) -> BlockResult<Cow<'_, [u8
             let mut out = Vec::with_capacity(bytes.len() * 5);
             MultiGzDecoder::new(bytes)
                 .read_to_end(&mut out)
-                .map_err(|e| {
-                    BlockError::fatal(format!(
-                        "the gzip data is truncated or corrupt ({e}); {} compressed bytes received",
-                        bytes.len()
-                    ))
-                })?;
+                .map_err(|e| corrupt_gzip(e, bytes.len()))?;
             Ok(Cow::Owned(out))
         }
     }

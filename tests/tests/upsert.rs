@@ -5,9 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use baton_runtime::executor::{RunRequest, Services, run};
-use baton_runtime::ledger::TriggerKind;
-use baton_tests::Postgres;
+use baton_tests::{Postgres, run_succeeding};
 
 mod upsert_trips {
     baton_macros::pipeline!("fixtures/pipelines/upsert_trips.toml");
@@ -15,14 +13,7 @@ mod upsert_trips {
 
 async fn load(work: &Path, csv: &str) {
     std::fs::write(work.join("data/trips.csv"), csv).unwrap();
-    let report = run(
-        &upsert_trips::PIPELINE,
-        RunRequest::full(None, HashMap::new(), TriggerKind::Run),
-        &Services::default(),
-    )
-    .await
-    .unwrap();
-    assert!(report.succeeded(), "{:?}", report.blocks);
+    run_succeeding(&upsert_trips::PIPELINE, None, HashMap::new()).await;
 }
 
 const FIRST: &str = "trip_id,fare,zone\n1,10.0,Queens\n2,20.0,Bronx\n3,30.0,\n";
