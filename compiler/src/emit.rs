@@ -411,6 +411,9 @@ fn kind_name_tokens(kind: &str) -> TokenStream {
         "rest" => quote!(BlockKind::RestSource),
         "sql" => quote!(BlockKind::SqlSource),
         "transform" => quote!(BlockKind::Transform),
+        "join" => quote!(BlockKind::Join),
+        "union" => quote!(BlockKind::Union),
+        "aggregate" => quote!(BlockKind::Aggregate),
         "rust" => quote!(BlockKind::Rust),
         "table" => quote!(BlockKind::TableSink),
         "lake" => quote!(BlockKind::LakeSink),
@@ -1808,5 +1811,20 @@ fn list_tokens(values: &[Literal]) -> TokenStream {
             other => other.to_string(),
         });
         quote!(string_list(&[#(#items),*]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[pipeline.concurrency]` accepts every kind name the checker knows; each must have a
+    /// runtime kind (a missing one made the emitter panic on `join = 2`).
+    #[test]
+    fn every_block_kind_name_has_a_runtime_kind() {
+        for kind in crate::syntax::BLOCK_KINDS {
+            let tokens = kind_name_tokens(kind).to_string();
+            assert!(tokens.starts_with("BlockKind"), "{kind}: {tokens}");
+        }
     }
 }
