@@ -265,19 +265,11 @@ def run_all(args, pg, base_url, work, feedback):
 
     def one(tool, record):
         fresh()
-        seconds, rss, output, code = measure(tool.command, tool.env, work)
-        if code != 0:
-            # The pandas baseline sometimes aborts in interpreter teardown (a pyarrow thread)
-            # after its work is done; the checks below decide whether the run counts.
-            tool.failed_exits += 1
-            if tool.name == 'Baton' or 'rows_in_postgres=' not in output:
-                sys.exit(f'{tool.name} failed ({code}):\n{output[-4000:]}')
-        fingerprint = pg.psql(FINGERPRINT)
+        seconds, rss, output, fingerprint = verified_run(pg, work, tool, tool.env, EXPECTED_ROWS)
         partitions = lake_partitions(lake)
-        rows = int(fingerprint.split()[0])
-        if rows != EXPECTED_ROWS or partitions != EXPECTED_PARTITIONS:
-            sys.exit(f'{tool.name}: {rows} rows and {partitions} partitions, expected '
-                     f'{EXPECTED_ROWS} and {EXPECTED_PARTITIONS}\n{output[-3000:]}')
+        if partitions != EXPECTED_PARTITIONS:
+            sys.exit(f'{tool.name}: {partitions} partitions, expected {EXPECTED_PARTITIONS}\n'
+                     f'{output[-3000:]}')
         fingerprints[tool.name] = fingerprint
         if record:
             tool.times.append(seconds)
@@ -300,6 +292,26 @@ def run_all(args, pg, base_url, work, feedback):
                        factors, fresh)
     write_report(args.out, tools, copy_floor, fingerprints['Baton'], phases, args.rounds, feedback,
                  scale)
+
+
+def verified_run(pg, work, tool, env, expected_rows, label='', strict=False):
+    """Runs a tool once on an empty database and lake, then checks the rows it loaded:
+    (seconds, peak RSS MB, output, content fingerprint). A failed run ends the benchmark;
+    `strict` fails on any non-zero exit, even one after the work was done."""
+    seconds, rss, output, code = measure(tool.command, env, work)
+    if code != 0 and strict:
+        sys.exit(f'{tool.name} failed{label} ({code}):\n{output[-4000:]}')
+    if code != 0:
+        # The pandas baseline sometimes aborts in interpreter teardown (a pyarrow thread)
+        # after its work is done; the row count below decides whether the run counts.
+        tool.failed_exits += 1
+        if tool.name == 'Baton' or 'rows_in_postgres=' not in output:
+            sys.exit(f'{tool.name} failed{label} ({code}):\n{output[-4000:]}')
+    fingerprint = pg.psql(FINGERPRINT)
+    rows = int(fingerprint.split()[0])
+    if rows != expected_rows:
+        sys.exit(f'{tool.name}{label}: {rows} rows, expected {expected_rows}\n{output[-3000:]}')
+    return seconds, rss, output, fingerprint
 
 
 def scale_runs(args, pg, work, tools, factors, fresh):
@@ -325,13 +337,8 @@ def scale_runs(args, pg, work, tools, factors, fresh):
                 for tool in tools:
                     env = {**tool.env, 'TLC_BASE_URL': url, 'GREEN_BASE_URL': url}
                     fresh()
-                    seconds, rss, output, code = measure(tool.command, env, work)
-                    if code != 0:
-                        sys.exit(f'{tool.name} failed at {factor}x ({code}):\n{output[-4000:]}')
-                    fingerprint = pg.psql(FINGERPRINT)
-                    rows = int(fingerprint.split()[0])
-                    if rows != factor * EXPECTED_ROWS:
-                        sys.exit(f'{tool.name} at {factor}x: {rows} rows, expected {factor * EXPECTED_ROWS}')
+                    seconds, rss, _, fingerprint = verified_run(
+                        pg, work, tool, env, factor * EXPECTED_ROWS, f' at {factor}x', strict=True)
                     fingerprints[tool.name] = fingerprint
                     if round_ > 0:
                         runs[tool.name].append((seconds, rss))
@@ -465,7 +472,9 @@ def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback,
         mean = statistics.mean(p[block] for p in phases)
         lines.append(f'| {block} | {mean:.0f} |')
     if len(scale) > 1:
-        svg = os.path.join(ROOT, 'bench', 'scale.svg')
+        # Beside the report it belongs to, where the report's link finds it.
+        svg = os.path.join(os.path.dirname(os.path.abspath(path)), 'bench', 'scale.svg')
+        os.makedirs(os.path.dirname(svg), exist_ok=True)
         scale_svg(svg, scale)
         names = list(scale[0][1].keys())
         lines += [
