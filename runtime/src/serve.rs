@@ -838,27 +838,40 @@ async fn cancel_run(
         .unwrap_or_else(|e| e.into_inner())
         .get(&run_id)
         .cloned();
-    if let Some(cancel) = cancel {
-        let by = state.api_actor().unwrap_or_else(|| "the API".into());
-        cancel.send_replace(Some(format!("cancelled by {by}")));
-        info!(run_id = %run_id, "cancelling the run, as asked through the API");
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "run_id": run_id, "status": "cancelling" })),
-        ));
+    // The ledger is asked first even for a run of this process: a run is recorded as ended a
+    // moment before it leaves the process's list, and an ended run cannot be cancelled.
+    // A ledger that cannot answer does not keep a run of this process from being cancelled.
+    let run = match ledger(&state) {
+        Ok(ledger) => ledger.run(&run_id).await.map_err(ledger_unavailable),
+        Err(error) => Err(error),
     }
-    let run = ledger(&state)?
-        .run(&run_id)
-        .await
-        .map_err(ledger_unavailable)?
-        .filter(|r| r.pipeline == state.pipeline.name)
-        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no run `{run_id}`")))?;
-    if run.status != "running" {
-        return Err(api_error(
-            StatusCode::CONFLICT,
-            format!("run `{run_id}` has already ended: {}", run.status),
-        ));
-    }
+    .map(|run| run.filter(|r| r.pipeline == state.pipeline.name));
+    let run = match (run, cancel) {
+        (Ok(Some(run)), _) if run.status != "running" => {
+            return Err(api_error(
+                StatusCode::CONFLICT,
+                format!("run `{run_id}` has already ended: {}", run.status),
+            ));
+        }
+        // Running here, or starting here and not yet in the ledger.
+        (_, Some(cancel)) => {
+            let by = state.api_actor().unwrap_or_else(|| "the API".into());
+            cancel.send_replace(Some(format!("cancelled by {by}")));
+            info!(run_id = %run_id, "cancelling the run, as asked through the API");
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "run_id": run_id, "status": "cancelling" })),
+            ));
+        }
+        (Err(error), None) => return Err(error),
+        (Ok(Some(run)), None) => run,
+        (Ok(None), None) => {
+            return Err(api_error(
+                StatusCode::NOT_FOUND,
+                format!("no run `{run_id}`"),
+            ));
+        }
+    };
     // Another replica runs it: it reads the request from the shared ledger within a second.
     let by = state.api_actor().unwrap_or_else(|| "the API".into());
     ledger(&state)?
