@@ -75,8 +75,13 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         .enumerate()
         .map(|(index, block)| dispatch_arm(index, block));
     let block_count = proc_macro2::Literal::usize_unsuffixed(pipeline.blocks.len());
-    let inputs_binding = if pipeline.blocks.iter().any(|b| !b.inputs.is_empty()) {
+    // Sinks and per-batch transforms take their input out of the vector; the other blocks
+    // with inputs hand the whole vector on.
+    let takes_out = |b: &Block| b.op.is_sink() || b.works_per_batch();
+    let inputs_binding = if pipeline.blocks.iter().any(takes_out) {
         quote!(mut inputs)
+    } else if pipeline.blocks.iter().any(|b| !b.inputs.is_empty()) {
+        quote!(inputs)
     } else {
         quote!(_inputs)
     };
@@ -243,7 +248,7 @@ pub fn tokens(pipeline: &Pipeline, options: &EmitOptions) -> TokenStream {
         #(#conditions)*
 
         /// Runs block `index` on its inputs; called by the runtime in dependency order.
-        fn run_block(index: usize, ctx: RunContext, #inputs_binding: Vec<DataFrame>) -> BlockFuture {
+        fn run_block(index: usize, ctx: RunContext, #inputs_binding: Vec<Rows>) -> BlockFuture {
             match index {
                 #(#arms)*
                 _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),
@@ -940,25 +945,37 @@ pub(crate) fn template_text(parts: &[TemplatePart]) -> String {
 fn dispatch_arm(index: usize, block: &Block) -> TokenStream {
     let function = function_name(block);
     let body = match &block.op {
-        BlockOp::Source { .. } | BlockOp::RestSource { .. } | BlockOp::SqlSource { .. } => {
+        BlockOp::Source { .. } if block.streams_its_source() => {
             quote!(Box::pin(async move { #function(&ctx).await.map(Some) }))
         }
-        BlockOp::Transform { .. } | BlockOp::Rust { .. } | BlockOp::Aggregate { .. } => {
-            quote!(ctx.compute(move |ctx| #function(ctx, inputs.remove(0)).map(Some)))
+        BlockOp::Source { .. } | BlockOp::RestSource { .. } | BlockOp::SqlSource { .. } => {
+            quote!(Box::pin(async move { #function(&ctx).await.map(|frame| Some(Rows::from(frame))) }))
         }
-        BlockOp::Join { .. } => quote!(ctx.compute(move |ctx| {
+        BlockOp::Transform { .. } if block.works_per_batch() => {
+            let output = schema_const(block);
+            quote!(ctx.per_batch(inputs.remove(0), #output, #function))
+        }
+        BlockOp::Transform { .. } | BlockOp::Rust { .. } | BlockOp::Aggregate { .. } => {
+            quote!(ctx.compute(inputs, move |ctx, mut inputs| #function(ctx, inputs.remove(0))))
+        }
+        BlockOp::Join { .. } => quote!(ctx.compute(inputs, move |ctx, mut inputs| {
             let right = inputs.remove(1);
             let left = inputs.remove(0);
-            #function(ctx, left, right).map(Some)
+            #function(ctx, left, right)
         })),
-        BlockOp::Union => quote!(ctx.compute(move |ctx| #function(ctx, inputs).map(Some))),
-        BlockOp::TableSink { .. }
-        | BlockOp::LakeSink { .. }
-        | BlockOp::ExportSink { .. }
-        | BlockOp::BigQuerySink { .. } => {
+        BlockOp::Union => quote!(ctx.compute(inputs, #function)),
+        BlockOp::TableSink { .. } | BlockOp::LakeSink { .. } => {
             quote!(Box::pin(async move { #function(&ctx, inputs.remove(0)).await.map(|()| None) }))
         }
-        BlockOp::Callback { .. } => quote!(Box::pin(async move { #function(ctx).await })),
+        BlockOp::ExportSink { .. } | BlockOp::BigQuerySink { .. } => {
+            quote!(Box::pin(async move {
+                let input = inputs.remove(0).collect().await?;
+                #function(&ctx, input).await.map(|()| None)
+            }))
+        }
+        BlockOp::Callback { .. } => {
+            quote!(Box::pin(async move { #function(ctx).await.map(|rows| rows.map(Rows::from)) }))
+        }
     };
     let index = proc_macro2::Literal::usize_unsuffixed(index);
     quote!(#index => #body,)
@@ -1023,6 +1040,16 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
                 Compression::None => quote!(Compression::None),
                 Compression::Gzip => quote!(Compression::Gzip),
             };
+            if block.streams_its_source() {
+                return quote! {
+                    #(#doc)*
+                    async fn #function(ctx: &RunContext) -> BlockResult<Rows> {
+                        #partition
+                        let path = #path_value;
+                        stream_source(ctx, #location, #compression, #output).await
+                    }
+                };
+            }
             let Some(fan_out) = fan_out else {
                 return quote! {
                     #(#doc)*
@@ -1256,7 +1283,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             let target = target_const(block);
             quote! {
                 #(#doc)*
-                async fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+                async fn #function(ctx: &RunContext, input: Rows) -> BlockResult<()> {
                     write_table(ctx, &#target, input).await
                 }
             }
@@ -1266,7 +1293,7 @@ fn block_function(pipeline: &Pipeline, block: &Block, options: &EmitOptions) -> 
             let (path_value, partition) = template_value(path);
             quote! {
                 #(#doc)*
-                async fn #function(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+                async fn #function(ctx: &RunContext, input: Rows) -> BlockResult<()> {
                     #partition
                     let path = #path_value;
                     write_lake(ctx, &#target, &path, input).await

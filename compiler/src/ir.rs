@@ -470,6 +470,63 @@ pub enum TypedExpr {
     Window(Box<TypedExpr>, Vec<String>),
 }
 
+impl TypedExpr {
+    /// Whether each row's value depends on that row alone: no aggregate, no window. Such an
+    /// expression gives the same values on a batch of rows as on all rows at once.
+    pub fn is_row_wise(&self) -> bool {
+        match self {
+            TypedExpr::Column(_)
+            | TypedExpr::Literal(_)
+            | TypedExpr::DateLiteral(..)
+            | TypedExpr::Null(_)
+            | TypedExpr::Param(..)
+            | TypedExpr::Partition(_) => true,
+            TypedExpr::Not(inner)
+            | TypedExpr::Neg(inner)
+            | TypedExpr::IsNull(inner, _)
+            | TypedExpr::InList(inner, _, _) => inner.is_row_wise(),
+            TypedExpr::Binary(_, left, right) => left.is_row_wise() && right.is_row_wise(),
+            TypedExpr::Call(_, args) => args.iter().all(TypedExpr::is_row_wise),
+            TypedExpr::Aggregate(..) | TypedExpr::Window(..) => false,
+        }
+    }
+}
+
+impl Block {
+    /// Whether the block can work on its input batch by batch, as it arrives, with the same
+    /// result as on all rows at once: a transform whose steps and checks are all row-wise.
+    pub fn works_per_batch(&self) -> bool {
+        let BlockOp::Transform { steps } = &self.op else {
+            return false;
+        };
+        let steps_row_wise = steps.iter().all(|step| match &step.op {
+            StepOp::Filter(predicate) => predicate.is_row_wise(),
+            StepOp::Derive(columns) => columns.iter().all(|(_, expr)| expr.is_row_wise()),
+            StepOp::Rename(_) | StepOp::Select(_) | StepOp::Drop(_) | StepOp::Cast(_) => true,
+        });
+        steps_row_wise
+            && self
+                .checks
+                .iter()
+                .all(|check| check.predicate.is_row_wise())
+    }
+
+    /// Whether the block is a source that hands on its rows in batches as it parses them: one
+    /// CSV file over HTTP or from the local file system, without checks of its own (which see
+    /// every row at once).
+    pub fn streams_its_source(&self) -> bool {
+        matches!(
+            &self.op,
+            BlockOp::Source {
+                origin: SourceOrigin::Http(_) | SourceOrigin::Local,
+                format: FileFormat::Csv,
+                fan_out: None,
+                ..
+            }
+        ) && self.checks.is_empty()
+    }
+}
+
 /// Aggregate functions: in an `aggregate` block, or with `over (...)` anywhere else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aggregate {

@@ -115,70 +115,128 @@ impl Blocks {
         }
     }
 
-    fn finish(mut self) -> String {
+    fn finish(self) -> String {
+        self.digest().to_hex().to_string()
+    }
+
+    fn digest(mut self) -> blake3::Hash {
         self.hasher.update(&self.buffer);
-        self.hasher.finalize().to_hex().to_string()
+        self.hasher.finalize()
     }
 }
 
-/// A checksum of a frame's content: BLAKE3 over every column's name and type, its values in
-/// order, and the positions of its nulls, so the same rows give the same checksum in any run,
-/// however the columns are chunked. Numbers are hashed as their little-endian bytes (a null's
-/// slot as zeros), straight from the column's memory when a chunk has no nulls.
+/// A checksum of a frame's content, so the same rows give the same checksum in any run, however
+/// the columns are chunked and however the rows arrive in batches. Each column's values are
+/// hashed in order (numbers as their little-endian bytes, a null's slot as zeros, straight from
+/// the column's memory when a chunk has no nulls; text as its length and bytes), and so are
+/// its null positions; the checksum is BLAKE3 over every column's name length, name, type, the
+/// values' digest, `nulls`, the null count and the positions' digest. (Before rows streamed,
+/// one hash ran over all columns in turn, which batches cannot give; that format was written
+/// `blake3:`, this one `blake3-columns:`.)
 pub fn frame_checksum(frame: &DataFrame) -> String {
-    let mut hash = Blocks::new();
-    for column in frame.columns() {
-        let name = column.name().as_str();
-        hash.push(&(name.len() as u64).to_le_bytes());
-        hash.push(name.as_bytes());
-        hash.push(column.dtype().to_string().as_bytes());
-        // Dates and times hash as the integers they are stored as.
-        let series = column.as_materialized_series().to_physical_repr();
-        let mut nulls: Vec<u64> = Vec::new();
-        match series.dtype() {
-            DataType::Int64 => numbers(&mut hash, series.i64().expect("int64"), &mut nulls),
-            DataType::Int32 => numbers(&mut hash, series.i32().expect("int32"), &mut nulls),
-            DataType::UInt32 => numbers(&mut hash, series.u32().expect("uint32"), &mut nulls),
-            DataType::Float64 => numbers(&mut hash, series.f64().expect("float64"), &mut nulls),
-            DataType::Boolean => {
-                for (i, value) in series.bool().expect("a boolean column").iter().enumerate() {
-                    match value {
-                        Some(b) => hash.push(&[u8::from(b)]),
-                        None => nulls.push(i as u64),
+    let mut checksum = RowsChecksum::default();
+    checksum.update(frame);
+    checksum.finish()
+}
+
+/// [`frame_checksum`] of rows that arrive in batches: the same value as for the batches
+/// stacked into one frame, computed without holding them.
+#[derive(Default)]
+pub struct RowsChecksum {
+    columns: Vec<ColumnChecksum>,
+    /// Rows seen so far: where the next batch's null positions start.
+    rows: u64,
+}
+
+/// The running hashes of one column.
+struct ColumnChecksum {
+    name: String,
+    dtype: String,
+    values: Blocks,
+    nulls: Blocks,
+    null_count: u64,
+}
+
+impl RowsChecksum {
+    /// Adds the next batch of rows.
+    pub fn update(&mut self, frame: &DataFrame) {
+        if self.columns.is_empty() {
+            self.columns = frame
+                .columns()
+                .iter()
+                .map(|column| ColumnChecksum {
+                    name: column.name().to_string(),
+                    dtype: column.dtype().to_string(),
+                    values: Blocks::new(),
+                    nulls: Blocks::new(),
+                    null_count: 0,
+                })
+                .collect();
+        }
+        for (column, state) in frame.columns().iter().zip(self.columns.iter_mut()) {
+            // Dates and times hash as the integers they are stored as.
+            let series = column.as_materialized_series().to_physical_repr();
+            let mut nulls: Vec<u64> = Vec::new();
+            let hash = &mut state.values;
+            match series.dtype() {
+                DataType::Int64 => numbers(hash, series.i64().expect("int64"), &mut nulls),
+                DataType::Int32 => numbers(hash, series.i32().expect("int32"), &mut nulls),
+                DataType::UInt32 => numbers(hash, series.u32().expect("uint32"), &mut nulls),
+                DataType::Float64 => numbers(hash, series.f64().expect("float64"), &mut nulls),
+                DataType::Boolean => {
+                    for (i, value) in series.bool().expect("a boolean column").iter().enumerate() {
+                        match value {
+                            Some(b) => hash.push(&[u8::from(b)]),
+                            None => nulls.push(i as u64),
+                        }
                     }
                 }
-            }
-            DataType::String => {
-                for (i, value) in series.str().expect("a string column").iter().enumerate() {
-                    match value {
-                        Some(text) => {
+                DataType::String => {
+                    for (i, value) in series.str().expect("a string column").iter().enumerate() {
+                        match value {
+                            Some(text) => {
+                                hash.push(&(text.len() as u64).to_le_bytes());
+                                hash.push(text.as_bytes());
+                            }
+                            None => nulls.push(i as u64),
+                        }
+                    }
+                }
+                // Types the compiler never produces; hashed through their text, still exact.
+                _ => {
+                    for (i, value) in series.iter().enumerate() {
+                        if value.is_null() {
+                            nulls.push(i as u64);
+                        } else {
+                            let text = value.to_string();
                             hash.push(&(text.len() as u64).to_le_bytes());
                             hash.push(text.as_bytes());
                         }
-                        None => nulls.push(i as u64),
                     }
                 }
             }
-            // Types the compiler never produces; hashed through their text, still exact.
-            _ => {
-                for (i, value) in series.iter().enumerate() {
-                    if value.is_null() {
-                        nulls.push(i as u64);
-                    } else {
-                        let text = value.to_string();
-                        hash.push(&(text.len() as u64).to_le_bytes());
-                        hash.push(text.as_bytes());
-                    }
-                }
+            state.null_count += nulls.len() as u64;
+            for position in nulls {
+                state.nulls.push(&(self.rows + position).to_le_bytes());
             }
         }
-        hash.push(b"nulls");
-        hash.push(&(nulls.len() as u64).to_le_bytes());
-        for position in nulls {
-            hash.push(&position.to_le_bytes());
-        }
+        self.rows += frame.height() as u64;
     }
-    format!("blake3:{}", hash.finish())
+
+    /// The checksum of every row added.
+    pub fn finish(self) -> String {
+        let mut hash = Blocks::new();
+        for column in self.columns {
+            hash.push(&(column.name.len() as u64).to_le_bytes());
+            hash.push(column.name.as_bytes());
+            hash.push(column.dtype.as_bytes());
+            hash.push(column.values.digest().as_bytes());
+            hash.push(b"nulls");
+            hash.push(&column.null_count.to_le_bytes());
+            hash.push(column.nulls.digest().as_bytes());
+        }
+        format!("blake3-columns:{}", hash.finish())
+    }
 }
 
 /// A numeric column's values as little-endian bytes (nulls as zeros, their positions noted).
@@ -398,39 +456,41 @@ mod tests {
         // Moving bytes between two strings changes the checksum too.
         let shifted = df!("a" => [Some(1i64), None], "b" => ["xy", ""]).unwrap();
         assert_ne!(frame_checksum(&frame), frame_checksum(&shifted));
-        assert!(frame_checksum(&frame).starts_with("blake3:"));
+        assert!(frame_checksum(&frame).starts_with("blake3-columns:"));
     }
 
     #[test]
     fn the_checksum_format_is_stable() {
         // Audit entries of old runs are compared with new ones: the bytes hashed must not change.
-        // BLAKE3 of: name length (u64 LE), "a", "i64", the values as i64 LE (the null as 0),
-        // "nulls", how many, and where.
-        let mut bytes = Vec::new();
-        bytes.extend(1u64.to_le_bytes());
-        bytes.extend(b"ai64");
-        bytes.extend(1i64.to_le_bytes());
-        bytes.extend(0i64.to_le_bytes());
-        bytes.extend(b"nulls");
-        bytes.extend(1u64.to_le_bytes());
-        bytes.extend(1u64.to_le_bytes());
+        let column = |name: &str, values: &[u8], nulls: &[u64]| {
+            let mut bytes = Vec::new();
+            bytes.extend((name.len() as u64).to_le_bytes());
+            bytes.extend(name.as_bytes());
+            bytes.extend(b"i64");
+            bytes.extend(blake3::hash(values).as_bytes());
+            bytes.extend(b"nulls");
+            bytes.extend((nulls.len() as u64).to_le_bytes());
+            let positions: Vec<u8> = nulls.iter().flat_map(|p| p.to_le_bytes()).collect();
+            bytes.extend(blake3::hash(&positions).as_bytes());
+            bytes
+        };
+        let values: Vec<u8> = [1i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
         let frame = df!("a" => [Some(1i64), None]).unwrap();
         assert_eq!(
             frame_checksum(&frame),
-            format!("blake3:{}", blake3::hash(&bytes).to_hex())
+            format!(
+                "blake3-columns:{}",
+                blake3::hash(&column("a", &values, &[1])).to_hex()
+            )
         );
-        // Past the hasher's block size, and however the column is chunked, the digest is what
-        // one update over all bytes gives.
+        // Past the hasher's block size, however the column is chunked and in whatever batches
+        // the rows arrive, the digest is what one update over all bytes gives.
         let long: Vec<i64> = (0..100_000).collect();
-        let mut bytes = Vec::new();
-        bytes.extend(1u64.to_le_bytes());
-        bytes.extend(b"ni64");
-        for v in &long {
-            bytes.extend(v.to_le_bytes());
-        }
-        bytes.extend(b"nulls");
-        bytes.extend(0u64.to_le_bytes());
-        let expected = format!("blake3:{}", blake3::hash(&bytes).to_hex());
+        let values: Vec<u8> = long.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let expected = format!(
+            "blake3-columns:{}",
+            blake3::hash(&column("n", &values, &[])).to_hex()
+        );
         let whole = df!("n" => long.clone()).unwrap();
         assert_eq!(frame_checksum(&whole), expected);
         let mut chunked = df!("n" => long[..30_000].to_vec()).unwrap();
@@ -439,6 +499,31 @@ mod tests {
             .unwrap();
         assert!(chunked.first_col_n_chunks() > 1);
         assert_eq!(frame_checksum(&chunked), expected);
+    }
+
+    #[test]
+    fn batches_checksum_as_the_whole_frame() {
+        let frame = df!(
+            "id" => (0..1_000i64).collect::<Vec<_>>(),
+            "note" => (0..1_000).map(|i| (i % 7 != 0).then(|| format!("n{i}"))).collect::<Vec<_>>(),
+            "fare" => (0..1_000).map(|i| (i % 5 != 0).then_some(f64::from(i) / 3.0)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let whole = frame_checksum(&frame);
+        for cuts in [vec![1], vec![500], vec![3, 4, 999], vec![0, 250, 251, 800]] {
+            let mut checksum = RowsChecksum::default();
+            let mut start = 0;
+            for &cut in cuts.iter().chain([frame.height()].iter()) {
+                checksum.update(&frame.slice(start as i64, cut - start));
+                start = cut;
+            }
+            assert_eq!(checksum.finish(), whole, "cuts {cuts:?}");
+        }
+        let mut shifted = frame.clone();
+        shifted
+            .with_column(Column::new("fare".into(), vec![Some(1.0f64); 1_000]))
+            .unwrap();
+        assert_ne!(frame_checksum(&shifted), whole);
     }
 
     #[test]

@@ -61,12 +61,11 @@ pub fn run_check(
         CheckSeverity::Fail => Err(BlockError::fatal(message)),
         CheckSeverity::Warn => {
             warn!(check = check.name, failing = count, "{message}");
-            ctx.record_warning(format!(
-                "check `{}` ({}) failed for {count} of {} rows",
-                check.name,
-                check.location,
-                frame.height()
-            ));
+            ctx.record_check_warning(
+                &format!("check `{}` ({})", check.name, check.location),
+                count,
+                frame.height(),
+            );
             Ok(())
         }
     }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use polars::io::parquet::write::BatchedWriter;
 use polars::prelude::{
     DataFrame, ParquetCompression, ParquetReader, ParquetWriter, SerReader, StatisticsOptions,
 };
@@ -66,6 +67,15 @@ impl Checkpoints {
         .map_err(|e| BlockError::fatal(format!("checkpoint writer panicked: {e}")))?
     }
 
+    /// A checkpoint at `path` written batch by batch, for a block whose rows stream past.
+    pub fn writer(path: PathBuf) -> CheckpointWriter {
+        CheckpointWriter {
+            partial: path.with_extension("parquet.partial"),
+            path,
+            writer: None,
+        }
+    }
+
     /// Reads a checkpoint back.
     pub async fn read(path: PathBuf) -> BlockResult<DataFrame> {
         tokio::task::spawn_blocking(move || read_now(&path))
@@ -113,6 +123,75 @@ pub fn preview(path: &Path, rows: usize) -> BlockResult<DataFrame> {
         .with_slice(Some((0, rows)))
         .finish()
         .map_err(|e| BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display())))
+}
+
+/// A checkpoint being written one batch at a time. It is published under its name only by
+/// [`CheckpointWriter::finish`]; dropped before that, it leaves nothing behind.
+pub struct CheckpointWriter {
+    path: PathBuf,
+    partial: PathBuf,
+    writer: Option<BatchedWriter<File>>,
+}
+
+impl CheckpointWriter {
+    /// Appends a batch (the first one also fixes the file's schema).
+    pub fn write(&mut self, batch: &DataFrame) -> BlockResult<()> {
+        let failed = |e: &dyn std::fmt::Display| {
+            BlockError::fatal(format!(
+                "cannot write checkpoint {}: {e}",
+                self.path.display()
+            ))
+        };
+        if self.writer.is_none() {
+            if let Some(parent) = self.partial.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| failed(&e))?;
+            }
+            let file = File::create(&self.partial).map_err(|e| failed(&e))?;
+            // As for whole checkpoints: no compression, no statistics (see `write`).
+            let writer = ParquetWriter::new(file)
+                .with_compression(ParquetCompression::Uncompressed)
+                .with_statistics(StatisticsOptions::empty())
+                .batched(batch.schema())
+                .map_err(|e| failed(&e))?;
+            self.writer = Some(writer);
+        }
+        let writer = self.writer.as_mut().expect("opened just above");
+        // The writer needs the columns' chunks aligned; a batch is usually one chunk already.
+        let result = if batch.should_rechunk() {
+            let mut aligned = batch.clone();
+            aligned.rechunk_mut();
+            writer.write_batch(&aligned)
+        } else {
+            writer.write_batch(batch)
+        };
+        result.map_err(|e| failed(&e))
+    }
+
+    /// Closes the file and publishes it; returns its path.
+    pub fn finish(mut self) -> BlockResult<PathBuf> {
+        let Some(writer) = self.writer.take() else {
+            return Err(BlockError::fatal(
+                "no rows passed, so no checkpoint was written",
+            ));
+        };
+        let published = writer
+            .finish()
+            .map_err(|e| e.to_string())
+            .and_then(|_| std::fs::rename(&self.partial, &self.path).map_err(|e| e.to_string()));
+        published.map_err(|e| {
+            BlockError::fatal(format!(
+                "cannot write checkpoint {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.partial);
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use polars::prelude::DataFrame;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
+use crate::pipeline::Column;
+use crate::rows::Rows;
+
 use crate::error::{BlockError, BlockResult};
 use crate::executor::BlockOutcome;
 use crate::partition::Partition;
@@ -171,7 +174,8 @@ struct Inner {
     /// channel failed does not send the others again.
     delivered: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Data checks with `severity = "warn"` that found failing rows in this run.
-    warnings: std::sync::Mutex<Vec<String>>,
+    /// Failed warning checks: subject, failing rows, rows checked.
+    warnings: std::sync::Mutex<Vec<(String, usize, usize)>>,
     /// The files each source read, with their checksums, for the audit trail.
     inputs: std::sync::Mutex<HashMap<&'static str, Vec<(String, String)>>>,
 }
@@ -330,13 +334,21 @@ impl RunContext {
         }
     }
 
-    /// Records a data check's warning; a retried block that warns again is recorded once.
-    pub(crate) fn record_warning(&self, warning: String) {
-        if let Ok(mut warnings) = self.inner.warnings.lock()
-            && !warnings.contains(&warning)
-        {
-            warnings.push(warning);
-        }
+    /// Records that a warning check (`subject`, its name and location) failed for `failing` of
+    /// `rows` rows. A block that works batch by batch reports each batch: the counts add up to
+    /// one warning per check.
+    pub(crate) fn record_check_warning(&self, subject: &str, failing: usize, rows: usize) {
+        let Ok(mut warnings) = self.inner.warnings.lock() else {
+            return;
+        };
+        let (failing, rows) = match warnings.iter().position(|(s, _, _)| s == subject) {
+            Some(index) => {
+                let (_, before_failing, before_rows) = warnings.remove(index);
+                (before_failing + failing, before_rows + rows)
+            }
+            None => (failing, rows),
+        };
+        warnings.push((subject.to_string(), failing, rows));
     }
 
     /// Notes a file a block read and its checksum; a retried read of the same file replaces it.
@@ -346,6 +358,16 @@ impl RunContext {
             files.retain(|(l, _)| l != label);
             files.push((label.to_string(), checksum));
         }
+    }
+
+    /// The files a block read so far, with their checksums.
+    pub(crate) fn inputs_of(&self, block: &'static str) -> Vec<(String, String)> {
+        self.inner
+            .inputs
+            .lock()
+            .ok()
+            .and_then(|inputs| inputs.get(block).cloned())
+            .unwrap_or_default()
     }
 
     /// The files a block read, with their checksums (empty for blocks that read no file).
@@ -363,7 +385,14 @@ impl RunContext {
         self.inner
             .warnings
             .lock()
-            .map(|w| w.clone())
+            .map(|warnings| {
+                warnings
+                    .iter()
+                    .map(|(subject, failing, rows)| {
+                        format!("{subject} failed for {failing} of {rows} rows")
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -393,15 +422,56 @@ impl RunContext {
     }
 
     /// Runs CPU-bound work (polars) on the blocking pool, so it never stalls the I/O of other
-    /// blocks running concurrently.
-    pub fn compute<F>(self, work: F) -> BlockFuture
+    /// blocks running concurrently. The inputs are collected into whole frames first: the
+    /// work needs every row at once.
+    pub fn compute<F>(self, inputs: Vec<Rows>, work: F) -> BlockFuture
     where
-        F: FnOnce(&RunContext) -> BlockResult<Option<DataFrame>> + Send + 'static,
+        F: FnOnce(&RunContext, Vec<DataFrame>) -> BlockResult<DataFrame> + Send + 'static,
     {
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || work(&self))
+            let mut frames = Vec::with_capacity(inputs.len());
+            for rows in inputs {
+                frames.push(rows.collect().await?);
+            }
+            let frame = tokio::task::spawn_blocking(move || work(&self, frames))
                 .await
-                .map_err(|e| BlockError::fatal(format!("block panicked: {e}")))?
+                .map_err(|e| BlockError::fatal(format!("block panicked: {e}")))??;
+            Ok(Some(Rows::from(frame)))
+        })
+    }
+
+    /// Applies a row-wise block to each batch of its input as the batch arrives, on the
+    /// blocking pool; the output is streamed when the input is. The compiler emits this only
+    /// for blocks whose result on all rows is their results on the batches, stacked: filters,
+    /// derived columns without windows, renames, casts, row checks.
+    pub fn per_batch(
+        self,
+        input: Rows,
+        columns: &'static [Column],
+        work: fn(&RunContext, DataFrame) -> BlockResult<DataFrame>,
+    ) -> BlockFuture {
+        Box::pin(async move {
+            if !input.is_streamed() {
+                let frame = input.collect().await?;
+                let frame = tokio::task::spawn_blocking(move || work(&self, frame))
+                    .await
+                    .map_err(|e| BlockError::fatal(format!("block panicked: {e}")))??;
+                return Ok(Some(Rows::from(frame)));
+            }
+            let batches =
+                futures::stream::unfold((input, self), move |(mut input, ctx)| async move {
+                    let batch = match input.next_batch().await? {
+                        Ok(batch) => batch,
+                        Err(error) => return Some((Err(error), (input, ctx))),
+                    };
+                    let worker = ctx.clone();
+                    let mapped = tokio::task::spawn_blocking(move || work(&worker, batch))
+                        .await
+                        .map_err(|e| BlockError::fatal(format!("block panicked: {e}")))
+                        .and_then(|result| result);
+                    Some((mapped, (input, ctx)))
+                });
+            Ok(Some(Rows::batches(columns, batches)))
         })
     }
 }

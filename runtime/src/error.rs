@@ -9,6 +9,9 @@ pub enum ErrorKind {
     Retryable,
     /// Retrying gives the same result: bad data, a failed check, a schema mismatch, a 404.
     Fatal,
+    /// The block whose rows were streaming in failed: this block did nothing wrong and is
+    /// skipped, not retried.
+    InputFailed,
 }
 
 /// An error of one block attempt.
@@ -37,6 +40,14 @@ impl BlockError {
         BlockError {
             kind: ErrorKind::Retryable,
             message: message.into(),
+        }
+    }
+
+    /// The streaming input `block` failed before its last batch.
+    pub fn input_failed(block: &str) -> Self {
+        BlockError {
+            kind: ErrorKind::InputFailed,
+            message: format!("input `{block}` failed"),
         }
     }
 

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,13 +19,14 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::checkpoint::Checkpoints;
 use crate::context::{Resources, RunContext, Value};
-use crate::error::{BlockError, ErrorKind};
+use crate::error::{BlockError, BlockResult, ErrorKind};
 use crate::ledger::{
     AttemptRecord, BlockRecord, Claim, HEARTBEAT_EVERY, Ledger, LedgerError, RunRecord, RunStatus,
     TriggerKind, now_ms,
 };
 use crate::partition::Partition;
 use crate::pipeline::{BlockDef, BlockKind, Pipeline, Trigger};
+use crate::rows::Rows;
 
 /// What happened to one block.
 #[derive(Clone, Debug, PartialEq)]
@@ -181,6 +183,8 @@ pub struct Services {
 enum State {
     Pending,
     Running,
+    /// Its rows are flowing to its consumers, which are running; it ends with the last batch.
+    Streaming,
     Done(Option<DataFrame>),
     Failed,
     Skipped,
@@ -191,7 +195,7 @@ enum State {
 
 impl State {
     fn ended(&self) -> bool {
-        !matches!(self, State::Pending | State::Running)
+        !matches!(self, State::Pending | State::Running | State::Streaming)
     }
 }
 
@@ -388,13 +392,49 @@ fn params_json(params: &HashMap<String, Value>) -> String {
     serde_json::Value::Object(object).to_string()
 }
 
+/// How a block ended: its index, what it produced with its rows out and a counter of the
+/// rows it read, the attempts made, the time taken and its start.
 type Finished = (
     usize,
-    Result<(Option<DataFrame>, usize), BlockError>,
+    Result<(Produced, usize, Arc<AtomicUsize>), BlockError>,
     u32,
     Duration,
     i64,
 );
+
+/// A future the scheduler waits on: a block's attempts, or the pump of a streaming block.
+type Running = futures::future::BoxFuture<'static, Finished>;
+
+/// What a block produced.
+enum Produced {
+    /// Its output rows (`None` for sinks and callbacks).
+    Output(Option<Rows>),
+    /// Its rows have streamed to its consumers; what is left to record of them.
+    Streamed {
+        /// The checkpoint written while they passed.
+        checkpoint: Option<PathBuf>,
+        /// Their content checksum, when the audit trail wants it.
+        checksum: Option<String>,
+        /// Their estimated size in memory, summed over the batches.
+        bytes: usize,
+    },
+}
+
+/// An input of a block that is about to run.
+enum Input {
+    /// A whole frame; every attempt gets it again.
+    Frame(DataFrame),
+    /// Batches from a block that is streaming them: the first attempt reads them as they come,
+    /// a retry reads them back from that block's checkpoint once it is complete.
+    Streamed {
+        live: Option<Rows>,
+        replay: watch::Receiver<Option<Result<PathBuf, String>>>,
+    },
+}
+
+/// How many batches wait in the channel between a streaming block and each consumer: enough
+/// to keep both sides busy, few enough that memory holds only a handful of batches.
+const STREAM_BUFFER: usize = 2;
 
 /// The state of one run while it executes.
 struct Execution<'s> {
@@ -414,6 +454,8 @@ struct Execution<'s> {
     reused_checkpoints: HashMap<usize, PathBuf>,
     /// Rows each started block received, for the ledger.
     rows_in: Vec<Option<usize>>,
+    /// The streamed inputs of blocks about to start, by (consumer, producer).
+    streamed_inputs: HashMap<(usize, usize), Input>,
     first_failure: Option<(i64, String)>,
     /// Why the run was cancelled, if it was.
     cancelled: Option<String>,
@@ -442,6 +484,7 @@ impl<'s> Execution<'s> {
             background: Vec::new(),
             reused_checkpoints: HashMap::new(),
             rows_in: vec![None; blocks.len()],
+            streamed_inputs: HashMap::new(),
             first_failure: None,
             cancelled: None,
         }
@@ -525,7 +568,7 @@ impl<'s> Execution<'s> {
         let mut deadline = pipeline
             .timeout_ms
             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
-        let mut running = FuturesUnordered::new();
+        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
         loop {
             for (index, block) in blocks.iter().enumerate() {
                 if !matches!(self.state[index], State::Pending) {
@@ -561,7 +604,14 @@ impl<'s> Execution<'s> {
                             }
                         }
                         let inputs = self.take_inputs(index);
-                        self.rows_in[index] = Some(inputs.iter().map(DataFrame::height).sum());
+                        // Rows still streaming in are counted when the block ends.
+                        self.rows_in[index] = inputs
+                            .iter()
+                            .map(|input| match input {
+                                Input::Frame(frame) => Some(frame.height()),
+                                Input::Streamed { .. } => None,
+                            })
+                            .sum();
                         self.state[index] = State::Running;
                         if let Some(ledger) = &self.services.ledger {
                             let record = self.block_record(index, "running", 0, None, None);
@@ -569,13 +619,13 @@ impl<'s> Execution<'s> {
                                 warn!("cannot record block start: {error}");
                             }
                         }
-                        running.push(run_block_with_retries(
+                        running.push(Box::pin(run_block_with_retries(
                             pipeline,
                             index,
                             self.ctx.clone(),
                             inputs,
                             self.services.ledger.clone(),
-                        ));
+                        )));
                     }
                 }
             }
@@ -632,8 +682,23 @@ impl<'s> Execution<'s> {
                 break;
             };
             match result {
-                Ok((output, rows)) => {
-                    self.succeed(index, output, rows, attempts, elapsed, started_at)
+                Ok((Produced::Output(Some(rows)), _, taken)) if rows.is_streamed() => {
+                    let finished = (attempts, elapsed, started_at);
+                    if self.can_stream(index) {
+                        running.push(self.stream(index, rows, taken, finished));
+                    } else {
+                        running.push(Box::pin(collected(index, rows, taken, finished)));
+                    }
+                }
+                Ok((produced, rows, taken)) => {
+                    if self.rows_in[index].is_none() {
+                        self.rows_in[index] = Some(taken.load(Ordering::Relaxed));
+                    }
+                    self.succeed(index, produced, rows, attempts, elapsed, started_at)
+                }
+                Err(error) if error.kind == ErrorKind::InputFailed => {
+                    info!(block = blocks[index].name, "stopped: {error}");
+                    self.skip(index, error.message).await;
                 }
                 Err(error) => {
                     error!(
@@ -681,13 +746,17 @@ impl<'s> Execution<'s> {
             };
             return Readiness::Skip(format!("upstream `{}` {how}", blocks[bad].name));
         }
-        if !upstream().all(|i| self.state[i].ended()) {
+        // An input streaming its rows to this block is as good as done; a block that only
+        // runs after another waits for its end.
+        let streaming_to_me =
+            |i: usize| self.streamed_inputs.contains_key(&(index, i)) && block.inputs.contains(&i);
+        if !upstream().all(|i| self.state[i].ended() || streaming_to_me(i)) {
             return Readiness::Wait;
         }
         let (mut succeeded, mut failed, mut skipped) = (0, 0, 0);
         for i in upstream() {
             match self.state[i] {
-                State::Done(_) => succeeded += 1,
+                State::Done(_) | State::Streaming => succeeded += 1,
                 State::Failed => failed += 1,
                 _ => skipped += 1,
             }
@@ -702,24 +771,130 @@ impl<'s> Execution<'s> {
         }
     }
 
-    fn take_inputs(&mut self, index: usize) -> Vec<DataFrame> {
+    fn take_inputs(&mut self, index: usize) -> Vec<Input> {
         let block = &self.pipeline.blocks[index];
         let mut inputs = Vec::with_capacity(block.inputs.len());
         for &input in block.inputs {
             self.consumers_left[input] -= 1;
+            if let Some(streamed) = self.streamed_inputs.remove(&(index, input)) {
+                inputs.push(streamed);
+                continue;
+            }
             let frame = match &mut self.state[input] {
                 State::Done(frame) if self.consumers_left[input] == 0 => frame.take(),
                 State::Done(frame) => frame.clone(),
                 _ => None,
             };
-            inputs.push(frame.expect("a finished non-sink block has an output for each consumer"));
+            inputs.push(Input::Frame(frame.expect(
+                "a finished non-sink block has an output for each consumer",
+            )));
         }
         inputs
+    }
+
+    /// Whether block `index`, which has just started streaming its rows, can hand them to its
+    /// consumers batch by batch: each consumer must be able to start right now. A consumer
+    /// that would wait (for another input, for a slot under `[pipeline.concurrency]`) could
+    /// stall the stream and, through it, a block it waits for; such rows are collected whole.
+    /// Streaming also needs checkpoints, from which a consumer's retry reads the rows again.
+    fn can_stream(&mut self, index: usize) -> bool {
+        if self.services.checkpoints.is_none() || !self.pipeline.limits.is_empty() {
+            return false;
+        }
+        let consumers: Vec<usize> = self.consumers(index);
+        let before = std::mem::replace(&mut self.state[index], State::Done(None));
+        let all_start = consumers
+            .iter()
+            .all(|&c| matches!(self.readiness(c), Readiness::Run));
+        self.state[index] = before;
+        all_start && consumers.len() == self.consumers_left[index]
+    }
+
+    /// The blocks still to run that read block `index`'s rows.
+    fn consumers(&self, index: usize) -> Vec<usize> {
+        (0..self.pipeline.blocks.len())
+            .filter(|&c| {
+                self.pipeline.blocks[c].inputs.contains(&index)
+                    && matches!(self.state[c], State::Pending)
+            })
+            .collect()
+    }
+
+    /// Starts handing block `index`'s batches to its consumers (which the scheduler starts
+    /// next); the returned pump ends when the last batch has passed.
+    fn stream(
+        &mut self,
+        index: usize,
+        rows: Rows,
+        taken: Arc<AtomicUsize>,
+        finished: (u32, Duration, i64),
+    ) -> Running {
+        let block = &self.pipeline.blocks[index];
+        self.state[index] = State::Streaming;
+        let (replay_sender, replay) = watch::channel(None);
+        let columns = block.output.unwrap_or(&[]);
+        let mut senders = Vec::new();
+        for consumer in self.consumers(index) {
+            let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+            senders.push(sender);
+            self.streamed_inputs.insert(
+                (consumer, index),
+                Input::Streamed {
+                    live: Some(Rows::received(columns, receiver)),
+                    replay: replay.clone(),
+                },
+            );
+        }
+        let checkpoint = self
+            .services
+            .checkpoints
+            .as_ref()
+            .map(|c| Checkpoints::writer(c.path(self.pipeline.name, &self.run_id, block.name)));
+        let checksum = (self.services.ledger.is_some() && self.audits_rows(index))
+            .then(crate::audit::RowsChecksum::default);
+        let label = format!(
+            "block `{}` ({}:{})",
+            block.name, self.pipeline.source_path, block.line
+        );
+        Box::pin(pump(
+            block.name,
+            label,
+            index,
+            Pump {
+                rows,
+                senders,
+                checkpoint,
+                checksum,
+                replay: replay_sender,
+            },
+            taken,
+            finished,
+        ))
+    }
+
+    /// Whether the audit trail checksums block `index`'s rows, while they stream.
+    fn audits_rows(&self, index: usize) -> bool {
+        let files = self.ctx.inputs_of(self.pipeline.blocks[index].name);
+        self.audits_rows_after(index, &files)
+    }
+
+    /// Whether the audit trail checksums block `index`'s rows, given the files it read: the
+    /// rows that reach a sink, and the output of a source that read no file.
+    fn audits_rows_after(&self, index: usize, files: &[(String, String)]) -> bool {
+        let block = &self.pipeline.blocks[index];
+        let feeds_sink = self
+            .pipeline
+            .blocks
+            .iter()
+            .any(|b| b.sink.is_some() && b.inputs.contains(&index));
+        feeds_sink || (files.is_empty() && block.kind.is_source())
     }
 
     /// A block that will not run releases its claim on its inputs' frames.
     fn release_inputs(&mut self, index: usize) {
         for &input in self.pipeline.blocks[index].inputs {
+            // Its receiver of a streamed input goes: the stream goes on for the others.
+            self.streamed_inputs.remove(&(index, input));
             self.consumers_left[input] = self.consumers_left[input].saturating_sub(1);
             if self.consumers_left[input] == 0
                 && let State::Done(frame) = &mut self.state[input]
@@ -762,7 +937,7 @@ impl<'s> Execution<'s> {
     fn succeed(
         &mut self,
         index: usize,
-        output: Option<DataFrame>,
+        produced: Produced,
         rows: usize,
         attempts: u32,
         elapsed: Duration,
@@ -771,12 +946,43 @@ impl<'s> Execution<'s> {
         let block = &self.pipeline.blocks[index];
         let status = BlockStatus::Succeeded { rows };
         self.remember(index, status.clone(), attempts, elapsed);
-        // The ledger row, and the checkpoint it points to, are written in the background so
-        // that downstream blocks start at once.
-        let bytes = output.as_ref().map(|f| f.estimated_size() as i64);
         let mut record = self.block_record(index, status.name(), attempts, None, Some(started_at));
         record.rows_out = Some(rows as i64);
-        record.bytes = bytes;
+        let ledger = self.services.ledger.clone();
+        // The audit trail records a run's inputs and outputs: the files each source read, by
+        // their bytes, and the rows that reach a sink, by their content. Frames in between are
+        // not checksummed (the pass costs time on every run).
+        let files = self.ctx.take_inputs(block.name);
+        if ledger.is_some() && !files.is_empty() {
+            record.checksum = Some(crate::audit::files_checksum(&files));
+        }
+        let output = match produced {
+            Produced::Streamed {
+                checkpoint,
+                checksum,
+                bytes,
+            } => {
+                // The consumers have every batch already; the pump wrote the checkpoint and
+                // the checksum as the rows passed.
+                self.state[index] = State::Done(None);
+                record.bytes = Some(bytes as i64);
+                record.checkpoint = checkpoint.map(|path| path.display().to_string());
+                record.checksum = join_checksums(record.checksum.take(), checksum);
+                if let Some(ledger) = ledger {
+                    self.background.push(tokio::spawn(async move {
+                        if let Err(error) = ledger.record_block(&record).await {
+                            warn!(block = record.block, "cannot record the block: {error}");
+                        }
+                    }));
+                }
+                return;
+            }
+            // A block that returns rows returns them whole here (streams are pumped first).
+            Produced::Output(output) => output.and_then(Rows::into_frame),
+        };
+        // The ledger row, and the checkpoint it points to, are written in the background so
+        // that downstream blocks start at once.
+        record.bytes = output.as_ref().map(|f| f.estimated_size() as i64);
         let checkpoint = match (&self.services.checkpoints, &output) {
             (Some(checkpoints), Some(frame)) => Some((
                 checkpoints.path(self.pipeline.name, &self.run_id, block.name),
@@ -784,27 +990,11 @@ impl<'s> Execution<'s> {
             )),
             _ => None,
         };
-        let ledger = self.services.ledger.clone();
-        // The audit trail records a run's inputs and outputs: the files each source read, by
-        // their bytes, and the rows that reach a sink, by their content. Frames in between are
-        // not checksummed (the pass costs time on every run).
-        let files = self.ctx.take_inputs(block.name);
-        let feeds_sink = self
-            .pipeline
-            .blocks
-            .iter()
-            .any(|b| b.sink.is_some() && b.inputs.contains(&index));
-        let mut checksum = None;
-        let mut to_checksum = None;
-        if ledger.is_some() {
-            if !files.is_empty() {
-                checksum = Some(crate::audit::files_checksum(&files));
-            }
-            if feeds_sink || (files.is_empty() && block.kind.is_source()) {
-                to_checksum = output.clone();
-            }
-        }
-        record.checksum = checksum;
+        let to_checksum = if ledger.is_some() && self.audits_rows_after(index, &files) {
+            output.clone()
+        } else {
+            None
+        };
         let has_consumers = self.consumers_left[index] > 0;
         self.state[index] = State::Done(if has_consumers { output } else { None });
         if ledger.is_none() && checkpoint.is_none() {
@@ -816,11 +1006,7 @@ impl<'s> Execution<'s> {
                     tokio::task::spawn_blocking(move || crate::audit::frame_checksum(&frame))
                         .await
                         .ok();
-                // A source that read files and feeds a sink directly keeps both.
-                record.checksum = match (record.checksum.take(), rows) {
-                    (Some(files), Some(rows)) => Some(format!("{files} {rows}")),
-                    (files, rows) => rows.or(files),
-                };
+                record.checksum = join_checksums(record.checksum.take(), rows);
             }
             if let Some((path, frame)) = checkpoint {
                 match Checkpoints::write(path.clone(), frame).await {
@@ -920,7 +1106,7 @@ impl<'s> Execution<'s> {
         for index in 0..self.state.len() {
             let block = &self.pipeline.blocks[index];
             match self.state[index] {
-                State::Running => {
+                State::Running | State::Streaming => {
                     let name = block.name;
                     self.fail(index, format!("block `{name}`: {reason}"), 1, elapsed)
                         .await;
@@ -1007,18 +1193,211 @@ async fn prune_checkpoints(ledger: &Ledger, pipeline: &Pipeline, report: &RunRep
     }
 }
 
+/// A source's file checksum and its rows' checksum, as one ledger value.
+fn join_checksums(files: Option<String>, rows: Option<String>) -> Option<String> {
+    // A source that read files and feeds a sink directly keeps both.
+    match (files, rows) {
+        (Some(files), Some(rows)) => Some(format!("{files} {rows}")),
+        (files, rows) => rows.or(files),
+    }
+}
+
+/// What a streaming block's pump moves and keeps.
+struct Pump {
+    /// The block's output batches.
+    rows: Rows,
+    /// One channel per consumer.
+    senders: Vec<tokio::sync::mpsc::Sender<BlockResult<DataFrame>>>,
+    checkpoint: Option<crate::checkpoint::CheckpointWriter>,
+    checksum: Option<crate::audit::RowsChecksum>,
+    /// Tells retrying consumers where to read the rows again, or why they cannot.
+    replay: watch::Sender<Option<Result<PathBuf, String>>>,
+}
+
+/// Moves a streaming block's batches to its consumers, writing its checkpoint and checksum on
+/// the way; ends as the block ends. A failure reaches every consumer as `InputFailed`, so they
+/// stop and roll back instead of committing part of the rows.
+async fn pump(
+    name: &'static str,
+    label: String,
+    index: usize,
+    mut pump: Pump,
+    taken: Arc<AtomicUsize>,
+    (attempts, elapsed, started_at): (u32, Duration, i64),
+) -> Finished {
+    let started = Instant::now();
+    let (mut rows, mut bytes) = (0usize, 0usize);
+    let mut side_work: Option<JoinHandle<BlockResult<SideWork>>> = None;
+    let mut side = SideWork {
+        checkpoint: pump.checkpoint.take(),
+        checksum: pump.checksum.take(),
+    };
+    let outcome: BlockResult<()> = async {
+        while let Some(batch) = pump.rows.next_batch().await {
+            let batch = batch?;
+            rows += batch.height();
+            bytes += batch.estimated_size();
+            for sender in &pump.senders {
+                // A consumer that stopped reading (it failed or was skipped) is left behind;
+                // the others go on.
+                let _ = sender.send(Ok(batch.clone())).await;
+            }
+            // The checkpoint and checksum of this batch are made while the consumers work on
+            // it, one batch behind at most.
+            if let Some(previous) = side_work.take() {
+                side = join_side_work(previous).await?;
+            }
+            if side.checkpoint.is_some() || side.checksum.is_some() {
+                let mut work = std::mem::take(&mut side);
+                side_work = Some(tokio::task::spawn_blocking(move || {
+                    work.add(&batch)?;
+                    Ok(work)
+                }));
+            }
+        }
+        if let Some(previous) = side_work.take() {
+            side = join_side_work(previous).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let elapsed = elapsed + started.elapsed();
+    match outcome {
+        Ok(()) => {
+            let checkpoint = match side.checkpoint.take().map(|c| c.finish()) {
+                Some(Ok(path)) => {
+                    pump.replay.send_replace(Some(Ok(path.clone())));
+                    Some(path)
+                }
+                Some(Err(error)) => {
+                    warn!(block = name, "no checkpoint: {error}");
+                    pump.replay.send_replace(Some(Err(format!(
+                        "its input `{name}` streamed past and has no checkpoint to read again: {error}"
+                    ))));
+                    None
+                }
+                None => None,
+            };
+            let checksum = side.checksum.take().map(crate::audit::RowsChecksum::finish);
+            let produced = Produced::Streamed {
+                checkpoint,
+                checksum,
+                bytes,
+            };
+            (
+                index,
+                Ok((produced, rows, taken)),
+                attempts,
+                elapsed,
+                started_at,
+            )
+        }
+        Err(error) => {
+            for sender in &pump.senders {
+                let _ = sender.send(Err(BlockError::input_failed(name))).await;
+            }
+            pump.replay
+                .send_replace(Some(Err(format!("its input `{name}` failed"))));
+            // A block stopped because its own input failed is reported as such, unlabelled.
+            let error = if error.kind == ErrorKind::InputFailed {
+                error
+            } else {
+                error.context(label)
+            };
+            (index, Err(error), attempts, elapsed, started_at)
+        }
+    }
+}
+
+/// The checkpoint and checksum a pump keeps up to date, worked on off the async threads.
+#[derive(Default)]
+struct SideWork {
+    checkpoint: Option<crate::checkpoint::CheckpointWriter>,
+    checksum: Option<crate::audit::RowsChecksum>,
+}
+
+impl SideWork {
+    fn add(&mut self, batch: &DataFrame) -> BlockResult<()> {
+        if let Some(checksum) = &mut self.checksum {
+            checksum.update(batch);
+        }
+        if let Some(checkpoint) = &mut self.checkpoint
+            && let Err(error) = checkpoint.write(batch)
+        {
+            // A checkpoint is a convenience for `resume`; the run goes on without it.
+            warn!("no checkpoint: {error}");
+            self.checkpoint = None;
+        }
+        Ok(())
+    }
+}
+
+async fn join_side_work(work: JoinHandle<BlockResult<SideWork>>) -> BlockResult<SideWork> {
+    work.await
+        .map_err(|e| BlockError::fatal(format!("checkpoint writer panicked: {e}")))?
+}
+
+/// A streaming block whose consumers cannot take its rows batch by batch: its rows gathered
+/// into one frame, and it ends as a block with a whole output.
+async fn collected(
+    index: usize,
+    rows: Rows,
+    taken: Arc<AtomicUsize>,
+    (attempts, elapsed, started_at): (u32, Duration, i64),
+) -> Finished {
+    let started = Instant::now();
+    let result = rows.collect().await.map(|frame| {
+        let height = frame.height();
+        (Produced::Output(Some(Rows::from(frame))), height, taken)
+    });
+    (
+        index,
+        result,
+        attempts,
+        elapsed + started.elapsed(),
+        started_at,
+    )
+}
+
+/// The rows of one attempt, from the block's inputs: a frame again, the live stream the first
+/// time, a streamed input read back from its checkpoint on a retry.
+async fn attempt_inputs(inputs: &mut [Input], taken: &Arc<AtomicUsize>) -> BlockResult<Vec<Rows>> {
+    let mut rows = Vec::with_capacity(inputs.len());
+    for input in inputs.iter_mut() {
+        let next = match input {
+            Input::Frame(frame) => Rows::from(frame.clone()),
+            Input::Streamed { live, replay } => match live.take() {
+                Some(live) => live,
+                None => {
+                    let ready = replay
+                        .wait_for(Option::is_some)
+                        .await
+                        .map(|ready| ready.clone())
+                        .map_err(|_| BlockError::fatal("its streamed input ended unfinished"))?;
+                    match ready {
+                        Some(Ok(path)) => Rows::from(Checkpoints::read(path).await?),
+                        Some(Err(why)) => return Err(BlockError::fatal(why)),
+                        None => unreachable!("waited for a value"),
+                    }
+                }
+            },
+        };
+        rows.push(next.counted(taken.clone()));
+    }
+    Ok(rows)
+}
+
 /// Runs one block until it succeeds, fails with a non-retryable error or runs out of retries.
 /// Returns the block's index, its result, the attempts made, the time taken and its start.
 async fn run_block_with_retries(
     pipeline: &'static Pipeline,
     index: usize,
     ctx: RunContext,
-    inputs: Vec<DataFrame>,
+    mut inputs: Vec<Input>,
     ledger: Option<Ledger>,
 ) -> Finished {
     let block = &pipeline.blocks[index];
     let policy = block.policy;
-    let rows_in: usize = inputs.iter().map(DataFrame::height).sum();
     let started = Instant::now();
     let started_at = now_ms();
     let span = info_span!("block", block = block.name);
@@ -1026,15 +1405,17 @@ async fn run_block_with_retries(
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let taken = Arc::new(AtomicUsize::new(0));
             // Waiting for a slot under `[pipeline.concurrency]` is not part of the attempt, so
             // it does not count against the block's timeout.
             let slot = ctx.resources().slot(pipeline, block.kind).await;
             let attempt_started = Instant::now();
             let attempt_started_at = now_ms();
-            let future = crate::audit::in_block(
-                block.name,
-                (pipeline.run_block)(index, ctx.clone(), inputs.clone()),
-            );
+            let rows = attempt_inputs(&mut inputs, &taken).await;
+            let future = async {
+                crate::audit::in_block(block.name, (pipeline.run_block)(index, ctx.clone(), rows?))
+                    .await
+            };
             let timeout = Duration::from_millis(policy.timeout_ms);
             let (result, timed_out) = match tokio::time::timeout(timeout, future).await {
                 Ok(result) => (result, false),
@@ -1071,18 +1452,21 @@ async fn run_block_with_retries(
             }
             match result {
                 Ok(output) => {
-                    let rows_out = output.as_ref().map(DataFrame::height);
-                    info!(
-                        attempt,
-                        rows_in,
-                        rows_out = rows_out.unwrap_or(rows_in),
-                        elapsed_ms = attempt_started.elapsed().as_millis() as u64,
-                        "block succeeded"
-                    );
+                    let rows_in = taken.load(Ordering::Relaxed);
+                    let rows_out = output.as_ref().and_then(Rows::height);
+                    if output.as_ref().is_none_or(|rows| !rows.is_streamed()) {
+                        info!(
+                            attempt,
+                            rows_in,
+                            rows_out = rows_out.unwrap_or(rows_in),
+                            elapsed_ms = attempt_started.elapsed().as_millis() as u64,
+                            "block succeeded"
+                        );
+                    }
                     // A sink has no output; its row count is what it wrote.
                     return (
                         index,
-                        Ok((output, rows_out.unwrap_or(rows_in))),
+                        Ok((Produced::Output(output), rows_out.unwrap_or(rows_in), taken)),
                         attempt,
                         started.elapsed(),
                         started_at,
@@ -1099,21 +1483,20 @@ async fn run_block_with_retries(
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => {
-                    let error = if attempt > 1 {
+                    let error = if attempt > 1 && error.kind != ErrorKind::InputFailed {
                         error.context(format!("after {attempt} attempts"))
                     } else {
                         error
                     };
-                    return (
-                        index,
-                        Err(error.context(format!(
+                    let error = if error.kind == ErrorKind::InputFailed {
+                        error
+                    } else {
+                        error.context(format!(
                             "block `{}` ({}:{})",
                             block.name, pipeline.source_path, block.line
-                        ))),
-                        attempt,
-                        started.elapsed(),
-                        started_at,
-                    );
+                        ))
+                    };
+                    return (index, Err(error), attempt, started.elapsed(), started_at);
                 }
             }
         }

@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod prepare;
 pub mod query;
 pub mod rest;
+pub mod rows;
 pub mod schema;
 pub mod sensor;
 pub mod serve;
@@ -51,11 +52,12 @@ pub mod prelude {
     };
     pub use crate::query::{read_query, sql_text};
     pub use crate::rest::{Pagination, RestApi, read_rest};
+    pub use crate::rows::Rows;
     pub use crate::schema::conform;
     pub use crate::sink::bigquery::{BigQueryTarget, write_bigquery};
     pub use crate::sink::export::{ExportTarget, write_export};
     pub use crate::sink::lake::{LakeTarget, write_lake};
     pub use crate::sink::table::{TableTarget, WriteMode, write_table};
-    pub use crate::source::{Compression, FileFormat, Location, read_source};
+    pub use crate::source::{Compression, FileFormat, Location, read_source, stream_source};
     pub use polars::prelude::*;
 }

@@ -3,19 +3,20 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use polars::prelude::{DataFrame, DataType, TimeUnit};
+use polars::prelude::{DataType, TimeUnit};
 
 use crate::context::RunContext;
 use crate::error::BlockError;
 use crate::partition::Granularity;
+use crate::rows::Rows;
 use crate::sink::bigquery::BigQueryTarget;
 use crate::sink::export::ExportTarget;
 use crate::sink::lake::LakeTarget;
 use crate::sink::table::TableTarget;
 
-/// The future a block returns: its output frame, or `None` for sinks.
+/// The future a block returns: its output rows, or `None` for sinks.
 pub type BlockFuture =
-    Pin<Box<dyn Future<Output = Result<Option<DataFrame>, BlockError>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Option<Rows>, BlockError>> + Send + 'static>>;
 
 /// A compiled pipeline.
 #[derive(Debug)]
@@ -52,8 +53,8 @@ pub struct Pipeline {
     pub connections: &'static [ConnectionDef],
     /// Blocks in dependency order.
     pub blocks: &'static [BlockDef],
-    /// Runs one block: the index into `blocks`, the run's context and the input frames.
-    pub run_block: fn(usize, RunContext, Vec<DataFrame>) -> BlockFuture,
+    /// Runs one block: the index into `blocks`, the run's context and the input rows.
+    pub run_block: fn(usize, RunContext, Vec<Rows>) -> BlockFuture,
 }
 
 /// `[pipeline.schedule]` as compiled: the pattern parses and fires, the zone exists.

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::{BaseType, Column};
+use crate::rows::Rows;
 use crate::schema::{conform, polars_schema};
 use crate::store::{matching_files, open_store};
 
@@ -76,29 +77,10 @@ pub async fn read_source(
     compression: Compression,
     columns: &'static [Column],
 ) -> BlockResult<DataFrame> {
-    let (origin, bytes) = match &location {
-        Location::Store { connection, path } => {
-            return read_store(ctx, connection, path, format, compression, columns).await;
-        }
-        Location::Http { connection, path } => {
-            let base = ctx.connection_url(connection)?;
-            let url = format!(
-                "{}/{}",
-                base.trim_end_matches('/'),
-                path.trim_start_matches('/')
-            );
-            let bytes = download(&url)
-                .await
-                .map_err(|e| e.context(describe(ctx, &url)))?;
-            (url, bytes)
-        }
-        Location::File { path } => {
-            let bytes = tokio::fs::read(path)
-                .await
-                .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
-            (path.clone(), bytes.into())
-        }
-    };
+    if let Location::Store { connection, path } = &location {
+        return read_store(ctx, connection, path, format, compression, columns).await;
+    }
+    let (origin, bytes) = fetch(ctx, &location).await?;
     let downloaded = bytes.len();
     crate::audit::note_input(ctx, &crate::context::redact(&origin), &bytes);
     // `prepare` also records the file's own columns, from the same decompressed bytes.
@@ -127,6 +109,86 @@ pub async fn read_source(
         .map_err(|e| e.context(partition_text(ctx)))?;
     info!(source = %origin, bytes = downloaded, rows = frame.height(), "read source");
     Ok(frame)
+}
+
+/// How much CSV text makes one batch of a streamed source: small enough that the blocks after
+/// it start on the first rows while the rest is still being parsed, large enough that polars
+/// parses each batch on every core.
+const STREAM_BATCH_BYTES: usize = 8 << 20;
+
+/// Reads one CSV file (gzip or not) over HTTP or from the local file system as batches of
+/// rows, each with exactly the compiled schema `columns`, parsed while the blocks downstream
+/// work on the batches before. The file is fetched whole first, so a dropped connection is
+/// retried before any row is handed on; only bad data can fail once batches flow.
+/// `prepare`, which observes whole files, and other locations read the file whole.
+pub async fn stream_source(
+    ctx: &RunContext,
+    location: Location,
+    compression: Compression,
+    columns: &'static [Column],
+) -> BlockResult<Rows> {
+    if ctx.resources().observing() || matches!(location, Location::Store { .. }) {
+        return read_source(ctx, location, FileFormat::Csv, compression, columns)
+            .await
+            .map(Rows::from);
+    }
+    let (origin, bytes) = fetch(ctx, &location).await?;
+    crate::audit::note_input(ctx, &crate::context::redact(&origin), &bytes);
+    let context = describe(ctx, &origin);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<BlockResult<DataFrame>>(1);
+    tokio::task::spawn_blocking(move || {
+        let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, columns);
+        let mut batches = 0usize;
+        let mut emit = |batch: DataFrame| {
+            batches += 1;
+            // A receiver that is gone has stopped reading (its block failed or was cancelled).
+            sender.blocking_send(Ok(batch)).is_ok()
+        };
+        let outcome = match compression {
+            Compression::Gzip => csv_in_chunks(
+                MultiGzDecoder::new(&bytes[..]),
+                STREAM_BATCH_BYTES,
+                &parse,
+                &mut emit,
+            )
+            .map_err(|e| corrupt_gzip(e, bytes.len())),
+            Compression::None => csv_in_chunks(&bytes[..], STREAM_BATCH_BYTES, &parse, &mut emit)
+                .map_err(|e| BlockError::fatal(format!("cannot read the file: {e}"))),
+        };
+        if let Err(error) = outcome.and_then(|parsed| parsed) {
+            let _ = sender.blocking_send(Err(error.context(&context)));
+        } else {
+            info!(source = %context, bytes = bytes.len(), batches, "read source");
+        }
+    });
+    Ok(Rows::received(columns, receiver))
+}
+
+/// Downloads or reads a single source file: its origin (URL or path) and bytes as stored.
+async fn fetch(ctx: &RunContext, location: &Location) -> BlockResult<(String, bytes::Bytes)> {
+    match location {
+        Location::Http { connection, path } => {
+            let base = ctx.connection_url(connection)?;
+            let url = format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            );
+            let bytes = download(&url)
+                .await
+                .map_err(|e| e.context(describe(ctx, &url)))?;
+            Ok((url, bytes))
+        }
+        Location::File { path } => {
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
+            Ok((path.clone(), bytes.into()))
+        }
+        Location::Store { .. } => Err(BlockError::fatal(
+            "an object store source is read by read_store, file by file",
+        )),
+    }
 }
 
 /// How many files of an object store source are read at once.
@@ -375,16 +437,49 @@ fn gzip_csv_in_chunks(
     parse: &dyn Fn(&[u8]) -> BlockResult<DataFrame>,
 ) -> BlockResult<BlockResult<DataFrame>> {
     let corrupt = |e| corrupt_gzip(e, bytes.len());
-    let mut decoder = MultiGzDecoder::new(bytes);
+    let mut frame: Option<DataFrame> = None;
+    let mut stacked = Ok(());
+    let parsed = csv_in_chunks(
+        MultiGzDecoder::new(bytes),
+        chunk_bytes,
+        parse,
+        &mut |batch| {
+            stacked = match &mut frame {
+                None => {
+                    frame = Some(batch);
+                    Ok(())
+                }
+                Some(frame) => frame.vstack_mut(&batch).map(|_| ()).map_err(Into::into),
+            };
+            stacked.is_ok()
+        },
+    )
+    .map_err(corrupt)?;
+    if let Err(error) = parsed.and(stacked) {
+        return Ok(Err(error));
+    }
+    Ok(frame.map_or_else(|| parse(&[]), Ok))
+}
+
+/// Reads CSV text from `reader` and parses it in chunks of about `chunk_bytes`, each cut at the
+/// end of a record and given the header row, handing each parsed chunk to `emit` in order until
+/// it returns `false`. At least one chunk is handed over, an empty one for an empty file. The
+/// outer error is one of reading; the inner one, the first parse error.
+fn csv_in_chunks(
+    mut reader: impl Read,
+    chunk_bytes: usize,
+    parse: &dyn Fn(&[u8]) -> BlockResult<DataFrame>,
+    emit: &mut dyn FnMut(DataFrame) -> bool,
+) -> std::io::Result<BlockResult<()>> {
     let mut pending: Vec<u8> = Vec::new();
     let mut header: Option<Vec<u8>> = None;
-    let mut frame: Option<DataFrame> = None;
     let mut want = chunk_bytes.max(1);
     let mut finished = false;
+    let mut emitted = false;
     let mut buffer = vec![0u8; 256 << 10];
     while !finished || !pending.is_empty() {
         while !finished && pending.len() < want {
-            let read = decoder.read(&mut buffer).map_err(corrupt)?;
+            let read = reader.read(&mut buffer)?;
             finished = read == 0;
             pending.extend_from_slice(&buffer[..read]);
         }
@@ -426,16 +521,20 @@ fn gzip_csv_in_chunks(
             Ok(parsed) => parsed,
             Err(error) => return Ok(Err(error)),
         };
-        match &mut frame {
-            None => frame = Some(parsed),
-            Some(frame) => {
-                if let Err(error) = frame.vstack_mut(&parsed) {
-                    return Ok(Err(error.into()));
-                }
-            }
+        emitted = true;
+        if !emit(parsed) {
+            return Ok(Ok(()));
         }
     }
-    Ok(frame.map_or_else(|| parse(&[]), Ok))
+    if !emitted {
+        match parse(&[]) {
+            Ok(empty) => {
+                emit(empty);
+            }
+            Err(error) => return Ok(Err(error)),
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// The position just after the last complete record of CSV text: after its last newline that

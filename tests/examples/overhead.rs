@@ -15,15 +15,22 @@ use std::time::Instant;
 use baton_runtime::executor::{RunRequest, Services, run};
 use baton_runtime::ledger::{Ledger, TriggerKind};
 use baton_runtime::pipeline::{BlockDef, BlockFuture, BlockKind, Pipeline, Policy, Trigger};
-use baton_runtime::prelude::{Column, DataFrame};
+use baton_runtime::prelude::{Column, DataFrame, Rows};
 
 /// A block that passes its input on (the first block makes an empty frame).
 fn pass_on(
     _index: usize,
     _ctx: baton_runtime::context::RunContext,
-    inputs: Vec<DataFrame>,
+    inputs: Vec<Rows>,
 ) -> BlockFuture {
-    Box::pin(async move { Ok(Some(inputs.into_iter().next().unwrap_or_default())) })
+    Box::pin(async move {
+        Ok(Some(
+            inputs
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Rows::from(DataFrame::default())),
+        ))
+    })
 }
 
 /// A chain of `blocks` trivial blocks, leaked to live as long as generated pipelines do.

@@ -81,7 +81,7 @@ fn runs_are_audited_and_tampering_is_found() {
          ORDER BY a.seq",
     );
     assert_eq!(clean.len(), 3, "{clean:?}");
-    assert!(clean[0].starts_with("38324 blake3:"), "{clean:?}");
+    assert!(clean[0].starts_with("38324 blake3-columns:"), "{clean:?}");
     // The same month loaded again produced exactly the same rows; another month did not.
     assert_eq!(clean[0], clean[2]);
     assert_ne!(clean[0], clean[1]);

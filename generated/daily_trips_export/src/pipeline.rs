@@ -198,12 +198,17 @@ async fn export_day(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
-fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> BlockFuture {
+fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<Rows>) -> BlockFuture {
     match index {
-        0 => Box::pin(async move { read_day(&ctx).await.map(Some) }),
+        0 => {
+            Box::pin(async move {
+                read_day(&ctx).await.map(|frame| Some(Rows::from(frame)))
+            })
+        }
         1 => {
             Box::pin(async move {
-                export_day(&ctx, inputs.remove(0)).await.map(|()| None)
+                let input = inputs.remove(0).collect().await?;
+                export_day(&ctx, input).await.map(|()| None)
             })
         }
         _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),

@@ -300,13 +300,18 @@ async fn load_bigquery(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
-fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> BlockFuture {
+fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<Rows>) -> BlockFuture {
     match index {
-        0 => Box::pin(async move { read_lake(&ctx).await.map(Some) }),
-        1 => ctx.compute(move |ctx| standardise(ctx, inputs.remove(0)).map(Some)),
+        0 => {
+            Box::pin(async move {
+                read_lake(&ctx).await.map(|frame| Some(Rows::from(frame)))
+            })
+        }
+        1 => ctx.per_batch(inputs.remove(0), STANDARDISE_OUTPUT, standardise),
         2 => {
             Box::pin(async move {
-                load_bigquery(&ctx, inputs.remove(0)).await.map(|()| None)
+                let input = inputs.remove(0).collect().await?;
+                load_bigquery(&ctx, input).await.map(|()| None)
             })
         }
         _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),

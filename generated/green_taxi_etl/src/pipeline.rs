@@ -381,23 +381,21 @@ pub static REPORT_LATE_TARGET: CallbackTarget = CallbackTarget {
 /// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_etl.toml:40.
 ///
 /// Download one month of green taxi trips (gzip CSV) with the course's column types.
-async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<DataFrame> {
+async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<Rows> {
     let partition = ctx.partition()?;
     let path = format!(
         "green_tripdata_{}-{:02}.csv.gz", partition.year(), partition.month()
     );
-    let frame = read_source(
+    stream_source(
             ctx,
             Location::Http {
                 connection: "tlc",
                 path,
             },
-            FileFormat::Csv,
             Compression::Gzip,
             EXTRACT_GREEN_TAXI_OUTPUT,
         )
-        .await?;
-    Ok(frame)
+        .await
 }
 
 /// `clean_green_taxi`: transform, declared at pipelines/green_taxi_etl.toml:69.
@@ -460,14 +458,14 @@ fn clean_green_taxi(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame
 /// `load_warehouse`: table sink, declared at pipelines/green_taxi_etl.toml:96.
 ///
 /// Replace this month's rows of green_taxi in one transaction.
-async fn load_warehouse(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+async fn load_warehouse(ctx: &RunContext, input: Rows) -> BlockResult<()> {
     write_table(ctx, &LOAD_WAREHOUSE_TARGET, input).await
 }
 
 /// `load_lake`: lake sink, declared at pipelines/green_taxi_etl.toml:131.
 ///
 /// Write Parquet files partitioned hive-style by pickup date.
-async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+async fn load_lake(ctx: &RunContext, input: Rows) -> BlockResult<()> {
     let path = "green_taxi".to_string();
     write_lake(ctx, &LOAD_LAKE_TARGET, &path, input).await
 }
@@ -487,10 +485,10 @@ async fn report_late(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
-fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> BlockFuture {
+fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<Rows>) -> BlockFuture {
     match index {
         0 => Box::pin(async move { extract_green_taxi(&ctx).await.map(Some) }),
-        1 => ctx.compute(move |ctx| clean_green_taxi(ctx, inputs.remove(0)).map(Some)),
+        1 => ctx.per_batch(inputs.remove(0), CLEAN_GREEN_TAXI_OUTPUT, clean_green_taxi),
         2 => {
             Box::pin(async move {
                 load_warehouse(&ctx, inputs.remove(0)).await.map(|()| None)
@@ -501,8 +499,16 @@ fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> Block
                 load_lake(&ctx, inputs.remove(0)).await.map(|()| None)
             })
         }
-        4 => Box::pin(async move { report_failure(ctx).await }),
-        5 => Box::pin(async move { report_late(ctx).await }),
+        4 => {
+            Box::pin(async move {
+                report_failure(ctx).await.map(|rows| rows.map(Rows::from))
+            })
+        }
+        5 => {
+            Box::pin(async move {
+                report_late(ctx).await.map(|rows| rows.map(Rows::from))
+            })
+        }
         _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),
     }
 }

@@ -290,23 +290,21 @@ const EXPORT_MONTH_TARGET: ExportTarget = ExportTarget {
 /// `extract_green_taxi`: HTTP source, declared at pipelines/green_taxi_to_gcs.toml:28.
 ///
 /// Download one month of green taxi trips (gzip CSV) with the course's column types.
-async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<DataFrame> {
+async fn extract_green_taxi(ctx: &RunContext) -> BlockResult<Rows> {
     let partition = ctx.partition()?;
     let path = format!(
         "green_tripdata_{}-{:02}.csv.gz", partition.year(), partition.month()
     );
-    let frame = read_source(
+    stream_source(
             ctx,
             Location::Http {
                 connection: "tlc",
                 path,
             },
-            FileFormat::Csv,
             Compression::Gzip,
             EXTRACT_GREEN_TAXI_OUTPUT,
         )
-        .await?;
-    Ok(frame)
+        .await
 }
 
 /// `clean_green_taxi`: transform, declared at pipelines/green_taxi_to_gcs.toml:56.
@@ -331,7 +329,7 @@ fn clean_green_taxi(_ctx: &RunContext, input: DataFrame) -> BlockResult<DataFram
 /// `load_lake`: lake sink, declared at pipelines/green_taxi_to_gcs.toml:67.
 ///
 /// Parquet files partitioned hive-style by pickup date; a re-run replaces the month's own files.
-async fn load_lake(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+async fn load_lake(ctx: &RunContext, input: Rows) -> BlockResult<()> {
     let path = "green_taxi".to_string();
     write_lake(ctx, &LOAD_LAKE_TARGET, &path, input).await
 }
@@ -349,10 +347,10 @@ async fn export_month(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
-fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> BlockFuture {
+fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<Rows>) -> BlockFuture {
     match index {
         0 => Box::pin(async move { extract_green_taxi(&ctx).await.map(Some) }),
-        1 => ctx.compute(move |ctx| clean_green_taxi(ctx, inputs.remove(0)).map(Some)),
+        1 => ctx.per_batch(inputs.remove(0), CLEAN_GREEN_TAXI_OUTPUT, clean_green_taxi),
         2 => {
             Box::pin(async move {
                 load_lake(&ctx, inputs.remove(0)).await.map(|()| None)
@@ -360,7 +358,8 @@ fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> Block
         }
         3 => {
             Box::pin(async move {
-                export_month(&ctx, inputs.remove(0)).await.map(|()| None)
+                let input = inputs.remove(0).collect().await?;
+                export_month(&ctx, input).await.map(|()| None)
             })
         }
         _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),

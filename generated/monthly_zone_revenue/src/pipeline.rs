@@ -552,42 +552,38 @@ const LOAD_MART_TARGET: TableTarget = TableTarget {
 /// `extract_trips`: HTTP source, declared at pipelines/monthly_zone_revenue.toml:29.
 ///
 /// One month of green taxi trips (gzip CSV).
-async fn extract_trips(ctx: &RunContext) -> BlockResult<DataFrame> {
+async fn extract_trips(ctx: &RunContext) -> BlockResult<Rows> {
     let partition = ctx.partition()?;
     let path = format!(
         "green_tripdata_{}-{:02}.csv.gz", partition.year(), partition.month()
     );
-    let frame = read_source(
+    stream_source(
             ctx,
             Location::Http {
                 connection: "tlc",
                 path,
             },
-            FileFormat::Csv,
             Compression::Gzip,
             EXTRACT_TRIPS_OUTPUT,
         )
-        .await?;
-    Ok(frame)
+        .await
 }
 
 /// `extract_zones`: HTTP source, declared at pipelines/monthly_zone_revenue.toml:57.
 ///
 /// The TLC's taxi zone lookup (265 zones).
-async fn extract_zones(ctx: &RunContext) -> BlockResult<DataFrame> {
+async fn extract_zones(ctx: &RunContext) -> BlockResult<Rows> {
     let path = "taxi+_zone_lookup.csv".to_string();
-    let frame = read_source(
+    stream_source(
             ctx,
             Location::Http {
                 connection: "zones",
                 path,
             },
-            FileFormat::Csv,
             Compression::None,
             EXTRACT_ZONES_OUTPUT,
         )
-        .await?;
-    Ok(frame)
+        .await
 }
 
 /// `stage_trips`: transform, declared at pipelines/monthly_zone_revenue.toml:69.
@@ -748,33 +744,49 @@ fn borough_share(_ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> 
 /// `load_mart`: table sink, declared at pipelines/monthly_zone_revenue.toml:145.
 ///
 /// Replace this month's rows of dm_monthly_zone_revenue in one transaction.
-async fn load_mart(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+async fn load_mart(ctx: &RunContext, input: Rows) -> BlockResult<()> {
     write_table(ctx, &LOAD_MART_TARGET, input).await
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
-fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> BlockFuture {
+fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<Rows>) -> BlockFuture {
     match index {
         0 => Box::pin(async move { extract_trips(&ctx).await.map(Some) }),
         1 => Box::pin(async move { extract_zones(&ctx).await.map(Some) }),
-        2 => ctx.compute(move |ctx| stage_trips(ctx, inputs.remove(0)).map(Some)),
-        3 => ctx.compute(move |ctx| known_zones(ctx, inputs.remove(0)).map(Some)),
+        2 => ctx.per_batch(inputs.remove(0), STAGE_TRIPS_OUTPUT, stage_trips),
+        3 => ctx.per_batch(inputs.remove(0), KNOWN_ZONES_OUTPUT, known_zones),
         4 => {
-            ctx.compute(move |ctx| {
-                let right = inputs.remove(1);
-                let left = inputs.remove(0);
-                with_pickup_zone(ctx, left, right).map(Some)
-            })
+            ctx.compute(
+                inputs,
+                move |ctx, mut inputs| {
+                    let right = inputs.remove(1);
+                    let left = inputs.remove(0);
+                    with_pickup_zone(ctx, left, right)
+                },
+            )
         }
         5 => {
-            ctx.compute(move |ctx| {
-                let right = inputs.remove(1);
-                let left = inputs.remove(0);
-                with_both_zones(ctx, left, right).map(Some)
-            })
+            ctx.compute(
+                inputs,
+                move |ctx, mut inputs| {
+                    let right = inputs.remove(1);
+                    let left = inputs.remove(0);
+                    with_both_zones(ctx, left, right)
+                },
+            )
         }
-        6 => ctx.compute(move |ctx| zone_revenue(ctx, inputs.remove(0)).map(Some)),
-        7 => ctx.compute(move |ctx| borough_share(ctx, inputs.remove(0)).map(Some)),
+        6 => {
+            ctx.compute(
+                inputs,
+                move |ctx, mut inputs| zone_revenue(ctx, inputs.remove(0)),
+            )
+        }
+        7 => {
+            ctx.compute(
+                inputs,
+                move |ctx, mut inputs| borough_share(ctx, inputs.remove(0)),
+            )
+        }
         8 => {
             Box::pin(async move {
                 load_mart(&ctx, inputs.remove(0)).await.map(|()| None)

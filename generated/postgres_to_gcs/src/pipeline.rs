@@ -194,12 +194,17 @@ async fn export_month(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
-fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> BlockFuture {
+fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<Rows>) -> BlockFuture {
     match index {
-        0 => Box::pin(async move { read_month(&ctx).await.map(Some) }),
+        0 => {
+            Box::pin(async move {
+                read_month(&ctx).await.map(|frame| Some(Rows::from(frame)))
+            })
+        }
         1 => {
             Box::pin(async move {
-                export_month(&ctx, inputs.remove(0)).await.map(|()| None)
+                let input = inputs.remove(0).collect().await?;
+                export_month(&ctx, input).await.map(|()| None)
             })
         }
         _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),

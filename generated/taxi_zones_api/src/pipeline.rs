@@ -191,15 +191,19 @@ fn standardise(_ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
 /// `load_zones`: table sink, declared at pipelines/taxi_zones_api.toml:49.
 ///
 /// Replace the zone table in one transaction.
-async fn load_zones(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+async fn load_zones(ctx: &RunContext, input: Rows) -> BlockResult<()> {
     write_table(ctx, &LOAD_ZONES_TARGET, input).await
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
-fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> BlockFuture {
+fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<Rows>) -> BlockFuture {
     match index {
-        0 => Box::pin(async move { extract_zones(&ctx).await.map(Some) }),
-        1 => ctx.compute(move |ctx| standardise(ctx, inputs.remove(0)).map(Some)),
+        0 => {
+            Box::pin(async move {
+                extract_zones(&ctx).await.map(|frame| Some(Rows::from(frame)))
+            })
+        }
+        1 => ctx.per_batch(inputs.remove(0), STANDARDISE_OUTPUT, standardise),
         2 => {
             Box::pin(async move {
                 load_zones(&ctx, inputs.remove(0)).await.map(|()| None)

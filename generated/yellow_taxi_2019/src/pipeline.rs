@@ -365,7 +365,7 @@ fn clean_trips(ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
 /// `load_trips`: table sink, declared at pipelines/yellow_taxi_2019.toml:70.
 ///
 /// Replace the table with the year's clean trips, in one transaction.
-async fn load_trips(ctx: &RunContext, input: DataFrame) -> BlockResult<()> {
+async fn load_trips(ctx: &RunContext, input: Rows) -> BlockResult<()> {
     write_table(ctx, &LOAD_TRIPS_TARGET, input).await
 }
 
@@ -377,16 +377,24 @@ async fn report_failure(ctx: RunContext) -> BlockResult<Option<DataFrame>> {
 }
 
 /// Runs block `index` on its inputs; called by the runtime in dependency order.
-fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<DataFrame>) -> BlockFuture {
+fn run_block(index: usize, ctx: RunContext, mut inputs: Vec<Rows>) -> BlockFuture {
     match index {
-        0 => Box::pin(async move { extract_months(&ctx).await.map(Some) }),
-        1 => ctx.compute(move |ctx| clean_trips(ctx, inputs.remove(0)).map(Some)),
+        0 => {
+            Box::pin(async move {
+                extract_months(&ctx).await.map(|frame| Some(Rows::from(frame)))
+            })
+        }
+        1 => ctx.per_batch(inputs.remove(0), CLEAN_TRIPS_OUTPUT, clean_trips),
         2 => {
             Box::pin(async move {
                 load_trips(&ctx, inputs.remove(0)).await.map(|()| None)
             })
         }
-        3 => Box::pin(async move { report_failure(ctx).await }),
+        3 => {
+            Box::pin(async move {
+                report_failure(ctx).await.map(|rows| rows.map(Rows::from))
+            })
+        }
         _ => unreachable!("the runtime only asks for blocks listed in BLOCKS"),
     }
 }

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::Column as ColumnDef;
-use crate::sink::export::encode;
+use crate::rows::Rows;
 use crate::source::FileFormat;
 use crate::store::{StoreLocation, open_store, put_file};
 
@@ -53,13 +53,19 @@ pub(crate) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 /// The folder, at the root of the lake, under which a run uploads its files before publishing.
 pub const STAGING_FOLDER: &str = "_baton_staging";
 
-/// Writes `frame` as Parquet files under the dataset folder `path` (the target's template
-/// filled in for this run).
+/// How many rows the lake sink holds back across all partition folders before it writes the
+/// largest folder's rows out as a row group: memory stays bounded by this, whatever the size of
+/// the data, while row groups stay large enough for readers.
+const SPOOL_ROWS: usize = 250_000;
+
+/// Writes the rows as Parquet (or CSV) files under the dataset folder `path` (the target's
+/// template filled in for this run), batch by batch: each partition folder's rows go into a
+/// local spool file as they fill, and the files are published together at the end.
 pub async fn write_lake(
     ctx: &RunContext,
     target: &LakeTarget,
     path: &str,
-    frame: DataFrame,
+    mut rows: Rows,
 ) -> BlockResult<()> {
     let url = ctx.connection_url(target.connection)?;
     let lake = open_store(&url)?;
@@ -69,15 +75,17 @@ pub async fn write_lake(
         None => "part-0".to_string(),
     };
     let started = std::time::Instant::now();
-    let rows = frame.height();
-    let files = {
-        let target = *target;
-        let stem = stem.clone();
-        let path = path.to_string();
-        tokio::task::spawn_blocking(move || encode_files(&frame, &target, &path, &stem))
+    let mut spool = Spool::new(*target, path, &stem)?;
+    while let Some(batch) = rows.next_batch().await {
+        let batch = batch?;
+        spool = tokio::task::spawn_blocking(move || spool.add(batch).map(|()| spool))
             .await
-            .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??
-    };
+            .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??;
+    }
+    let row_count = spool.rows;
+    let (spooled, files) = tokio::task::spawn_blocking(move || spool.finish())
+        .await
+        .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??;
     let written: HashSet<String> = files.iter().map(|(path, _)| path.to_string()).collect();
     let count = files.len();
     let staging = format!("{STAGING_FOLDER}/{}", ctx.run_id());
@@ -89,12 +97,22 @@ pub async fn write_lake(
     let uploads: Vec<_> = files
         .into_iter()
         .zip(moves.iter())
-        .map(|((_, bytes), (staged, _))| put_file(store.clone(), staged.clone(), bytes))
+        .map(|((_, local), (staged, _))| {
+            let store = store.clone();
+            let staged = staged.clone();
+            async move {
+                let bytes = tokio::fs::read(&local).await.map_err(|e| {
+                    BlockError::fatal(format!("cannot read spooled {}: {e}", local.display()))
+                })?;
+                put_file(store, staged, bytes).await
+            }
+        })
         .collect();
     let uploaded = futures::stream::iter(uploads)
         .buffer_unordered(UPLOAD_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await;
+    drop(spooled);
     if let Err(error) = uploaded {
         remove_staging(&lake, &staging).await;
         return Err(error.context(&lake.display));
@@ -138,11 +156,221 @@ pub async fn write_lake(
         dataset = path,
         files = count,
         removed = stale.len(),
-        rows,
+        rows = row_count,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "wrote lake"
     );
     Ok(())
+}
+
+/// The files of one lake write while its rows arrive: one local file per partition folder
+/// (several when `max_rows_per_file` splits it), written a row group at a time. Rows wait in
+/// memory only until [`SPOOL_ROWS`] are held back across all folders.
+struct Spool {
+    target: LakeTarget,
+    dataset: String,
+    stem: String,
+    /// The local folder of the files; deleted with the spool.
+    dir: tempfile::TempDir,
+    folders: Vec<SpoolFolder>,
+    /// Rows held back, not yet written, across all folders.
+    held: usize,
+    /// Rows received.
+    rows: usize,
+}
+
+/// One partition folder of a spool.
+struct SpoolFolder {
+    folder: ObjectPath,
+    held: Vec<DataFrame>,
+    held_rows: usize,
+    /// Finished local files, in order.
+    files: Vec<std::path::PathBuf>,
+    /// The file being written and the rows in it.
+    open: Option<(FileWriter, usize)>,
+}
+
+/// A file being written a batch at a time.
+enum FileWriter {
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>),
+    Csv(polars::io::csv::write::BatchedWriter<std::fs::File>),
+}
+
+impl Spool {
+    fn new(target: LakeTarget, dataset: &str, stem: &str) -> BlockResult<Spool> {
+        let dir = tempfile::Builder::new()
+            .prefix("baton-lake-")
+            .tempdir()
+            .map_err(|e| BlockError::fatal(format!("cannot create a spool folder: {e}")))?;
+        Ok(Spool {
+            target,
+            dataset: dataset.to_string(),
+            stem: stem.to_string(),
+            dir,
+            folders: Vec::new(),
+            held: 0,
+            rows: 0,
+        })
+    }
+
+    /// Takes one batch: its rows join their folders, and the largest folders are written out
+    /// while too many rows are held back.
+    fn add(&mut self, batch: DataFrame) -> BlockResult<()> {
+        self.rows += batch.height();
+        let keys = self.target.partition_by;
+        let parts = if keys.is_empty() {
+            vec![batch]
+        } else {
+            batch.partition_by_stable(keys.iter().copied(), true)?
+        };
+        for part in parts {
+            // One path part per folder: object_store escapes a `/` inside a value as `%2F`.
+            let mut folder = ObjectPath::from(self.dataset.as_str());
+            for column in keys {
+                let value = folder_value(part.column(column)?)?;
+                folder = folder.join(format!("{column}={value}"));
+            }
+            // The keys live in the folder names, not inside the file, as pyarrow and Spark do.
+            let data = part.drop_many(keys.iter().copied());
+            let index = match self.folders.iter().position(|f| f.folder == folder) {
+                Some(index) => index,
+                None => {
+                    self.folders.push(SpoolFolder {
+                        folder,
+                        held: Vec::new(),
+                        held_rows: 0,
+                        files: Vec::new(),
+                        open: None,
+                    });
+                    self.folders.len() - 1
+                }
+            };
+            self.held += data.height();
+            self.folders[index].held_rows += data.height();
+            self.folders[index].held.push(data);
+        }
+        while self.held > SPOOL_ROWS {
+            let largest = (0..self.folders.len())
+                .max_by_key(|&i| self.folders[i].held_rows)
+                .expect("rows are held, so a folder holds them");
+            self.write_out(largest)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the rows a folder holds into its files, starting a new file whenever one
+    /// reaches `max_rows_per_file`.
+    fn write_out(&mut self, index: usize) -> BlockResult<()> {
+        let limit = self.target.max_rows_per_file.unwrap_or(usize::MAX).max(1);
+        let held = std::mem::take(&mut self.folders[index].held);
+        self.held -= std::mem::take(&mut self.folders[index].held_rows);
+        let mut data: Option<DataFrame> = None;
+        for part in held {
+            match &mut data {
+                None => data = Some(part),
+                Some(data) => {
+                    data.vstack_mut_owned(part)?;
+                }
+            }
+        }
+        let Some(mut data) = data else {
+            return Ok(());
+        };
+        data.rechunk_mut();
+        let mut offset = 0;
+        loop {
+            let folder = &mut self.folders[index];
+            if folder.open.as_ref().is_some_and(|(_, rows)| *rows >= limit) {
+                let (writer, _) = folder.open.take().expect("checked just above");
+                writer.finish()?;
+            }
+            if folder.open.is_none() {
+                let local = self
+                    .dir
+                    .path()
+                    .join(format!("{index}.{}", folder.files.len()));
+                let file = std::fs::File::create(&local).map_err(|e| {
+                    BlockError::fatal(format!("cannot create {}: {e}", local.display()))
+                })?;
+                folder.files.push(local);
+                folder.open = Some((FileWriter::new(file, self.target.format, &data)?, 0));
+            }
+            let (writer, rows) = folder.open.as_mut().expect("opened just above");
+            let take = (limit - *rows).min(data.height() - offset);
+            writer.write(&data.slice(offset as i64, take))?;
+            *rows += take;
+            offset += take;
+            if offset >= data.height() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes what is held back, closes every file and names them: the spool (which deletes
+    /// the local files when dropped) and each file's lake path with its local path.
+    #[allow(clippy::type_complexity)]
+    fn finish(mut self) -> BlockResult<(tempfile::TempDir, Vec<(ObjectPath, std::path::PathBuf)>)> {
+        for index in 0..self.folders.len() {
+            self.write_out(index)?;
+        }
+        let mut files = Vec::new();
+        for folder in self.folders {
+            if let Some((writer, _)) = folder.open {
+                writer.finish()?;
+            }
+            let count = folder.files.len();
+            for (number, local) in folder.files.into_iter().enumerate() {
+                let name = if count == 1 {
+                    format!("{}{}", self.stem, extension(self.target.format))
+                } else {
+                    format!(
+                        "{}.{:04}{}",
+                        self.stem,
+                        number + 1,
+                        extension(self.target.format)
+                    )
+                };
+                files.push((folder.folder.clone().join(name), local));
+            }
+        }
+        Ok((self.dir, files))
+    }
+}
+
+impl FileWriter {
+    /// A writer of `format` into `file`, for batches shaped like `like`. Parquet files are
+    /// Snappy-compressed, CSV files have a header, as the export sink writes them.
+    fn new(file: std::fs::File, format: FileFormat, like: &DataFrame) -> BlockResult<FileWriter> {
+        let schema = like.schema();
+        Ok(match format {
+            FileFormat::Parquet => FileWriter::Parquet(Box::new(
+                ParquetWriter::new(file)
+                    .with_compression(ParquetCompression::Snappy)
+                    .batched(schema)?,
+            )),
+            FileFormat::Csv => {
+                FileWriter::Csv(CsvWriter::new(file).include_header(true).batched(schema)?)
+            }
+        })
+    }
+
+    fn write(&mut self, batch: &DataFrame) -> BlockResult<()> {
+        match self {
+            FileWriter::Parquet(writer) => writer.write_batch(batch)?,
+            FileWriter::Csv(writer) => writer.write_batch(batch)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> BlockResult<()> {
+        match self {
+            FileWriter::Parquet(writer) => {
+                writer.finish()?;
+            }
+            FileWriter::Csv(mut writer) => writer.finish()?,
+        }
+        Ok(())
+    }
 }
 
 /// Deletes a run's staging folder. A leftover wastes space but is harmless, because readers
@@ -197,47 +425,6 @@ fn owned_by(file_name: &str, stem: &str, format: FileFormat) -> bool {
     }
 }
 
-/// Splits the frame by the partition columns and encodes each part as Parquet, in files of at
-/// most `max_rows_per_file` rows.
-fn encode_files(
-    frame: &DataFrame,
-    target: &LakeTarget,
-    dataset: &str,
-    stem: &str,
-) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
-    let parts = if target.partition_by.is_empty() {
-        vec![frame.clone()]
-    } else {
-        frame.partition_by_stable(target.partition_by.iter().copied(), true)?
-    };
-    let mut files = Vec::new();
-    for part in parts {
-        // One path part per folder: object_store escapes a `/` inside a value as `%2F`.
-        let mut folder = ObjectPath::from(dataset);
-        for column in target.partition_by {
-            let value = folder_value(part.column(column)?)?;
-            folder = folder.join(format!("{column}={value}"));
-        }
-        // The keys live in the folder names, not inside the file, as pyarrow and Spark do it.
-        let data = part.drop_many(target.partition_by.iter().copied());
-        let limit = target.max_rows_per_file.unwrap_or(usize::MAX).max(1);
-        let chunks = data.height().div_ceil(limit).max(1);
-        for index in 0..chunks {
-            let mut chunk = data.slice((index * limit) as i64, limit);
-            let name = if chunks == 1 {
-                format!("{stem}{}", extension(target.format))
-            } else {
-                format!("{stem}.{:04}{}", index + 1, extension(target.format))
-            };
-            files.push((
-                folder.clone().join(name),
-                encode(&mut chunk, target.format)?,
-            ));
-        }
-    }
-    Ok(files)
-}
-
 /// The folder value of a partition: its text, or Hive's name for null.
 fn folder_value(column: &Column) -> BlockResult<String> {
     let text = column.head(Some(1)).cast(&DataType::String)?;
@@ -248,6 +435,25 @@ fn folder_value(column: &Column) -> BlockResult<String> {
 mod tests {
     use super::*;
     use crate::pipeline::BaseType;
+
+    /// The files a write of `frame` produces, with their bytes, through the spool.
+    fn encode_files(
+        frame: &DataFrame,
+        target: &LakeTarget,
+        dataset: &str,
+        stem: &str,
+    ) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
+        let mut spool = Spool::new(*target, dataset, stem)?;
+        // Two batches, so that a folder's rows arrive in parts as they do from a stream.
+        let half = frame.height() / 2;
+        spool.add(frame.slice(0, half))?;
+        spool.add(frame.slice(half as i64, frame.height() - half))?;
+        let (_dir, files) = spool.finish()?;
+        Ok(files
+            .into_iter()
+            .map(|(path, local)| (path, std::fs::read(local).unwrap()))
+            .collect())
+    }
 
     #[test]
     fn several_partition_columns_nest_folders_outermost_first() {

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
 use crate::pipeline::{BaseType, Column as ColumnDef};
+use crate::rows::Rows;
 use crate::sink::pgcopy;
 
 /// How rows are written.
@@ -305,27 +306,81 @@ pub fn own_partition(
     columns: &[ColumnDef],
     frame: &DataFrame,
 ) -> BlockResult<Option<(ColumnDef, String)>> {
-    let WriteMode::ReplacePartition { column } = mode else {
+    let Some(guard) = PartitionGuard::new(ctx, mode, columns)? else {
         return Ok(None);
     };
-    let definition = *columns.iter().find(|c| c.name == column).ok_or_else(|| {
-        BlockError::fatal(format!(
-            "partition column `{column}` is not among the columns"
-        ))
-    })?;
-    let (value, text) = partition_value(ctx, &definition)?;
-    let stray = frame
-        .clone()
-        .lazy()
-        .filter(col(column).neq(value).fill_null(lit(true)))
-        .collect()?
-        .height();
-    if stray > 0 {
-        return Err(BlockError::fatal(format!(
-            "{stray} rows have `{column}` different from this run's partition ({text}); replace_partition can only write the run's own partition"
-        )));
+    guard.check(frame)?;
+    Ok(Some((guard.column, guard.text)))
+}
+
+/// In `replace_partition` mode, what every row written must hold: this run's partition in the
+/// partition column.
+struct PartitionGuard {
+    column: ColumnDef,
+    value: Expr,
+    text: String,
+}
+
+impl PartitionGuard {
+    fn new(
+        ctx: &RunContext,
+        mode: WriteMode,
+        columns: &[ColumnDef],
+    ) -> BlockResult<Option<PartitionGuard>> {
+        let WriteMode::ReplacePartition { column } = mode else {
+            return Ok(None);
+        };
+        let definition = *columns.iter().find(|c| c.name == column).ok_or_else(|| {
+            BlockError::fatal(format!(
+                "partition column `{column}` is not among the columns"
+            ))
+        })?;
+        let (value, text) = partition_value(ctx, &definition)?;
+        Ok(Some(PartitionGuard {
+            column: definition,
+            value,
+            text,
+        }))
     }
-    Ok(Some((definition, text)))
+
+    /// Refuses rows of other partitions.
+    fn check(&self, frame: &DataFrame) -> BlockResult<()> {
+        let column = self.column.name;
+        let stray = frame
+            .clone()
+            .lazy()
+            .filter(col(column).neq(self.value.clone()).fill_null(lit(true)))
+            .collect()?
+            .height();
+        if stray > 0 {
+            return Err(BlockError::fatal(format!(
+                "{stray} rows have `{column}` different from this run's partition ({}); replace_partition can only write the run's own partition",
+                self.text
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The rows a table sink writes, batch by batch, each checked as it arrives.
+struct Incoming {
+    rows: Rows,
+    guard: Option<PartitionGuard>,
+    /// Rows handed out so far.
+    count: usize,
+}
+
+impl Incoming {
+    async fn next(&mut self) -> Option<BlockResult<DataFrame>> {
+        let batch = self.rows.next_batch().await?;
+        Some(batch.and_then(|batch| {
+            if let Some(guard) = &self.guard {
+                guard.check(&batch)?;
+            }
+            self.count += batch.height();
+            Ok(batch)
+        }))
+    }
 }
 
 /// In `upsert` mode, the frame with one row per key. Two rows with one key in a batch would
@@ -353,17 +408,16 @@ pub fn last_row_per_key(frame: DataFrame, mode: WriteMode, table: &str) -> Block
     Ok(unique)
 }
 
-/// Writes `frame` into the target table in one transaction.
-pub async fn write_table(
-    ctx: &RunContext,
-    target: &TableTarget,
-    frame: DataFrame,
-) -> BlockResult<()> {
+/// Writes the rows into the target table in one transaction, batch by batch as they arrive
+/// (an upsert first gathers them all, to keep one row per key).
+pub async fn write_table(ctx: &RunContext, target: &TableTarget, rows: Rows) -> BlockResult<()> {
     let warehouse = ctx.warehouse(target.connection).await?;
     let dialect = warehouse.dialect();
     let name = display_name(dialect, target);
-    let partition_filter = own_partition(ctx, target.mode, target.columns, &frame)?
-        .map(|(column, text)| (column.name, text));
+    let guard = PartitionGuard::new(ctx, target.mode, target.columns)?;
+    let partition_filter = guard
+        .as_ref()
+        .map(|guard| (guard.column.name, guard.text.clone()));
     if target.mode != WriteMode::Replace
         && let Some(existing) = warehouse
             .existing_columns(target.schema, target.table)
@@ -377,15 +431,27 @@ pub async fn write_table(
             )));
         }
     }
-    let frame = last_row_per_key(frame, target.mode, &name)?;
-    let rows = frame.height();
+    let rows = if matches!(target.mode, WriteMode::Upsert { .. }) {
+        Rows::from(last_row_per_key(rows.collect().await?, target.mode, &name)?)
+    } else {
+        rows
+    };
+    let mut incoming = Incoming {
+        rows,
+        guard,
+        count: 0,
+    };
     let started = std::time::Instant::now();
     match &warehouse {
-        Warehouse::Postgres(pool) => write_postgres(pool, target, &frame, partition_filter).await,
-        Warehouse::Sqlite(pool) => write_sqlite(pool, target, &frame, partition_filter).await,
+        Warehouse::Postgres(pool) => {
+            write_postgres(pool, target, &mut incoming, partition_filter).await
+        }
+        Warehouse::Sqlite(pool) => {
+            write_sqlite(pool, target, &mut incoming, partition_filter).await
+        }
     }
     .map_err(|e| e.context(format!("writing table {name}")))?;
-    info!(table = %name, rows, elapsed_ms = started.elapsed().as_millis() as u64, "wrote table");
+    info!(table = %name, rows = incoming.count, elapsed_ms = started.elapsed().as_millis() as u64, "wrote table");
     Ok(())
 }
 
@@ -494,7 +560,7 @@ async fn execute_postgres(
 async fn write_postgres(
     pool: &PgPool,
     target: &TableTarget,
-    frame: &DataFrame,
+    incoming: &mut Incoming,
     partition: Option<(&str, String)>,
 ) -> BlockResult<()> {
     let table = qualified(Dialect::Postgres, target);
@@ -542,16 +608,32 @@ async fn write_postgres(
         ))
         .await?;
     copy.send(pgcopy::header()).await?;
-    let mut offset = 0;
-    while offset < frame.height() {
-        let chunk = frame.slice(offset as i64, COPY_CHUNK_ROWS);
-        offset += chunk.height();
-        let mut buffer = Vec::new();
-        if let Err(error) = pgcopy::encode_rows(&chunk, target.columns, &mut buffer) {
-            copy.abort(error.to_string()).await?;
-            return Err(error);
+    while let Some(batch) = incoming.next().await {
+        let encoded = batch.and_then(|batch| {
+            let mut buffers = Vec::new();
+            let mut offset = 0;
+            while offset < batch.height() {
+                let chunk = batch.slice(offset as i64, COPY_CHUNK_ROWS);
+                offset += chunk.height();
+                let mut buffer = Vec::new();
+                pgcopy::encode_rows(&chunk, target.columns, &mut buffer)?;
+                buffers.push(buffer);
+            }
+            Ok(buffers)
+        });
+        match encoded {
+            Ok(buffers) => {
+                for buffer in buffers {
+                    copy.send(buffer).await?;
+                }
+            }
+            Err(error) => {
+                // Nothing of this write stays: the COPY is aborted and the transaction rolls
+                // back when it is dropped.
+                copy.abort(error.to_string()).await?;
+                return Err(error);
+            }
         }
-        copy.send(buffer).await?;
     }
     copy.send(pgcopy::trailer().to_vec()).await?;
     copy.finish().await?;
@@ -622,11 +704,10 @@ fn sqlite_columns(frame: &DataFrame, columns: &[ColumnDef]) -> BlockResult<Vec<S
 async fn write_sqlite(
     pool: &SqlitePool,
     target: &TableTarget,
-    frame: &DataFrame,
+    incoming: &mut Incoming,
     partition: Option<(&str, String)>,
 ) -> BlockResult<()> {
     let table = qualified(Dialect::Sqlite, target);
-    let values = sqlite_columns(frame, target.columns)?;
     // The write lock is taken at the start: a deferred transaction that read first would fail
     // at once with "database is locked" when another sink of the run wrote to the same file in
     // the meantime, instead of waiting its turn (the busy timeout applies only to IMMEDIATE).
@@ -641,24 +722,29 @@ async fn write_sqlite(
     let column_list = column_list(target.columns);
     let conflict = conflict_clause(target);
     let rows_per_statement = (SQLITE_MAX_PARAMETERS / target.columns.len().max(1)).clamp(1, 1000);
-    let mut start = 0;
-    while start < frame.height() {
-        let end = (start + rows_per_statement).min(frame.height());
-        let mut builder: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("INSERT INTO {table} ({column_list}) "));
-        builder.push_values(start..end, |mut row, i| {
-            for column in &values {
-                match column {
-                    SqliteColumn::Int(v) => row.push_bind(v[i]),
-                    SqliteColumn::Float(v) => row.push_bind(v[i]),
-                    SqliteColumn::Text(v) => row.push_bind(v[i].clone()),
-                    SqliteColumn::Bool(v) => row.push_bind(v[i]),
-                };
-            }
-        });
-        builder.push(&conflict);
-        builder.build().execute(&mut *tx).await?;
-        start = end;
+    // An error drops the transaction, which rolls back everything this write did.
+    while let Some(batch) = incoming.next().await {
+        let batch = batch?;
+        let values = sqlite_columns(&batch, target.columns)?;
+        let mut start = 0;
+        while start < batch.height() {
+            let end = (start + rows_per_statement).min(batch.height());
+            let mut builder: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("INSERT INTO {table} ({column_list}) "));
+            builder.push_values(start..end, |mut row, i| {
+                for column in &values {
+                    match column {
+                        SqliteColumn::Int(v) => row.push_bind(v[i]),
+                        SqliteColumn::Float(v) => row.push_bind(v[i]),
+                        SqliteColumn::Text(v) => row.push_bind(v[i].clone()),
+                        SqliteColumn::Bool(v) => row.push_bind(v[i]),
+                    };
+                }
+            });
+            builder.push(&conflict);
+            builder.build().execute(&mut *tx).await?;
+            start = end;
+        }
     }
     tx.commit().await?;
     Ok(())
