@@ -282,6 +282,11 @@ pub(crate) async fn in_block<F: std::future::Future>(block: &'static str, attemp
     CURRENT_BLOCK.scope(block, attempt).await
 }
 
+/// The block whose attempt runs in this task, if any.
+pub(crate) fn current_block() -> Option<&'static str> {
+    CURRENT_BLOCK.try_with(|block| *block).ok()
+}
+
 /// Notes that the running block read `bytes` from `label` (a file or URL): the audit trail
 /// records a source's input files by their bytes as stored, which identify them exactly and
 /// cost a tenth of hashing the decoded rows of a gzip CSV.

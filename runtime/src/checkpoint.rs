@@ -9,7 +9,10 @@ use polars::prelude::{
     DataFrame, ParquetCompression, ParquetReader, ParquetWriter, SerReader, StatisticsOptions,
 };
 
+use futures::StreamExt;
+
 use crate::error::{BlockError, BlockResult};
+use crate::rows::Rows;
 
 /// Where checkpoints live when nothing is configured.
 pub const DEFAULT_DIR: &str = ".baton/checkpoints";
@@ -70,9 +73,10 @@ impl Checkpoints {
     /// A checkpoint at `path` written batch by batch, for a block whose rows stream past.
     pub fn writer(path: PathBuf) -> CheckpointWriter {
         CheckpointWriter {
-            partial: path.with_extension("parquet.partial"),
             path,
-            writer: None,
+            part_rows: PART_ROWS,
+            open: None,
+            files: Vec::new(),
         }
     }
 
@@ -83,10 +87,23 @@ impl Checkpoints {
             .map_err(|e| BlockError::fatal(format!("checkpoint reader panicked: {e}")))?
     }
 
-    /// Deletes a checkpoint and its run folder when that becomes empty. A file that is already
-    /// gone is not an error.
+    /// Reads a checkpoint back a part at a time, as rows with the compiled `columns`: what a
+    /// retrying block reads of an input that streamed past it.
+    pub fn stream(path: PathBuf, columns: &'static [crate::pipeline::Column]) -> Rows {
+        let parts = futures::stream::iter(parts(&path)).then(|part| async move {
+            tokio::task::spawn_blocking(move || read_part(&part))
+                .await
+                .map_err(|e| BlockError::fatal(format!("checkpoint reader panicked: {e}")))?
+        });
+        Rows::batches(columns, parts)
+    }
+
+    /// Deletes a checkpoint (every part) and its run folder when that becomes empty. A file
+    /// that is already gone is not an error.
     pub fn remove(path: &Path) {
-        let _ = std::fs::remove_file(path);
+        for part in parts(path) {
+            let _ = std::fs::remove_file(part);
+        }
         if let Some(parent) = path.parent() {
             // Fails, harmlessly, while other blocks' checkpoints remain in the folder.
             let _ = std::fs::remove_dir(parent);
@@ -94,17 +111,64 @@ impl Checkpoints {
     }
 }
 
-/// How many rows a checkpoint holds, from its footer only (0 when it cannot be read; the run
+/// A checkpoint written while rows streamed is split into parts of about this many rows: a
+/// Parquet writer keeps every page's metadata until the file ends, which would grow with the
+/// data, and a retry reads the rows back a part at a time.
+const PART_ROWS: usize = 500_000;
+
+/// The files of a checkpoint: the file its path names, then its continuation parts
+/// (`block.0001.parquet`, ...) if it was written in parts.
+pub fn parts(path: &Path) -> Vec<PathBuf> {
+    let mut parts = vec![path.to_path_buf()];
+    for number in 1.. {
+        let part = part_path(path, number);
+        if !part.exists() {
+            break;
+        }
+        parts.push(part);
+    }
+    parts
+}
+
+/// The name of continuation part `number` of the checkpoint at `path`.
+fn part_path(path: &Path, number: usize) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!("{stem}.{number:04}.parquet"))
+}
+
+/// How many rows a checkpoint holds, from its footers only (0 when it cannot be read; the run
 /// that reads the rows reports the error).
 pub fn row_count(path: &Path) -> usize {
-    File::open(path)
-        .ok()
-        .and_then(|file| ParquetReader::new(file).num_rows().ok())
-        .unwrap_or(0)
+    parts(path)
+        .iter()
+        .map(|part| {
+            File::open(part)
+                .ok()
+                .and_then(|file| ParquetReader::new(file).num_rows().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// Reads a checkpoint on the current thread.
 pub fn read_now(path: &Path) -> BlockResult<DataFrame> {
+    let mut frame: Option<DataFrame> = None;
+    for part in parts(path) {
+        let rows = read_part(&part)?;
+        match &mut frame {
+            None => frame = Some(rows),
+            Some(frame) => {
+                frame.vstack_mut_owned(rows).map_err(|e| {
+                    BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display()))
+                })?;
+            }
+        }
+    }
+    Ok(frame.expect("a checkpoint has at least its first part"))
+}
+
+/// Reads one file of a checkpoint.
+pub fn read_part(path: &Path) -> BlockResult<DataFrame> {
     let file = File::open(path).map_err(|e| {
         BlockError::fatal(format!("cannot open checkpoint {}: {e}", path.display()))
     })?;
@@ -125,37 +189,55 @@ pub fn preview(path: &Path, rows: usize) -> BlockResult<DataFrame> {
         .map_err(|e| BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display())))
 }
 
-/// A checkpoint being written one batch at a time. It is published under its name only by
-/// [`CheckpointWriter::finish`]; dropped before that, it leaves nothing behind.
+/// A checkpoint being written one batch at a time, in parts of about [`PART_ROWS`] rows. It is
+/// published under its name only by [`CheckpointWriter::finish`]; dropped before that, it leaves
+/// nothing behind.
 pub struct CheckpointWriter {
     path: PathBuf,
-    partial: PathBuf,
-    writer: Option<BatchedWriter<File>>,
+    /// A new part starts once the open one holds this many rows.
+    part_rows: usize,
+    /// The part being written: its writer and rows so far.
+    open: Option<(BatchedWriter<File>, usize)>,
+    /// Every part begun, as (file being written, published name).
+    files: Vec<(PathBuf, PathBuf)>,
 }
 
 impl CheckpointWriter {
-    /// Appends a batch (the first one also fixes the file's schema).
+    /// Appends a batch (the first one of a part also fixes its schema).
     pub fn write(&mut self, batch: &DataFrame) -> BlockResult<()> {
+        let path = self.path.clone();
         let failed = |e: &dyn std::fmt::Display| {
-            BlockError::fatal(format!(
-                "cannot write checkpoint {}: {e}",
-                self.path.display()
-            ))
+            BlockError::fatal(format!("cannot write checkpoint {}: {e}", path.display()))
         };
-        if self.writer.is_none() {
-            if let Some(parent) = self.partial.parent() {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|(_, rows)| *rows >= self.part_rows)
+        {
+            let (writer, _) = self.open.take().expect("checked just above");
+            writer.finish().map_err(|e| failed(&e))?;
+        }
+        if self.open.is_none() {
+            let published = match self.files.len() {
+                0 => self.path.clone(),
+                number => part_path(&self.path, number),
+            };
+            let partial = published.with_extension("parquet.partial");
+            if let Some(parent) = partial.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| failed(&e))?;
             }
-            let file = File::create(&self.partial).map_err(|e| failed(&e))?;
+            let file = File::create(&partial).map_err(|e| failed(&e))?;
+            self.files.push((partial, published));
             // As for whole checkpoints: no compression, no statistics (see `write`).
             let writer = ParquetWriter::new(file)
                 .with_compression(ParquetCompression::Uncompressed)
                 .with_statistics(StatisticsOptions::empty())
                 .batched(batch.schema())
                 .map_err(|e| failed(&e))?;
-            self.writer = Some(writer);
+            self.open = Some((writer, 0));
         }
-        let writer = self.writer.as_mut().expect("opened just above");
+        let (writer, rows) = self.open.as_mut().expect("opened just above");
+        *rows += batch.height();
         // The writer needs the columns' chunks aligned; a batch is usually one chunk already.
         let result = if batch.should_rechunk() {
             let mut aligned = batch.clone();
@@ -167,30 +249,36 @@ impl CheckpointWriter {
         result.map_err(|e| failed(&e))
     }
 
-    /// Closes the file and publishes it; returns its path.
+    /// Closes the last part and publishes every part; returns the checkpoint's path.
     pub fn finish(mut self) -> BlockResult<PathBuf> {
-        let Some(writer) = self.writer.take() else {
-            return Err(BlockError::fatal(
-                "no rows passed, so no checkpoint was written",
-            ));
-        };
-        let published = writer
-            .finish()
-            .map_err(|e| e.to_string())
-            .and_then(|_| std::fs::rename(&self.partial, &self.path).map_err(|e| e.to_string()));
-        published.map_err(|e| {
+        let failed = |e: String| {
             BlockError::fatal(format!(
                 "cannot write checkpoint {}: {e}",
                 self.path.display()
             ))
-        })?;
+        };
+        let Some((writer, _)) = self.open.take() else {
+            return Err(failed("no rows passed".into()));
+        };
+        writer.finish().map_err(|e| failed(e.to_string()))?;
+        // Parts left by an earlier attempt under the same names would be read as this one's.
+        let mut stale = self.files.len();
+        while part_path(&self.path, stale).exists() {
+            let _ = std::fs::remove_file(part_path(&self.path, stale));
+            stale += 1;
+        }
+        for (partial, published) in std::mem::take(&mut self.files) {
+            std::fs::rename(&partial, &published).map_err(|e| failed(e.to_string()))?;
+        }
         Ok(self.path.clone())
     }
 }
 
 impl Drop for CheckpointWriter {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.partial);
+        for (partial, _) in &self.files {
+            let _ = std::fs::remove_file(partial);
+        }
     }
 }
 
@@ -217,5 +305,58 @@ mod tests {
         Checkpoints::remove(&path);
         assert!(!path.exists());
         assert!(!path.parent().unwrap().exists());
+    }
+
+    #[tokio::test]
+    async fn streamed_checkpoints_are_written_in_parts_and_read_back_whole() {
+        const COLUMNS: &[crate::pipeline::Column] = &[crate::pipeline::Column::required(
+            "n",
+            crate::pipeline::BaseType::Int64,
+        )];
+        let dir = tempfile::tempdir().unwrap();
+        let path = Checkpoints::new(dir.path()).path("p", "run-1", "numbers");
+        let batches: Vec<DataFrame> = (0..7)
+            .map(|i| df!("n" => (i * 10..i * 10 + 10).collect::<Vec<i64>>()).unwrap())
+            .collect();
+        let mut writer = Checkpoints::writer(path.clone());
+        writer.part_rows = 25;
+        for batch in &batches {
+            writer.write(batch).unwrap();
+        }
+        // Nothing is visible before the writer finishes.
+        assert!(!path.exists());
+        assert_eq!(writer.finish().unwrap(), path);
+        // 30 rows in the first part (a part ends after the batch that fills it), 30, then 10.
+        assert_eq!(parts(&path).len(), 3);
+        assert_eq!(row_count(&path), 70);
+        let whole = read_now(&path).unwrap();
+        let expected: Vec<i64> = (0..70).collect();
+        assert_eq!(
+            whole
+                .column("n")
+                .unwrap()
+                .i64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect::<Vec<_>>(),
+            expected
+        );
+        let mut streamed = Checkpoints::stream(path.clone(), COLUMNS);
+        let mut sizes = Vec::new();
+        while let Some(batch) = streamed.next_batch().await {
+            sizes.push(batch.unwrap().height());
+        }
+        assert_eq!(sizes, [30, 30, 10]);
+        // A writer dropped unfinished leaves nothing; removing takes every part.
+        let mut unfinished = Checkpoints::writer(path.with_file_name("other.parquet"));
+        unfinished.write(&batches[0]).unwrap();
+        drop(unfinished);
+        Checkpoints::remove(&path);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("p"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0
+        );
     }
 }

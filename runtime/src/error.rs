@@ -51,8 +51,12 @@ impl BlockError {
         }
     }
 
-    /// Prefixes the message with context, keeping the kind.
+    /// Prefixes the message with context, keeping the kind. An `InputFailed` error stays as it
+    /// is: it only names the input, and becomes the reason the block is skipped.
     pub fn context(self, context: impl fmt::Display) -> Self {
+        if self.kind == ErrorKind::InputFailed {
+            return self;
+        }
         BlockError {
             kind: self.kind,
             message: format!("{context}: {}", self.message),
@@ -138,4 +142,13 @@ impl From<std::io::Error> for BlockError {
     fn from(error: std::io::Error) -> Self {
         BlockError::fatal(error.to_string())
     }
+}
+
+/// The message a panic carried, for an error that reports it.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
 }

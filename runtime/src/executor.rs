@@ -429,12 +429,13 @@ enum Input {
     Streamed {
         live: Option<Rows>,
         replay: watch::Receiver<Option<Result<PathBuf, String>>>,
+        columns: &'static [crate::pipeline::Column],
     },
 }
 
 /// How many batches wait in the channel between a streaming block and each consumer: enough
 /// to keep both sides busy, few enough that memory holds only a handful of batches.
-const STREAM_BUFFER: usize = 2;
+const STREAM_BUFFER: usize = 1;
 
 /// The state of one run while it executes.
 struct Execution<'s> {
@@ -842,6 +843,7 @@ impl<'s> Execution<'s> {
                 Input::Streamed {
                     live: Some(Rows::received(columns, receiver)),
                     replay: replay.clone(),
+                    columns,
                 },
             );
         }
@@ -1276,7 +1278,13 @@ async fn pump(
                     ))));
                     None
                 }
-                None => None,
+                // A checkpoint write failed on the way (and was logged).
+                None => {
+                    pump.replay.send_replace(Some(Err(format!(
+                        "its input `{name}` streamed past and its checkpoint could not be written"
+                    ))));
+                    None
+                }
             };
             let checksum = side.checksum.take().map(crate::audit::RowsChecksum::finish);
             let produced = Produced::Streamed {
@@ -1298,13 +1306,13 @@ async fn pump(
             }
             pump.replay
                 .send_replace(Some(Err(format!("its input `{name}` failed"))));
-            // A block stopped because its own input failed is reported as such, unlabelled.
-            let error = if error.kind == ErrorKind::InputFailed {
-                error
-            } else {
-                error.context(label)
-            };
-            (index, Err(error), attempts, elapsed, started_at)
+            (
+                index,
+                Err(error.context(label)),
+                attempts,
+                elapsed,
+                started_at,
+            )
         }
     }
 }
@@ -1366,7 +1374,11 @@ async fn attempt_inputs(inputs: &mut [Input], taken: &Arc<AtomicUsize>) -> Block
     for input in inputs.iter_mut() {
         let next = match input {
             Input::Frame(frame) => Rows::from(frame.clone()),
-            Input::Streamed { live, replay } => match live.take() {
+            Input::Streamed {
+                live,
+                replay,
+                columns,
+            } => match live.take() {
                 Some(live) => live,
                 None => {
                     let ready = replay
@@ -1375,7 +1387,7 @@ async fn attempt_inputs(inputs: &mut [Input], taken: &Arc<AtomicUsize>) -> Block
                         .map(|ready| ready.clone())
                         .map_err(|_| BlockError::fatal("its streamed input ended unfinished"))?;
                     match ready {
-                        Some(Ok(path)) => Rows::from(Checkpoints::read(path).await?),
+                        Some(Ok(path)) => Checkpoints::stream(path, columns),
                         Some(Err(why)) => return Err(BlockError::fatal(why)),
                         None => unreachable!("waited for a value"),
                     }
@@ -1483,19 +1495,15 @@ async fn run_block_with_retries(
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => {
-                    let error = if attempt > 1 && error.kind != ErrorKind::InputFailed {
+                    let error = if attempt > 1 {
                         error.context(format!("after {attempt} attempts"))
                     } else {
                         error
                     };
-                    let error = if error.kind == ErrorKind::InputFailed {
-                        error
-                    } else {
-                        error.context(format!(
-                            "block `{}` ({}:{})",
-                            block.name, pipeline.source_path, block.line
-                        ))
-                    };
+                    let error = error.context(format!(
+                        "block `{}` ({}:{})",
+                        block.name, pipeline.source_path, block.line
+                    ));
                     return (index, Err(error), attempt, started.elapsed(), started_at);
                 }
             }

@@ -112,29 +112,57 @@ pub async fn read_source(
 }
 
 /// How much CSV text makes one batch of a streamed source: small enough that the blocks after
-/// it start on the first rows while the rest is still being parsed, large enough that polars
-/// parses each batch on every core.
+/// it start on the first rows while the rest is still being parsed and that memory holds only
+/// a few batches, large enough that polars parses each batch on every core and the per-batch
+/// work of the blocks after it stays small. `BATON_BATCH_BYTES` overrides it.
 const STREAM_BATCH_BYTES: usize = 8 << 20;
+
+fn stream_batch_bytes() -> usize {
+    std::env::var("BATON_BATCH_BYTES")
+        .ok()
+        .and_then(|bytes| bytes.parse().ok())
+        .filter(|&bytes| bytes > 0)
+        .unwrap_or(STREAM_BATCH_BYTES)
+}
 
 /// Reads one CSV file (gzip or not) over HTTP or from the local file system as batches of
 /// rows, each with exactly the compiled schema `columns`, parsed while the blocks downstream
-/// work on the batches before. The file is fetched whole first, so a dropped connection is
-/// retried before any row is handed on; only bad data can fail once batches flow.
-/// `prepare`, which observes whole files, and other locations read the file whole.
+/// work on the batches before. A download goes to a temporary file first, so a dropped
+/// connection is retried before any row is handed on and the file's bytes never sit in memory;
+/// once batches flow, only bad data can fail. `prepare`, which observes whole files, and object
+/// store sources read the file whole.
 pub async fn stream_source(
     ctx: &RunContext,
     location: Location,
     compression: Compression,
     columns: &'static [Column],
 ) -> BlockResult<Rows> {
-    if ctx.resources().observing() || matches!(location, Location::Store { .. }) {
+    let (origin, file) = match &location {
+        _ if ctx.resources().observing() => None,
+        Location::Http { connection, path } => {
+            let url = http_url(ctx, connection, path)?;
+            let file = download_to_file(&url)
+                .await
+                .map_err(|e| e.context(describe(ctx, &url)))?;
+            Some((url, file))
+        }
+        Location::File { path } => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
+            Some((path.clone(), file))
+        }
+        Location::Store { .. } => None,
+    }
+    .unzip();
+    let (Some(origin), Some(file)) = (origin, file) else {
         return read_source(ctx, location, FileFormat::Csv, compression, columns)
             .await
             .map(Rows::from);
-    }
-    let (origin, bytes) = fetch(ctx, &location).await?;
-    crate::audit::note_input(ctx, &crate::context::redact(&origin), &bytes);
+    };
     let context = describe(ctx, &origin);
+    let block = crate::audit::current_block();
+    let ctx = ctx.clone();
+    let batch_bytes = stream_batch_bytes();
     let (sender, receiver) = tokio::sync::mpsc::channel::<BlockResult<DataFrame>>(1);
     tokio::task::spawn_blocking(move || {
         let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, columns);
@@ -144,36 +172,84 @@ pub async fn stream_source(
             // A receiver that is gone has stopped reading (its block failed or was cancelled).
             sender.blocking_send(Ok(batch)).is_ok()
         };
-        let outcome = match compression {
-            Compression::Gzip => csv_in_chunks(
-                MultiGzDecoder::new(&bytes[..]),
-                STREAM_BATCH_BYTES,
-                &parse,
-                &mut emit,
-            )
-            .map_err(|e| corrupt_gzip(e, bytes.len())),
-            Compression::None => csv_in_chunks(&bytes[..], STREAM_BATCH_BYTES, &parse, &mut emit)
-                .map_err(|e| BlockError::fatal(format!("cannot read the file: {e}"))),
-        };
-        if let Err(error) = outcome.and_then(|parsed| parsed) {
-            let _ = sender.blocking_send(Err(error.context(&context)));
-        } else {
-            info!(source = %context, bytes = bytes.len(), batches, "read source");
+        let mut stored = HashingReader::new(std::io::BufReader::with_capacity(256 << 10, file));
+        // A panic in the parser must end the stream with an error, not end it as if complete.
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match compression {
+                Compression::Gzip => csv_in_chunks(
+                    MultiGzDecoder::new(&mut stored),
+                    batch_bytes,
+                    &parse,
+                    &mut emit,
+                )
+                .map_err(|e| corrupt_gzip(e, stored.bytes as usize)),
+                Compression::None => csv_in_chunks(&mut stored, batch_bytes, &parse, &mut emit)
+                    .map_err(|e| BlockError::fatal(format!("cannot read the file: {e}"))),
+            }))
+            .unwrap_or_else(|panic| {
+                Err(BlockError::fatal(format!(
+                    "the parser panicked: {}",
+                    crate::error::panic_text(&panic)
+                )))
+            });
+        match outcome.and_then(|parsed| parsed) {
+            Ok(()) => {
+                // The bytes as stored identify the file for the audit trail (see `note_input`).
+                if let Some(block) = block {
+                    let checksum = stored.hasher.finalize().to_hex().to_string();
+                    ctx.record_input(block, &crate::context::redact(&origin), checksum);
+                }
+                info!(source = %context, bytes = stored.bytes, batches, "read source");
+            }
+            Err(error) => {
+                let _ = sender.blocking_send(Err(error.context(&context)));
+            }
         }
     });
     Ok(Rows::received(columns, receiver))
+}
+
+/// Reads through, hashing the bytes (BLAKE3) and counting them.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.hasher.update(&buffer[..read]);
+        self.bytes += read as u64;
+        Ok(read)
+    }
+}
+
+/// The URL of `path` under an HTTP connection's base URL.
+fn http_url(ctx: &RunContext, connection: &str, path: &str) -> BlockResult<String> {
+    let base = ctx.connection_url(connection)?;
+    Ok(format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    ))
 }
 
 /// Downloads or reads a single source file: its origin (URL or path) and bytes as stored.
 async fn fetch(ctx: &RunContext, location: &Location) -> BlockResult<(String, bytes::Bytes)> {
     match location {
         Location::Http { connection, path } => {
-            let base = ctx.connection_url(connection)?;
-            let url = format!(
-                "{}/{}",
-                base.trim_end_matches('/'),
-                path.trim_start_matches('/')
-            );
+            let url = http_url(ctx, connection, path)?;
             let bytes = download(&url)
                 .await
                 .map_err(|e| e.context(describe(ctx, &url)))?;
@@ -378,6 +454,35 @@ fn describe(ctx: &RunContext, origin: &str) -> String {
 
 /// Downloads a URL. Server errors, rate limits and network failures are retryable; a 4xx is not.
 async fn download(url: &str) -> BlockResult<bytes::Bytes> {
+    get(url)
+        .await?
+        .bytes()
+        .await
+        .map_err(|e| BlockError::retryable(format!("download interrupted: {}", error_chain(&e))))
+}
+
+/// Downloads a URL into an anonymous temporary file (gone when closed), rewound for reading;
+/// errors as for [`download`].
+async fn download_to_file(url: &str) -> BlockResult<std::fs::File> {
+    use std::io::{Seek, Write};
+    let mut response = get(url).await?;
+    let mut file = tempfile::tempfile()
+        .map_err(|e| BlockError::fatal(format!("cannot create a temporary file: {e}")))?;
+    let write_error =
+        |e: std::io::Error| BlockError::fatal(format!("cannot spool the download: {e}"));
+    loop {
+        let chunk = response.chunk().await.map_err(|e| {
+            BlockError::retryable(format!("download interrupted: {}", error_chain(&e)))
+        })?;
+        let Some(chunk) = chunk else { break };
+        file.write_all(&chunk).map_err(write_error)?;
+    }
+    file.rewind().map_err(write_error)?;
+    Ok(file)
+}
+
+/// Sends a GET and checks its status.
+async fn get(url: &str) -> BlockResult<reqwest::Response> {
     let client = crate::http::client(HTTP_TIMEOUT, Default::default())?;
     let response = client
         .get(url)
@@ -395,10 +500,7 @@ async fn download(url: &str) -> BlockResult<bytes::Bytes> {
             },
         );
     }
-    response
-        .bytes()
-        .await
-        .map_err(|e| BlockError::retryable(format!("download interrupted: {}", error_chain(&e))))
+    Ok(response)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

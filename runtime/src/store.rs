@@ -198,6 +198,43 @@ fn aws_profile(env: impl Fn(&str) -> Option<String>) -> Vec<(AmazonS3ConfigKey, 
     settings
 }
 
+/// The part size of a file uploaded from disk: the smallest S3 and GCS accept, so that an upload
+/// holds little of the file in memory.
+const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// Uploads a local file, reading it a part at a time: in one request when it is small, as a
+/// multipart upload otherwise. Either way the object appears whole or not at all.
+pub async fn put_local_file(
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    local: &std::path::Path,
+) -> BlockResult<()> {
+    use tokio::io::AsyncReadExt;
+    let unreadable =
+        |e: std::io::Error| BlockError::fatal(format!("cannot read {}: {e}", local.display()));
+    let mut file = tokio::fs::File::open(local).await.map_err(unreadable)?;
+    let size = file.metadata().await.map_err(unreadable)?.len() as usize;
+    if size <= UPLOAD_PART_BYTES {
+        let mut bytes = Vec::with_capacity(size);
+        file.read_to_end(&mut bytes).await.map_err(unreadable)?;
+        return put_file(store, path, bytes).await;
+    }
+    let failed = |e: object_store::Error| BlockError::retryable(format!("uploading {path}: {e}"));
+    let upload = store.put_multipart(&path).await.map_err(failed)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
+    let mut buffer = vec![0u8; UPLOAD_PART_BYTES];
+    loop {
+        let read = file.read(&mut buffer).await.map_err(unreadable)?;
+        if read == 0 {
+            break;
+        }
+        // At most one part waits while another is in flight.
+        writer.wait_for_capacity(1).await.map_err(failed)?;
+        writer.write(&buffer[..read]);
+    }
+    writer.finish().await.map(drop).map_err(failed)
+}
+
 /// Uploads one file: in one request when small, as a multipart upload when large. Either way
 /// the object appears whole or not at all.
 pub async fn put_file(

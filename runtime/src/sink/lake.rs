@@ -25,7 +25,7 @@ use crate::error::{BlockError, BlockResult};
 use crate::pipeline::Column as ColumnDef;
 use crate::rows::Rows;
 use crate::source::FileFormat;
-use crate::store::{StoreLocation, open_store, put_file};
+use crate::store::{StoreLocation, open_store, put_local_file};
 
 /// A lake sink as compiled.
 #[derive(Clone, Copy, Debug)]
@@ -100,12 +100,7 @@ pub async fn write_lake(
         .map(|((_, local), (staged, _))| {
             let store = store.clone();
             let staged = staged.clone();
-            async move {
-                let bytes = tokio::fs::read(&local).await.map_err(|e| {
-                    BlockError::fatal(format!("cannot read spooled {}: {e}", local.display()))
-                })?;
-                put_file(store, staged, bytes).await
-            }
+            async move { put_local_file(store, staged, &local).await }
         })
         .collect();
     let uploaded = futures::stream::iter(uploads)
