@@ -360,16 +360,6 @@ impl RunContext {
         }
     }
 
-    /// The files a block read so far, with their checksums.
-    pub(crate) fn inputs_of(&self, block: &'static str) -> Vec<(String, String)> {
-        self.inner
-            .inputs
-            .lock()
-            .ok()
-            .and_then(|inputs| inputs.get(block).cloned())
-            .unwrap_or_default()
-    }
-
     /// The files a block read, with their checksums (empty for blocks that read no file).
     pub(crate) fn take_inputs(&self, block: &'static str) -> Vec<(String, String)> {
         self.inner

@@ -874,22 +874,28 @@ impl<'s> Execution<'s> {
         ))
     }
 
-    /// Whether the audit trail checksums block `index`'s rows, while they stream.
+    /// Whether the audit trail checksums block `index`'s rows, while they stream. Only a CSV
+    /// source streams of the sources, and it notes the checksum of its file when it has read it.
     fn audits_rows(&self, index: usize) -> bool {
-        let files = self.ctx.inputs_of(self.pipeline.blocks[index].name);
-        self.audits_rows_after(index, &files)
+        let block = &self.pipeline.blocks[index];
+        let reads_files = matches!(block.kind, BlockKind::HttpSource | BlockKind::FileSource);
+        let feeds_sink = self.feeds_sink(index);
+        feeds_sink || (block.kind.is_source() && !reads_files)
+    }
+
+    /// Whether a sink reads block `index`'s rows.
+    fn feeds_sink(&self, index: usize) -> bool {
+        self.pipeline
+            .blocks
+            .iter()
+            .any(|b| b.sink.is_some() && b.inputs.contains(&index))
     }
 
     /// Whether the audit trail checksums block `index`'s rows, given the files it read: the
     /// rows that reach a sink, and the output of a source that read no file.
     fn audits_rows_after(&self, index: usize, files: &[(String, String)]) -> bool {
         let block = &self.pipeline.blocks[index];
-        let feeds_sink = self
-            .pipeline
-            .blocks
-            .iter()
-            .any(|b| b.sink.is_some() && b.inputs.contains(&index));
-        feeds_sink || (files.is_empty() && block.kind.is_source())
+        self.feeds_sink(index) || (files.is_empty() && block.kind.is_source())
     }
 
     /// A block that will not run releases its claim on its inputs' frames.
