@@ -12,6 +12,7 @@ use polars::prelude::{
 use futures::StreamExt;
 
 use crate::error::{BlockError, BlockResult};
+use crate::files::SharedFile;
 use crate::rows::Rows;
 
 /// Where checkpoints live when nothing is configured.
@@ -196,8 +197,8 @@ pub struct CheckpointWriter {
     path: PathBuf,
     /// A new part starts once the open one holds this many rows.
     part_rows: usize,
-    /// The part being written: its writer and rows so far.
-    open: Option<(BatchedWriter<File>, usize)>,
+    /// The part being written: its writer, its file and rows so far.
+    open: Option<(BatchedWriter<SharedFile>, SharedFile, usize)>,
     /// Every part begun, as (file being written, published name).
     files: Vec<(PathBuf, PathBuf)>,
 }
@@ -212,10 +213,11 @@ impl CheckpointWriter {
         if self
             .open
             .as_ref()
-            .is_some_and(|(_, rows)| *rows >= self.part_rows)
+            .is_some_and(|(_, _, rows)| *rows >= self.part_rows)
         {
-            let (writer, _) = self.open.take().expect("checked just above");
+            let (writer, file, _) = self.open.take().expect("checked just above");
             writer.finish().map_err(|e| failed(&e))?;
+            file.flush_now().map_err(|e| failed(&e))?;
         }
         if self.open.is_none() {
             let published = match self.files.len() {
@@ -226,17 +228,17 @@ impl CheckpointWriter {
             if let Some(parent) = partial.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| failed(&e))?;
             }
-            let file = File::create(&partial).map_err(|e| failed(&e))?;
+            let file = SharedFile::create(&partial).map_err(|e| failed(&e))?;
             self.files.push((partial, published));
             // As for whole checkpoints: no compression, no statistics (see `write`).
-            let writer = ParquetWriter::new(file)
+            let writer = ParquetWriter::new(file.clone())
                 .with_compression(ParquetCompression::Uncompressed)
                 .with_statistics(StatisticsOptions::empty())
                 .batched(batch.schema())
                 .map_err(|e| failed(&e))?;
-            self.open = Some((writer, 0));
+            self.open = Some((writer, file, 0));
         }
-        let (writer, rows) = self.open.as_mut().expect("opened just above");
+        let (writer, _, rows) = self.open.as_mut().expect("opened just above");
         *rows += batch.height();
         // The writer needs the columns' chunks aligned; a batch is usually one chunk already.
         let result = if batch.should_rechunk() {
@@ -257,10 +259,11 @@ impl CheckpointWriter {
                 self.path.display()
             ))
         };
-        let Some((writer, _)) = self.open.take() else {
+        let Some((writer, file, _)) = self.open.take() else {
             return Err(failed("no rows passed".into()));
         };
         writer.finish().map_err(|e| failed(e.to_string()))?;
+        file.flush_now().map_err(|e| failed(e.to_string()))?;
         // Parts left by an earlier attempt under the same names would be read as this one's.
         let mut stale = self.files.len();
         while part_path(&self.path, stale).exists() {

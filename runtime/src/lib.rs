@@ -17,6 +17,7 @@ pub mod error;
 pub mod executor;
 pub mod exprs;
 pub mod fan_out;
+mod files;
 pub mod history;
 mod http;
 pub mod ledger;

@@ -13,6 +13,8 @@
 //! uploads.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
@@ -22,10 +24,11 @@ use tracing::{info, warn};
 
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
+use crate::files::{SpoolFile, Spooled};
 use crate::pipeline::Column as ColumnDef;
 use crate::rows::Rows;
 use crate::source::FileFormat;
-use crate::store::{StoreLocation, open_store, put_local_file};
+use crate::store::{StoreLocation, open_store, put_file, put_local_file};
 
 /// A lake sink as compiled.
 #[derive(Clone, Copy, Debug)]
@@ -97,10 +100,15 @@ pub async fn write_lake(
     let uploads: Vec<_> = files
         .into_iter()
         .zip(moves.iter())
-        .map(|((_, local), (staged, _))| {
+        .map(|((_, spooled), (staged, _))| {
             let store = store.clone();
             let staged = staged.clone();
-            async move { put_local_file(store, staged, &local).await }
+            async move {
+                match spooled {
+                    Spooled::Memory(bytes) => put_file(store, staged, bytes).await,
+                    Spooled::Disk(local) => put_local_file(store, staged, &local).await,
+                }
+            }
         })
         .collect();
     let uploaded = futures::stream::iter(uploads)
@@ -158,15 +166,18 @@ pub async fn write_lake(
     Ok(())
 }
 
-/// The files of one lake write while its rows arrive: one local file per partition folder
-/// (several when `max_rows_per_file` splits it), written a row group at a time. Rows wait in
-/// memory only until [`SPOOL_ROWS`] are held back across all folders.
+/// The files of one lake write while its rows arrive: one file per partition folder (several
+/// when `max_rows_per_file` splits it), written a row group at a time, in memory while they are
+/// small and on local disk once they are not. Rows wait in memory only until [`SPOOL_ROWS`] are
+/// held back across all folders.
 struct Spool {
     target: LakeTarget,
     dataset: String,
     stem: String,
-    /// The local folder of the files; deleted with the spool.
+    /// The local folder of the files that leave memory; deleted with the spool.
     dir: tempfile::TempDir,
+    /// Bytes the spool's files hold in memory.
+    in_memory: Arc<AtomicUsize>,
     folders: Vec<SpoolFolder>,
     /// Rows held back, not yet written, across all folders.
     held: usize,
@@ -179,16 +190,16 @@ struct SpoolFolder {
     folder: ObjectPath,
     held: Vec<DataFrame>,
     held_rows: usize,
-    /// Finished local files, in order.
-    files: Vec<std::path::PathBuf>,
-    /// The file being written and the rows in it.
-    open: Option<(FileWriter, usize)>,
+    /// Its files, in order.
+    files: Vec<SpoolFile>,
+    /// The file being written, its writer and the rows in it.
+    open: Option<(FileWriter, SpoolFile, usize)>,
 }
 
 /// A file being written a batch at a time.
 enum FileWriter {
-    Parquet(Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>),
-    Csv(polars::io::csv::write::BatchedWriter<std::fs::File>),
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<SpoolFile>>),
+    Csv(polars::io::csv::write::BatchedWriter<SpoolFile>),
 }
 
 impl Spool {
@@ -202,6 +213,7 @@ impl Spool {
             dataset: dataset.to_string(),
             stem: stem.to_string(),
             dir,
+            in_memory: Arc::new(AtomicUsize::new(0)),
             folders: Vec::new(),
             held: 0,
             rows: 0,
@@ -275,8 +287,12 @@ impl Spool {
         let mut offset = 0;
         loop {
             let folder = &mut self.folders[index];
-            if folder.open.as_ref().is_some_and(|(_, rows)| *rows >= limit) {
-                let (writer, _) = folder.open.take().expect("checked just above");
+            if folder
+                .open
+                .as_ref()
+                .is_some_and(|(_, _, rows)| *rows >= limit)
+            {
+                let (writer, _, _) = folder.open.take().expect("checked just above");
                 writer.finish()?;
             }
             if folder.open.is_none() {
@@ -284,13 +300,12 @@ impl Spool {
                     .dir
                     .path()
                     .join(format!("{index}.{}", folder.files.len()));
-                let file = std::fs::File::create(&local).map_err(|e| {
-                    BlockError::fatal(format!("cannot create {}: {e}", local.display()))
-                })?;
-                folder.files.push(local);
-                folder.open = Some((FileWriter::new(file, self.target.format, &data)?, 0));
+                let file = SpoolFile::new(local, self.in_memory.clone());
+                folder.files.push(file.clone());
+                let writer = FileWriter::new(file.clone(), self.target.format, &data)?;
+                folder.open = Some((writer, file, 0));
             }
-            let (writer, rows) = folder.open.as_mut().expect("opened just above");
+            let (writer, _, rows) = folder.open.as_mut().expect("opened just above");
             let take = (limit - *rows).min(data.height() - offset);
             writer.write(&data.slice(offset as i64, take))?;
             *rows += take;
@@ -301,20 +316,22 @@ impl Spool {
         }
     }
 
-    /// Writes what is held back, closes every file and names them: the spool (which deletes
-    /// the local files when dropped) and each file's lake path with its local path.
-    #[allow(clippy::type_complexity)]
-    fn finish(mut self) -> BlockResult<(tempfile::TempDir, Vec<(ObjectPath, std::path::PathBuf)>)> {
+    /// Writes what is held back, closes every file and names them: the spool folder (which
+    /// deletes the files on disk when dropped) and each file's lake path with its content.
+    fn finish(mut self) -> BlockResult<(tempfile::TempDir, Vec<(ObjectPath, Spooled)>)> {
         for index in 0..self.folders.len() {
             self.write_out(index)?;
         }
         let mut files = Vec::new();
         for folder in self.folders {
-            if let Some((writer, _)) = folder.open {
+            if let Some((writer, _, _)) = folder.open {
                 writer.finish()?;
             }
             let count = folder.files.len();
-            for (number, local) in folder.files.into_iter().enumerate() {
+            for (number, file) in folder.files.into_iter().enumerate() {
+                let spooled = file
+                    .finish()
+                    .map_err(|e| BlockError::fatal(format!("cannot write a spooled file: {e}")))?;
                 let name = if count == 1 {
                     format!("{}{}", self.stem, extension(self.target.format))
                 } else {
@@ -325,7 +342,7 @@ impl Spool {
                         extension(self.target.format)
                     )
                 };
-                files.push((folder.folder.clone().join(name), local));
+                files.push((folder.folder.clone().join(name), spooled));
             }
         }
         Ok((self.dir, files))
@@ -335,7 +352,7 @@ impl Spool {
 impl FileWriter {
     /// A writer of `format` into `file`, for batches shaped like `like`. Parquet files are
     /// Snappy-compressed, CSV files have a header, as the export sink writes them.
-    fn new(file: std::fs::File, format: FileFormat, like: &DataFrame) -> BlockResult<FileWriter> {
+    fn new(file: SpoolFile, format: FileFormat, like: &DataFrame) -> BlockResult<FileWriter> {
         let schema = like.schema();
         Ok(match format {
             FileFormat::Parquet => FileWriter::Parquet(Box::new(
@@ -357,6 +374,7 @@ impl FileWriter {
         Ok(())
     }
 
+    /// Ends the file (its footer, for Parquet).
     fn finish(self) -> BlockResult<()> {
         match self {
             FileWriter::Parquet(writer) => {
@@ -446,7 +464,10 @@ mod tests {
         let (_dir, files) = spool.finish()?;
         Ok(files
             .into_iter()
-            .map(|(path, local)| (path, std::fs::read(local).unwrap()))
+            .map(|(path, spooled)| match spooled {
+                Spooled::Memory(bytes) => (path, bytes),
+                Spooled::Disk(local) => (path, std::fs::read(local).unwrap()),
+            })
             .collect())
     }
 
