@@ -145,7 +145,7 @@ def main():
                     help='an extra argument for the Baton binary (repeatable), for experiments')
     ap.add_argument('--overhead', help='the release `overhead` example (tests/examples/overhead.rs)')
     ap.add_argument('--out', default=os.path.join(ROOT, 'BENCHMARKS.md'))
-    ap.add_argument('--scale', default='10',
+    ap.add_argument('--scale', default='10,100',
                     help='comma-separated data factors to run Baton and polars on besides the real '
                          'data (bench/generate.py makes N times the rows); empty for none')
     ap.add_argument('--skip-feedback', action='store_true',
