@@ -803,6 +803,14 @@ impl<'s> Execution<'s> {
             return false;
         }
         let consumers: Vec<usize> = self.consumers(index);
+        // A block reading these rows twice (a join of a block with itself) reads them whole.
+        let blocks = self.pipeline.blocks;
+        if consumers
+            .iter()
+            .any(|&c| blocks[c].inputs.iter().filter(|&&i| i == index).count() > 1)
+        {
+            return false;
+        }
         let before = std::mem::replace(&mut self.state[index], State::Done(None));
         let all_start = consumers
             .iter()

@@ -80,7 +80,14 @@ pub async fn read_source(
     if let Location::Store { connection, path } = &location {
         return read_store(ctx, connection, path, format, compression, columns).await;
     }
-    let (origin, bytes) = fetch(ctx, &location).await?;
+    let (origin, mut file) = open_file(ctx, &location).await?;
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map(|_| bytes)
+    })
+    .await
+    .map_err(|e| BlockError::fatal(format!("reader panicked: {e}")))?
+    .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, &origin))))?;
     let downloaded = bytes.len();
     crate::audit::note_input(ctx, &crate::context::redact(&origin), &bytes);
     // `prepare` also records the file's own columns, from the same decompressed bytes.
@@ -137,28 +144,12 @@ pub async fn stream_source(
     compression: Compression,
     columns: &'static [Column],
 ) -> BlockResult<Rows> {
-    let (origin, file) = match &location {
-        _ if ctx.resources().observing() => None,
-        Location::Http { connection, path } => {
-            let url = http_url(ctx, connection, path)?;
-            let file = download_to_file(&url)
-                .await
-                .map_err(|e| e.context(describe(ctx, &url)))?;
-            Some((url, file))
-        }
-        Location::File { path } => {
-            let file = std::fs::File::open(path)
-                .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
-            Some((path.clone(), file))
-        }
-        Location::Store { .. } => None,
-    }
-    .unzip();
-    let (Some(origin), Some(file)) = (origin, file) else {
+    if ctx.resources().observing() || matches!(location, Location::Store { .. }) {
         return read_source(ctx, location, FileFormat::Csv, compression, columns)
             .await
             .map(Rows::from);
-    };
+    }
+    let (origin, file) = open_file(ctx, &location).await?;
     let context = describe(ctx, &origin);
     let block = crate::audit::current_block();
     let ctx = ctx.clone();
@@ -245,21 +236,21 @@ fn http_url(ctx: &RunContext, connection: &str, path: &str) -> BlockResult<Strin
     ))
 }
 
-/// Downloads or reads a single source file: its origin (URL or path) and bytes as stored.
-async fn fetch(ctx: &RunContext, location: &Location) -> BlockResult<(String, bytes::Bytes)> {
+/// Downloads (to an anonymous temporary file) or opens a single source file: its origin (URL
+/// or path) and the file, ready to read from its start.
+async fn open_file(ctx: &RunContext, location: &Location) -> BlockResult<(String, std::fs::File)> {
     match location {
         Location::Http { connection, path } => {
             let url = http_url(ctx, connection, path)?;
-            let bytes = download(&url)
+            let file = download_to_file(&url)
                 .await
                 .map_err(|e| e.context(describe(ctx, &url)))?;
-            Ok((url, bytes))
+            Ok((url, file))
         }
         Location::File { path } => {
-            let bytes = tokio::fs::read(path)
-                .await
+            let file = std::fs::File::open(path)
                 .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
-            Ok((path.clone(), bytes.into()))
+            Ok((path.clone(), file))
         }
         Location::Store { .. } => Err(BlockError::fatal(
             "an object store source is read by read_store, file by file",
@@ -452,17 +443,8 @@ fn describe(ctx: &RunContext, origin: &str) -> String {
     format!("{} ({origin})", partition_text(ctx))
 }
 
-/// Downloads a URL. Server errors, rate limits and network failures are retryable; a 4xx is not.
-async fn download(url: &str) -> BlockResult<bytes::Bytes> {
-    get(url)
-        .await?
-        .bytes()
-        .await
-        .map_err(|e| BlockError::retryable(format!("download interrupted: {}", error_chain(&e))))
-}
-
-/// Downloads a URL into an anonymous temporary file (gone when closed), rewound for reading;
-/// errors as for [`download`].
+/// Downloads a URL into an anonymous temporary file (gone when closed), rewound for reading.
+/// Server errors, rate limits and network failures are retryable; a 4xx is not.
 async fn download_to_file(url: &str) -> BlockResult<std::fs::File> {
     use std::io::{Seek, Write};
     let mut response = get(url).await?;
