@@ -106,9 +106,26 @@ async fn time_runs(pipeline: &'static Pipeline, services: &Services, rounds: usi
     median(times)
 }
 
+/// `overhead once LEDGER`: a no-op pipeline as a process would run it: one trivial block,
+/// recorded in the SQLite ledger at LEDGER, then exit. The benchmark times the whole process.
+async fn once(ledger: &str) {
+    let ledger = Ledger::open(&format!("sqlite://{ledger}"))
+        .await
+        .expect("a SQLite ledger");
+    let services = Services {
+        ledger: Some(ledger),
+        ..Services::default()
+    };
+    time_runs(chain(1), &services, 1).await;
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("once") {
+        once(args.get(2).expect("overhead once LEDGER_FILE")).await;
+        return;
+    }
     let blocks: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let pipeline = chain(blocks);
