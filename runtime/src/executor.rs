@@ -3,6 +3,10 @@
 //! exponential backoff with jitter, a timeout per attempt and per run. Every run, block and
 //! attempt is recorded in the ledger; block outputs are checkpointed so that a later run can
 //! start from the middle of the graph.
+//!
+//! A block whose output is a stream of batches ([`Rows`]) is "streaming": its consumers start at
+//! once and a pump hands them each batch as it comes, writing the checkpoint on the way; the
+//! block ends with its last batch. `Execution::can_stream` says when rows stream.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
