@@ -101,6 +101,11 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The outcome of the block named `name`, if the pipeline has it.
+    pub fn block(&self, name: &str) -> Option<&BlockOutcome> {
+        self.blocks.iter().find(|b| b.name == name)
+    }
+
     /// Whether no block failed.
     pub fn succeeded(&self) -> bool {
         !self

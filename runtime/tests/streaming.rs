@@ -198,14 +198,10 @@ fn expected() -> (usize, i64) {
 }
 
 fn rows_of(report: &RunReport, block: &str) -> Option<usize> {
-    report
-        .blocks
-        .iter()
-        .find(|b| b.name == block)
-        .and_then(|b| match b.status {
-            BlockStatus::Succeeded { rows } => Some(rows),
-            _ => None,
-        })
+    report.block(block).and_then(|b| match b.status {
+        BlockStatus::Succeeded { rows } => Some(rows),
+        _ => None,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +235,7 @@ async fn a_sink_retry_reads_the_rows_again_from_the_checkpoint() {
     )
     .await;
     assert!(report.succeeded(), "{:?}", report.root_cause);
-    let sink_a = report.blocks.iter().find(|b| b.name == "sink_a").unwrap();
+    let sink_a = report.block("sink_a").unwrap();
     assert_eq!(sink_a.attempts, 2);
     let committed = scenario.committed.lock().unwrap().clone();
     assert_eq!(committed.get("sink_a"), Some(&expected()));
@@ -258,15 +254,7 @@ async fn a_failure_mid_stream_stops_the_sinks_before_they_commit() {
     )
     .await;
     assert!(!report.succeeded());
-    let status = |name: &str| {
-        report
-            .blocks
-            .iter()
-            .find(|b| b.name == name)
-            .unwrap()
-            .status
-            .clone()
-    };
+    let status = |name: &str| report.block(name).unwrap().status.clone();
     assert!(
         matches!(&status("numbers"), BlockStatus::Failed { error } if error.contains("bad row in batch 7")),
         "{:?}",

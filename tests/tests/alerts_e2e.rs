@@ -138,7 +138,7 @@ async fn one_alert_per_incident_on_every_channel() {
     drop(smtp);
     assert!(run_day("2024-01-03").await.unwrap().succeeded());
     let report = run_day("2024-01-06").await.unwrap();
-    let alert = report.blocks.iter().find(|b| b.name == "alert").unwrap();
+    let alert = report.block("alert").unwrap();
     assert_eq!(alert.attempts, 4, "{:?}", alert.status);
     assert!(
         matches!(&alert.status, BlockStatus::Failed { error } if error.contains("email through")),

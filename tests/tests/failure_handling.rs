@@ -161,10 +161,10 @@ async fn failures_skip_downstream_run_cleanup_and_alert_once() {
     .await
     .unwrap();
     assert!(report.succeeded(), "{:?}", report.blocks);
-    let load = report.blocks.iter().find(|b| b.name == "load").unwrap();
+    let load = report.block("load").unwrap();
     // Trips 2 (fare 0) and 3 (no fare) are filtered out.
     assert_eq!(load.status, BlockStatus::Succeeded { rows: 2 });
-    let alert = report.blocks.iter().find(|b| b.name == "alert").unwrap();
+    let alert = report.block("alert").unwrap();
     assert!(
         matches!(&alert.status, BlockStatus::Skipped { because } if because.starts_with("trigger `one_failed` did not fire")),
         "{:?}",
@@ -181,7 +181,7 @@ async fn failures_skip_downstream_run_cleanup_and_alert_once() {
     .await
     .unwrap();
     assert!(report.succeeded());
-    let load = report.blocks.iter().find(|b| b.name == "load").unwrap();
+    let load = report.block("load").unwrap();
     assert_eq!(
         load.status,
         BlockStatus::Skipped {
@@ -200,7 +200,7 @@ async fn failures_skip_downstream_run_cleanup_and_alert_once() {
     )
     .await
     .unwrap();
-    let load = report.blocks.iter().find(|b| b.name == "load").unwrap();
+    let load = report.block("load").unwrap();
     assert!(matches!(load.status, BlockStatus::Skipped { .. }));
     assert_eq!(posts().len(), 1);
 }

@@ -43,15 +43,7 @@ async fn a_timed_out_run_fails_and_alerts() {
         started.elapsed()
     );
     assert!(!report.succeeded());
-    let status = |name: &str| {
-        report
-            .blocks
-            .iter()
-            .find(|b| b.name == name)
-            .unwrap()
-            .status
-            .clone()
-    };
+    let status = |name: &str| report.block(name).unwrap().status.clone();
     assert!(
         matches!(status("extract"), BlockStatus::Failed { error } if error.contains("the run timed out after 2.0s")),
         "{:?}",
