@@ -448,19 +448,27 @@ impl RunContext {
                     .map_err(|e| BlockError::fatal(format!("block panicked: {e}")))??;
                 return Ok(Some(Rows::from(frame)));
             }
-            let batches =
-                futures::stream::unfold((input, self), move |(mut input, ctx)| async move {
+            let batches = futures::stream::unfold(
+                (input, self, 0usize),
+                move |(mut input, ctx, offset)| async move {
                     let batch = match input.next_batch().await? {
                         Ok(batch) => batch,
-                        Err(error) => return Some((Err(error), (input, ctx))),
+                        Err(error) => return Some((Err(error), (input, ctx, offset))),
                     };
+                    let rows = batch.height();
                     let worker = ctx.clone();
+                    // An error names the rows of the batch, since a check's counts are the
+                    // batch's: "input rows 110,001 to 165,000: check ... failed for 2 of 55,000".
                     let mapped = tokio::task::spawn_blocking(move || work(&worker, batch))
                         .await
                         .map_err(|e| BlockError::fatal(format!("block panicked: {e}")))
-                        .and_then(|result| result);
-                    Some((mapped, (input, ctx)))
-                });
+                        .and_then(|result| result)
+                        .map_err(|e| {
+                            e.context(format!("input rows {} to {}", offset + 1, offset + rows))
+                        });
+                    Some((mapped, (input, ctx, offset + rows)))
+                },
+            );
             Ok(Some(Rows::batches(columns, batches)))
         })
     }

@@ -25,6 +25,8 @@ struct Scenario {
     fail_source_after: Option<usize>,
     /// The first attempt of `sink_a` fails (retryably) after its first batch.
     fail_sink_once: bool,
+    /// `double` fails on the batch holding this value of `n`.
+    fail_transform_on: Option<i64>,
     /// Batches the source has produced so far.
     produced: AtomicUsize,
     /// How many batches the source had produced when `sink_b` received its first one.
@@ -62,6 +64,17 @@ fn numbers(ctx: RunContext) -> BlockFuture {
 }
 
 fn double(_ctx: &RunContext, input: DataFrame) -> BlockResult<DataFrame> {
+    if let Some(bad) = scenario().fail_transform_on
+        && input
+            .column("n")?
+            .i64()?
+            .into_no_null_iter()
+            .any(|n| n == bad)
+    {
+        return Err(BlockError::fatal(format!(
+            "check `n != {bad}` failed for 1 row"
+        )));
+    }
     Ok(input
         .lazy()
         .select([(col("n") * lit(2i64)).alias("n")])
@@ -183,6 +196,7 @@ fn plain() -> Scenario {
     Scenario {
         fail_source_after: None,
         fail_sink_once: false,
+        fail_transform_on: None,
         produced: AtomicUsize::new(0),
         produced_at_first_delivery: AtomicUsize::new(0),
         sink_a_attempts: AtomicUsize::new(0),
@@ -294,4 +308,33 @@ async fn without_checkpoints_the_rows_are_passed_whole() {
         scenario.produced_at_first_delivery.load(Ordering::SeqCst),
         BATCHES
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_batch_of_a_transform_is_named_by_its_input_rows() {
+    let _serial = SERIAL.lock().await;
+    let (report, scenario) = run_with(
+        Scenario {
+            fail_transform_on: Some(7_500),
+            ..plain()
+        },
+        true,
+    )
+    .await;
+    assert!(!report.succeeded());
+    let status = |name: &str| report.block(name).unwrap().status.clone();
+    assert!(
+        matches!(&status("double"), BlockStatus::Failed { error }
+            if error.contains("input rows 7001 to 8000: check `n != 7500` failed")),
+        "{:?}",
+        status("double")
+    );
+    for block in ["sink_a", "sink_b"] {
+        assert!(
+            matches!(&status(block), BlockStatus::Skipped { because } if because == "input `double` failed"),
+            "{block}: {:?}",
+            status(block)
+        );
+    }
+    assert!(scenario.committed.lock().unwrap().is_empty());
 }
