@@ -218,6 +218,33 @@ fn rows_of(report: &RunReport, block: &str) -> Option<usize> {
     })
 }
 
+/// Asserts that the run failed at block `failed` with an error containing the given text, that
+/// each block of `skipped` was skipped because the named input failed, and that no sink
+/// committed anything.
+fn assert_stopped(
+    report: &RunReport,
+    scenario: &Scenario,
+    (failed, error_text): (&str, &str),
+    skipped: &[(&str, &str)],
+) {
+    assert!(!report.succeeded());
+    let status = |name: &str| report.block(name).unwrap().status.clone();
+    assert!(
+        matches!(&status(failed), BlockStatus::Failed { error } if error.contains(error_text)),
+        "{failed}: {:?}",
+        status(failed)
+    );
+    for (block, input) in skipped {
+        let reason = format!("input `{input}` failed");
+        assert!(
+            matches!(&status(block), BlockStatus::Skipped { because } if *because == reason),
+            "{block}: {:?}",
+            status(block)
+        );
+    }
+    assert!(scenario.committed.lock().unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_reach_both_sinks_while_the_source_still_produces() {
     let _serial = SERIAL.lock().await;
@@ -267,26 +294,21 @@ async fn a_failure_mid_stream_stops_the_sinks_before_they_commit() {
         true,
     )
     .await;
-    assert!(!report.succeeded());
-    let status = |name: &str| report.block(name).unwrap().status.clone();
-    assert!(
-        matches!(&status("numbers"), BlockStatus::Failed { error } if error.contains("bad row in batch 7")),
-        "{:?}",
-        status("numbers")
+    assert_stopped(
+        &report,
+        scenario,
+        ("numbers", "bad row in batch 7"),
+        &[
+            ("double", "numbers"),
+            ("sink_a", "double"),
+            ("sink_b", "double"),
+        ],
     );
-    for block in ["double", "sink_a", "sink_b"] {
-        assert!(
-            matches!(&status(block), BlockStatus::Skipped { because } if because.contains("failed")),
-            "{block}: {:?}",
-            status(block)
-        );
-    }
     assert!(
         report.root_cause.as_deref().unwrap().contains("bad row"),
         "{:?}",
         report.root_cause
     );
-    assert!(scenario.committed.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,20 +343,13 @@ async fn a_failing_batch_of_a_transform_is_named_by_its_input_rows() {
         true,
     )
     .await;
-    assert!(!report.succeeded());
-    let status = |name: &str| report.block(name).unwrap().status.clone();
-    assert!(
-        matches!(&status("double"), BlockStatus::Failed { error }
-            if error.contains("input rows 7001 to 8000: check `n != 7500` failed")),
-        "{:?}",
-        status("double")
+    assert_stopped(
+        &report,
+        scenario,
+        (
+            "double",
+            "input rows 7001 to 8000: check `n != 7500` failed",
+        ),
+        &[("sink_a", "double"), ("sink_b", "double")],
     );
-    for block in ["sink_a", "sink_b"] {
-        assert!(
-            matches!(&status(block), BlockStatus::Skipped { because } if because == "input `double` failed"),
-            "{block}: {:?}",
-            status(block)
-        );
-    }
-    assert!(scenario.committed.lock().unwrap().is_empty());
 }
