@@ -50,18 +50,21 @@ impl Checkpoints {
                 })?;
             }
             let partial = path.with_extension("parquet.partial");
-            let file = File::create(&partial).map_err(|e| {
+            let file = SharedFile::create(&partial).map_err(|e| {
                 BlockError::fatal(format!("cannot create {}: {e}", partial.display()))
             })?;
+            let failed = |e: &dyn std::fmt::Display| {
+                BlockError::fatal(format!("cannot write checkpoint {}: {e}", path.display()))
+            };
             // Checkpoints are written on every run and read rarely, so they skip what costs CPU
-            // and helps only readers that prune: compression and column statistics.
-            ParquetWriter::new(file)
+            // and helps only readers that prune: compression and column statistics. The file is
+            // buffered, as for streamed checkpoints: the writer writes many small pieces.
+            ParquetWriter::new(file.clone())
                 .with_compression(ParquetCompression::Uncompressed)
                 .with_statistics(StatisticsOptions::empty())
                 .finish(&mut frame)
-                .map_err(|e| {
-                    BlockError::fatal(format!("cannot write checkpoint {}: {e}", path.display()))
-                })?;
+                .map_err(|e| failed(&e))?;
+            file.flush_now().map_err(|e| failed(&e))?;
             std::fs::rename(&partial, &path).map_err(|e| {
                 BlockError::fatal(format!("cannot publish checkpoint {}: {e}", path.display()))
             })?;
