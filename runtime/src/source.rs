@@ -80,14 +80,7 @@ pub async fn read_source(
     if let Location::Store { connection, path } = &location {
         return read_store(ctx, connection, path, format, compression, columns).await;
     }
-    let (origin, mut file) = open_file(ctx, &location).await?;
-    let bytes = tokio::task::spawn_blocking(move || {
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map(|_| bytes)
-    })
-    .await
-    .map_err(|e| BlockError::fatal(format!("reader panicked: {e}")))?
-    .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, &origin))))?;
+    let (origin, bytes) = fetch(ctx, &location).await?;
     let downloaded = bytes.len();
     crate::audit::note_input(ctx, &crate::context::redact(&origin), &bytes);
     // `prepare` also records the file's own columns, from the same decompressed bytes.
@@ -236,8 +229,35 @@ fn http_url(ctx: &RunContext, connection: &str, path: &str) -> BlockResult<Strin
     ))
 }
 
-/// Downloads (to an anonymous temporary file) or opens a single source file: its origin (URL
-/// or path) and the file, ready to read from its start.
+/// Downloads or reads a single source file whole, for a reader that needs all its bytes at
+/// once: its origin (URL or path) and its bytes as stored.
+async fn fetch(ctx: &RunContext, location: &Location) -> BlockResult<(String, bytes::Bytes)> {
+    match location {
+        Location::Http { connection, path } => {
+            let url = http_url(ctx, connection, path)?;
+            let response = get(&url)
+                .await
+                .map_err(|e| e.context(describe(ctx, &url)))?;
+            let bytes = response.bytes().await.map_err(|e| {
+                BlockError::retryable(format!("download interrupted: {}", error_chain(&e)))
+                    .context(describe(ctx, &url))
+            })?;
+            Ok((url, bytes))
+        }
+        Location::File { path } => {
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| BlockError::fatal(format!("{}: {e}", describe(ctx, path))))?;
+            Ok((path.clone(), bytes.into()))
+        }
+        Location::Store { .. } => Err(BlockError::fatal(
+            "an object store source is read by read_store, file by file",
+        )),
+    }
+}
+
+/// Downloads (to an anonymous temporary file) or opens a single source file, for a reader that
+/// streams it: its origin (URL or path) and the file, ready to read from its start.
 async fn open_file(ctx: &RunContext, location: &Location) -> BlockResult<(String, std::fs::File)> {
     match location {
         Location::Http { connection, path } => {
@@ -542,7 +562,9 @@ fn gzip_csv_in_chunks(
     if let Err(error) = parsed.and(stacked) {
         return Ok(Err(error));
     }
-    Ok(frame.map_or_else(|| parse(&[]), Ok))
+    Ok(Ok(
+        frame.expect("csv_in_chunks hands over at least one chunk")
+    ))
 }
 
 /// Reads CSV text from `reader` and parses it in chunks of about `chunk_bytes`, each cut at the
