@@ -1310,6 +1310,15 @@ async fn pump(
                 }
             };
             let checksum = side.checksum.take().map(crate::audit::RowsChecksum::finish);
+            // The attempt logged nothing when it handed over its stream; the block ends here.
+            info!(
+                block = name,
+                attempt = attempts,
+                rows_in = taken.load(Ordering::Relaxed),
+                rows_out = rows,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "block succeeded"
+            );
             let produced = Produced::Streamed {
                 checkpoint,
                 checksum,
