@@ -875,20 +875,25 @@ impl<'s> Execution<'s> {
             "block `{}` ({}:{})",
             block.name, self.pipeline.source_path, block.line
         );
-        Box::pin(pump(
-            block.name,
-            label,
-            index,
-            Pump {
-                rows,
-                senders,
-                checkpoint,
-                checksum,
-                replay: replay_sender,
-            },
-            taken,
-            finished,
-        ))
+        // The pump's log lines belong to the block, as its attempts' do.
+        let span = info_span!("block", block = block.name);
+        Box::pin(
+            pump(
+                block.name,
+                label,
+                index,
+                Pump {
+                    rows,
+                    senders,
+                    checkpoint,
+                    checksum,
+                    replay: replay_sender,
+                },
+                taken,
+                finished,
+            )
+            .instrument(span),
+        )
     }
 
     /// Whether the audit trail checksums block `index`'s rows, while they stream. Only a CSV
@@ -1312,7 +1317,6 @@ async fn pump(
             let checksum = side.checksum.take().map(crate::audit::RowsChecksum::finish);
             // The attempt logged nothing when it handed over its stream; the block ends here.
             info!(
-                block = name,
                 attempt = attempts,
                 rows_in = taken.load(Ordering::Relaxed),
                 rows_out = rows,
