@@ -1,23 +1,32 @@
 //! green_taxi_etl streaming a real month in small batches (`BATON_BATCH_BYTES`): the rows, lake
 //! files and audit checksums are those of a run in one batch; and a file whose bad row comes
 //! after many batches have reached the warehouse's open transaction and the lake's spool fails
-//! the run without changing what an earlier run loaded.
+//! the run without changing what an earlier run loaded, in the embedded SQLite warehouse and in
+//! a throwaway PostgreSQL cluster (binary COPY).
 //!
 //! Needs the real NYC TLC files in ../shared/data/tlc/green (the test says so when absent).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use baton_tests::{HttpServer, green_data_dir, output_text, run_pipeline, sqlite_rows};
+use baton_tests::{HttpServer, Postgres, green_data_dir, output_text, run_pipeline, sqlite_rows};
 
 /// A month of 76,518 rows: 64 KiB of text per batch makes about 170 batches.
 const MONTH: &str = "2021-01";
 const SMALL_BATCHES: &str = "65536";
 
-fn run(work: &Path, server: &HttpServer, batch_bytes: Option<&str>) -> std::process::Output {
+fn run(
+    work: &Path,
+    server: &HttpServer,
+    batch_bytes: Option<&str>,
+    postgres: Option<&Postgres>,
+) -> std::process::Output {
     let mut env = vec![("TLC_BASE_URL", server.url.as_str())];
     if let Some(bytes) = batch_bytes {
         env.push(("BATON_BATCH_BYTES", bytes));
+    }
+    if let Some(postgres) = postgres {
+        env.push(("DATABASE_URL", postgres.url.as_str()));
     }
     run_pipeline("green_taxi_etl", work, &env, &["run", "--partition", MONTH])
 }
@@ -59,11 +68,29 @@ fn lake_files(work: &Path) -> Vec<(PathBuf, u64)> {
     files
 }
 
-fn warehouse_month(work: &Path) -> Vec<String> {
-    sqlite_rows(
-        &work.join(".baton/warehouse.db"),
-        "SELECT count(*) || ' ' || round(sum(total_amount), 2) FROM green_taxi",
-    )
+/// Rows and total amount in the warehouse: the SQLite file of `work`, or `postgres`.
+fn warehouse_month(work: &Path, postgres: Option<&Postgres>) -> Vec<String> {
+    let Some(postgres) = postgres else {
+        return sqlite_rows(
+            &work.join(".baton/warehouse.db"),
+            "SELECT count(*) || ' ' || round(sum(total_amount), 2) FROM green_taxi",
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&postgres.url).await.unwrap();
+        let (summary,): (String,) = sqlx::query_as(
+            "SELECT count(*) || ' ' || round(sum(total_amount)::numeric, 2) FROM mage.green_taxi",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        vec![summary]
+    })
 }
 
 #[test]
@@ -71,10 +98,10 @@ fn small_batches_load_what_one_batch_loads() {
     let data = green_data_dir();
     let server = HttpServer::serve(&data);
     let whole = tempfile::tempdir().unwrap();
-    let output = run(whole.path(), &server, Some("1000000000"));
+    let output = run(whole.path(), &server, Some("1000000000"), None);
     assert!(output.status.success(), "{}", output_text(&output));
     let batched = tempfile::tempdir().unwrap();
-    let output = run(batched.path(), &server, Some(SMALL_BATCHES));
+    let output = run(batched.path(), &server, Some(SMALL_BATCHES), None);
     assert!(output.status.success(), "{}", output_text(&output));
 
     let (whole_rows, whole_checksum) = recorded(whole.path());
@@ -97,8 +124,8 @@ fn small_batches_load_what_one_batch_loads() {
     );
     assert_eq!(batched_checksum, whole_checksum);
     assert_eq!(
-        warehouse_month(batched.path()),
-        warehouse_month(whole.path())
+        warehouse_month(batched.path(), None),
+        warehouse_month(whole.path(), None)
     );
     // The same partition folders, one file each (row groups differ, so sizes may too).
     let names = |work: &Path| -> Vec<String> {
@@ -124,13 +151,22 @@ fn small_batches_load_what_one_batch_loads() {
 }
 
 #[test]
-fn a_bad_row_late_in_the_file_leaves_the_earlier_load_intact() {
+fn a_bad_row_late_in_the_file_leaves_the_earlier_load_intact_in_sqlite() {
+    bad_row_late_in_the_file(None);
+}
+
+#[test]
+fn a_bad_row_late_in_the_file_leaves_the_earlier_load_intact_in_postgres() {
+    bad_row_late_in_the_file(Some(&Postgres::start()));
+}
+
+fn bad_row_late_in_the_file(postgres: Option<&Postgres>) {
     let data = green_data_dir();
     let good = HttpServer::serve(&data);
     let work = tempfile::tempdir().unwrap();
-    let output = run(work.path(), &good, None);
+    let output = run(work.path(), &good, None, postgres);
     assert!(output.status.success(), "{}", output_text(&output));
-    let loaded = warehouse_month(work.path());
+    let loaded = warehouse_month(work.path(), postgres);
     let lake = lake_files(work.path());
     assert_eq!(loaded[0].split(' ').next(), Some("38324"));
 
@@ -164,7 +200,7 @@ fn a_bad_row_late_in_the_file_leaves_the_earlier_load_intact() {
     assert!(gzip.wait().unwrap().success());
     let bad = HttpServer::serve(bad_dir.path());
 
-    let output = run(work.path(), &bad, Some(SMALL_BATCHES));
+    let output = run(work.path(), &bad, Some(SMALL_BATCHES), postgres);
     let shown = output_text(&output);
     assert!(!output.status.success(), "{shown}");
     assert!(
@@ -185,6 +221,6 @@ fn a_bad_row_late_in_the_file_leaves_the_earlier_load_intact() {
     );
     assert_eq!(reasons, ["input `clean_green_taxi` failed"]);
     // Nothing of the failed run was committed or published.
-    assert_eq!(warehouse_month(work.path()), loaded);
+    assert_eq!(warehouse_month(work.path(), postgres), loaded);
     assert_eq!(lake_files(work.path()), lake);
 }
