@@ -22,6 +22,7 @@ pub mod history;
 mod http;
 pub mod ledger;
 pub mod logs;
+pub mod parquet;
 pub mod partition;
 pub mod pipeline;
 pub mod prepare;

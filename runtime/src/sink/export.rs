@@ -11,6 +11,7 @@ use tracing::info;
 
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
+use crate::parquet::{ParquetFileWriter, ParquetLayout};
 use crate::pipeline::Column as ColumnDef;
 use crate::source::FileFormat;
 use crate::store::{open_store, put_file};
@@ -62,9 +63,10 @@ pub fn encode(frame: &mut DataFrame, format: FileFormat) -> BlockResult<Vec<u8>>
     let mut buffer = Vec::new();
     match format {
         FileFormat::Parquet => {
-            ParquetWriter::new(&mut buffer)
-                .with_compression(ParquetCompression::Snappy)
-                .finish(frame)?;
+            let mut writer =
+                ParquetFileWriter::new(&mut buffer, &frame.schema(), ParquetLayout::Dataset)?;
+            writer.write(frame)?;
+            writer.finish()?;
         }
         FileFormat::Csv => {
             CsvWriter::new(&mut buffer)

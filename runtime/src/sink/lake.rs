@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
 use crate::files::{SpoolFile, Spooled};
+use crate::parquet::{ParquetFileWriter, ParquetLayout};
 use crate::pipeline::Column as ColumnDef;
 use crate::rows::Rows;
 use crate::source::FileFormat;
@@ -198,7 +199,7 @@ struct SpoolFolder {
 
 /// A file being written a batch at a time.
 enum FileWriter {
-    Parquet(Box<polars::io::parquet::write::BatchedWriter<SpoolFile>>),
+    Parquet(Box<ParquetFileWriter<SpoolFile>>),
     Csv(polars::io::csv::write::BatchedWriter<SpoolFile>),
 }
 
@@ -355,11 +356,11 @@ impl FileWriter {
     fn new(file: SpoolFile, format: FileFormat, like: &DataFrame) -> BlockResult<FileWriter> {
         let schema = like.schema();
         Ok(match format {
-            FileFormat::Parquet => FileWriter::Parquet(Box::new(
-                ParquetWriter::new(file)
-                    .with_compression(ParquetCompression::Snappy)
-                    .batched(schema)?,
-            )),
+            FileFormat::Parquet => FileWriter::Parquet(Box::new(ParquetFileWriter::new(
+                file,
+                schema,
+                ParquetLayout::Dataset,
+            )?)),
             FileFormat::Csv => {
                 FileWriter::Csv(CsvWriter::new(file).include_header(true).batched(schema)?)
             }
@@ -368,7 +369,7 @@ impl FileWriter {
 
     fn write(&mut self, batch: &DataFrame) -> BlockResult<()> {
         match self {
-            FileWriter::Parquet(writer) => writer.write_batch(batch)?,
+            FileWriter::Parquet(writer) => writer.write(batch)?,
             FileWriter::Csv(writer) => writer.write_batch(batch)?,
         }
         Ok(())

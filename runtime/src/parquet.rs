@@ -1,0 +1,288 @@
+//! Parquet files written with encodings Baton chooses.
+//!
+//! polars' own writer decides for every float and string column of every row group whether to
+//! dictionary-encode it by estimating the column's distinct values with a HyperLogLog sketch of
+//! 16,384 registers. Counting that sketch costs the same (tens of microseconds) whatever the
+//! column's length, and a pipeline writes many small row groups: on the reference run (91 lake
+//! files of about 1,250 rows, plus the checkpoints) it was the largest single item of the
+//! profile, 11 % of all CPU. This writer takes the decision itself, through polars' Parquet
+//! layer, so the files are the same Parquet that polars writes and reads:
+//!
+//! - Checkpoints are plain-encoded: only this program reads them, rarely, and a dictionary
+//!   would cost time on every run to save space in files that are deleted soon.
+//! - Dataset files (the lake, exports) get the encodings polars would choose, without the
+//!   sketch: floats are plain (polars cannot build a float dictionary, and found that out only
+//!   after estimating); a string column up to a few thousand values has its distinct values
+//!   counted exactly, by building the dictionary it needs anyway when one pays (unless more than
+//!   three quarters of its values are distinct, polars' rule); longer string columns and
+//!   everything else are left to polars.
+
+use std::io::Write;
+
+use polars::prelude::{CompatLevel, DataFrame, PolarsError, PolarsResult, Schema, SchemaExt};
+use polars_arrow::array::{ArrayRef, DictionaryArray};
+use polars_arrow::datatypes::{ArrowDataType, IntegerType, PhysicalType, PrimitiveType};
+use polars_parquet::parquet::error::ParquetError;
+use polars_parquet::write::{
+    CompressedPage, CompressionOptions, Compressor, DynIter, DynStreamingIterator, Encoding,
+    FallibleStreamingIterator, FileWriter, ParquetType, StatisticsOptions, Version, WriteOptions,
+    array_to_columns, get_dtype_encoding, to_parquet_schema,
+};
+
+/// String columns up to this length have their dictionary decided by an exact count. Beyond
+/// it, building a dictionary that is then thrown away (mostly distinct values) would cost more
+/// than polars' sketch.
+const EXACT_DICTIONARY_ROWS: usize = 8_192;
+
+/// polars dictionary-encodes a column unless it is longer than this and mostly distinct.
+const ALWAYS_DICTIONARY_ROWS: usize = 128;
+/// The share of distinct values above which a dictionary does not pay (polars' threshold).
+const MAX_DISTINCT_SHARE: f64 = 0.75;
+
+/// What kind of file is written, which sets its encodings, compression and statistics.
+#[derive(Clone, Copy, Debug)]
+pub enum ParquetLayout {
+    /// A checkpoint: plain-encoded, uncompressed, without column statistics. Checkpoints are
+    /// written on every run and read rarely, so they skip what costs CPU and helps only readers
+    /// that prune.
+    Checkpoint,
+    /// A file of a dataset that others read (the lake, an export): dictionaries where they
+    /// pay, Snappy compression, min/max and null-count statistics, as polars writes by default.
+    Dataset,
+}
+
+/// A Parquet file written one frame (one or more row groups) at a time.
+pub struct ParquetFileWriter<W: Write> {
+    writer: FileWriter<W>,
+    fields: Vec<ParquetType>,
+    options: WriteOptions,
+    layout: ParquetLayout,
+}
+
+impl<W: Write> ParquetFileWriter<W> {
+    /// A writer into `sink` of frames with `schema`.
+    pub fn new(sink: W, schema: &Schema, layout: ParquetLayout) -> PolarsResult<Self> {
+        let schema = schema.to_arrow(CompatLevel::newest());
+        let parquet_schema = to_parquet_schema(&schema)?;
+        let fields = parquet_schema.fields().to_vec();
+        let options = match layout {
+            ParquetLayout::Checkpoint => WriteOptions {
+                statistics: StatisticsOptions::empty(),
+                version: Version::V1,
+                compression: CompressionOptions::Uncompressed,
+                data_page_size: None,
+            },
+            ParquetLayout::Dataset => WriteOptions {
+                statistics: StatisticsOptions::default(),
+                version: Version::V1,
+                compression: CompressionOptions::Snappy,
+                data_page_size: None,
+            },
+        };
+        Ok(ParquetFileWriter {
+            writer: FileWriter::new_with_parquet_schema(sink, schema, parquet_schema, options),
+            fields,
+            options,
+            layout,
+        })
+    }
+
+    /// Appends `frame`, one row group per chunk.
+    pub fn write(&mut self, frame: &DataFrame) -> PolarsResult<()> {
+        // A row group needs its columns cut at the same rows; a frame usually is one chunk.
+        let aligned;
+        let frame = if frame.should_rechunk() {
+            let mut copy = frame.clone();
+            copy.rechunk_mut();
+            aligned = copy;
+            &aligned
+        } else {
+            frame
+        };
+        for batch in frame.iter_chunks(CompatLevel::newest(), false) {
+            let rows = batch.len();
+            if rows == 0 {
+                continue;
+            }
+            let mut columns = Vec::with_capacity(self.fields.len());
+            for (array, field) in batch.columns().iter().zip(&self.fields) {
+                let (array, encodings) = self.encode(array);
+                for pages in array_to_columns(&array, field.clone(), self.options, &encodings)? {
+                    columns.push(Ok(compressed(pages, self.options.compression)));
+                }
+            }
+            self.writer
+                .write(rows as u64, DynIter::new(columns.into_iter()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the footer and returns the file's size in bytes.
+    pub fn finish(mut self) -> PolarsResult<u64> {
+        self.writer.end(None)
+    }
+
+    /// The array to write for a column and the encoding of each of its Parquet leaves.
+    fn encode(&self, array: &ArrayRef) -> (ArrayRef, Vec<Encoding>) {
+        let defaults = get_dtype_encoding(array.dtype());
+        match self.layout {
+            ParquetLayout::Checkpoint => {
+                // A column that already is a dictionary is written as one whatever is asked.
+                let plain = if matches!(
+                    array.dtype().to_physical_type(),
+                    PhysicalType::Dictionary(_)
+                ) {
+                    defaults
+                } else {
+                    vec![Encoding::Plain; defaults.len()]
+                };
+                (array.clone(), plain)
+            }
+            ParquetLayout::Dataset => match exact_dictionary(array) {
+                Some(Some(dictionary)) => (dictionary, defaults),
+                Some(None) => (array.clone(), vec![Encoding::Plain]),
+                None => (array.clone(), defaults),
+            },
+        }
+    }
+}
+
+/// The decision polars would take for a float or short string column, taken without its
+/// sketch: the column as a dictionary when one pays (`Some(Some(_))`), or `Some(None)` for
+/// plain values. `None` leaves the decision to polars (integers, which it decides exactly from
+/// their range, long string columns and other types).
+fn exact_dictionary(array: &ArrayRef) -> Option<Option<ArrayRef>> {
+    match array.dtype().to_physical_type() {
+        // polars' dictionary builder takes no floats: it would estimate, fail and write plain.
+        PhysicalType::Primitive(PrimitiveType::Float32 | PrimitiveType::Float64) => {
+            return Some(None);
+        }
+        PhysicalType::Utf8View | PhysicalType::BinaryView
+            if array.len() <= EXACT_DICTIONARY_ROWS && array.null_count() < array.len() => {}
+        _ => return None,
+    }
+    let to = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(array.dtype().clone()), false);
+    let dictionary = polars_compute::cast::cast(array.as_ref(), &to, Default::default()).ok()?;
+    let distinct = dictionary
+        .as_any()
+        .downcast_ref::<DictionaryArray<u32>>()?
+        .values()
+        .len();
+    let pays = array.len() <= ALWAYS_DICTIONARY_ROWS
+        || (distinct as f64) / (array.len() as f64) <= MAX_DISTINCT_SHARE;
+    Some(pays.then_some(dictionary))
+}
+
+/// A column's encoded pages, compressed as they are written.
+fn compressed(
+    pages: DynIter<'static, PolarsResult<polars_parquet::write::Page>>,
+    compression: CompressionOptions,
+) -> DynStreamingIterator<'static, CompressedPage, PolarsError> {
+    let pages = pages.map(|page| {
+        page.map_err(|e| ParquetError::FeatureNotSupported(format!("reraised in polars: {e}")))
+    });
+    DynStreamingIterator::new(
+        Compressor::new_from_vec(pages, compression, Vec::new()).map_err(PolarsError::from),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::prelude::*;
+
+    fn frame(rows: usize) -> DataFrame {
+        df!(
+            "fare" => (0..rows).map(|i| (i % 7) as f64 + 0.5).collect::<Vec<_>>(),
+            "distance" => (0..rows).map(|i| i as f64 / 3.0).collect::<Vec<_>>(),
+            "flag" => (0..rows).map(|i| if i % 3 == 0 { Some("Y") } else if i % 5 == 0 { None } else { Some("N") }).collect::<Vec<_>>(),
+            "zone" => (0..rows).map(|i| format!("zone number {i}")).collect::<Vec<_>>(),
+            "id" => (0..rows as i64).collect::<Vec<_>>(),
+            "ok" => (0..rows).map(|i| i % 2 == 0).collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .lazy()
+        .with_columns([
+            col("id").cast(DataType::Datetime(TimeUnit::Microseconds, None)).alias("at"),
+            col("id").cast(DataType::Int32).cast(DataType::Date).alias("day"),
+        ])
+        .collect()
+        .unwrap()
+    }
+
+    fn written(frames: &[DataFrame], layout: ParquetLayout) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut writer = ParquetFileWriter::new(&mut bytes, &frames[0].schema(), layout).unwrap();
+        for frame in frames {
+            writer.write(frame).unwrap();
+        }
+        writer.finish().unwrap();
+        bytes
+    }
+
+    /// Whether each column chunk of the first row group is dictionary-encoded, by column name.
+    fn dictionaries(bytes: &[u8]) -> std::collections::HashMap<String, bool> {
+        let mut reader = std::io::Cursor::new(bytes);
+        let metadata = polars_parquet::read::read_metadata(&mut reader).unwrap();
+        metadata.row_groups[0]
+            .parquet_columns()
+            .iter()
+            .map(|column| {
+                (
+                    column.descriptor().path_in_schema[0].to_string(),
+                    column.dictionary_page_offset().is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_layout_reads_back_as_written() {
+        for layout in [ParquetLayout::Checkpoint, ParquetLayout::Dataset] {
+            let parts = [frame(3_000), frame(20_000), frame(0), frame(1)];
+            let bytes = written(&parts, layout);
+            let read = ParquetReader::new(std::io::Cursor::new(bytes))
+                .finish()
+                .unwrap();
+            let mut expected = parts[0].clone();
+            for part in &parts[1..] {
+                expected.vstack_mut(part).unwrap();
+            }
+            assert!(
+                read.equals_missing(&expected),
+                "{layout:?}: {read} != {expected}"
+            );
+            assert_eq!(read.schema(), expected.schema(), "{layout:?}");
+        }
+    }
+
+    #[test]
+    fn checkpoints_are_plain_and_datasets_encoded_as_polars_would() {
+        let checkpoint = dictionaries(&written(&[frame(3_000)], ParquetLayout::Checkpoint));
+        assert!(
+            checkpoint.values().all(|dictionary| !dictionary),
+            "{checkpoint:?}"
+        );
+        for rows in [100, 3_000, 20_000] {
+            let dataset = dictionaries(&written(&[frame(rows)], ParquetLayout::Dataset));
+            // Few distinct strings: a dictionary (counted exactly up to 8,192 values); every
+            // value distinct: plain, as for floats, which polars cannot put in a dictionary.
+            assert!(
+                dataset["flag"] && !dataset["fare"] && !dataset["distance"],
+                "{dataset:?}"
+            );
+            assert_eq!(
+                dataset["zone"],
+                rows <= ALWAYS_DICTIONARY_ROWS,
+                "{dataset:?}"
+            );
+            // The same decisions as polars' own writer with its estimates.
+            let mut bytes = Vec::new();
+            ParquetWriter::new(&mut bytes)
+                .with_compression(ParquetCompression::Snappy)
+                .finish(&mut frame(rows))
+                .unwrap();
+            assert_eq!(dataset, dictionaries(&bytes), "{rows} rows");
+        }
+    }
+}
