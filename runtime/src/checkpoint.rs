@@ -57,7 +57,7 @@ impl Checkpoints {
             // The file is buffered, as for streamed checkpoints: the writer writes many small
             // pieces.
             let mut writer =
-                ParquetFileWriter::new(file.clone(), &frame.schema(), ParquetLayout::Checkpoint)
+                ParquetFileWriter::new(file.clone(), frame.schema(), ParquetLayout::Checkpoint)
                     .map_err(|e| failed(&e))?;
             writer.write(&frame).map_err(|e| failed(&e))?;
             writer.finish().map_err(|e| failed(&e))?;

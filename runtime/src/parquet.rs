@@ -212,7 +212,7 @@ mod tests {
 
     fn written(frames: &[DataFrame], layout: ParquetLayout) -> Vec<u8> {
         let mut bytes = Vec::new();
-        let mut writer = ParquetFileWriter::new(&mut bytes, &frames[0].schema(), layout).unwrap();
+        let mut writer = ParquetFileWriter::new(&mut bytes, frames[0].schema(), layout).unwrap();
         for frame in frames {
             writer.write(frame).unwrap();
         }

@@ -64,7 +64,7 @@ pub fn encode(frame: &mut DataFrame, format: FileFormat) -> BlockResult<Vec<u8>>
     match format {
         FileFormat::Parquet => {
             let mut writer =
-                ParquetFileWriter::new(&mut buffer, &frame.schema(), ParquetLayout::Dataset)?;
+                ParquetFileWriter::new(&mut buffer, frame.schema(), ParquetLayout::Dataset)?;
             writer.write(frame)?;
             writer.finish()?;
         }
