@@ -123,8 +123,8 @@ pub async fn read_rest(
 }
 
 /// Every record of every page, flattened, and the number of pages read.
-pub async fn fetch_records(
-    client: &reqwest::Client,
+pub(crate) async fn fetch_records(
+    client: &crate::http::HttpClient,
     url: &str,
     api: &RestApi,
 ) -> BlockResult<(Vec<Map<String, Value>>, u32)> {
@@ -230,7 +230,7 @@ fn page_url(
 /// GETs one page; waits out `Retry-After` on 429 and 503. Returns the JSON body and the
 /// `rel="next"` target of its `Link` header.
 async fn get_page(
-    client: &reqwest::Client,
+    client: &crate::http::HttpClient,
     url: &reqwest::Url,
 ) -> BlockResult<(Value, Option<String>)> {
     let mut waits = 0;
@@ -553,7 +553,7 @@ mod tests {
         ];
         for (style, pagination) in styles {
             let base = serve().await;
-            let client = reqwest::Client::new();
+            let client = crate::http::client(REQUEST_TIMEOUT, Default::default()).unwrap();
             let (records, pages) =
                 fetch_records(&client, &format!("{base}/{style}"), &rest(pagination))
                     .await
@@ -576,10 +576,14 @@ mod tests {
             size: Some(("per_page", 10)),
         });
         api.max_pages = 2;
-        let error = fetch_records(&reqwest::Client::new(), &format!("{base}/page"), &api)
-            .await
-            .unwrap_err()
-            .to_string();
+        let error = fetch_records(
+            &crate::http::client(REQUEST_TIMEOUT, Default::default()).unwrap(),
+            &format!("{base}/page"),
+            &api,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("more than 2 pages"), "{error}");
     }
 

@@ -401,7 +401,7 @@ fn sql_literal(ty: BaseType, text: &str) -> String {
 
 /// A BigQuery REST client for one project.
 struct Client {
-    http: reqwest::Client,
+    http: crate::http::HttpClient,
     endpoint: String,
     project: String,
     location: Option<String>,
@@ -646,7 +646,7 @@ impl Client {
         );
         let request = self
             .http
-            .post(&url)
+            .request(Method::POST, &url)
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/json; charset=UTF-8",
@@ -677,7 +677,7 @@ impl Client {
             };
             let request = self
                 .http
-                .put(&session)
+                .request(Method::PUT, &session)
                 .header(reqwest::header::CONTENT_RANGE, range)
                 .body(data[start..end].to_vec());
             let failed = format!("{what}: uploading bytes {start}-{end} failed");
