@@ -584,7 +584,10 @@ async fn write_postgres(
             .position(|s| s.sql.starts_with("DELETE"))
             .unwrap_or(statements.len()),
     );
-    let mut tx = pool.begin().await?;
+    // The DDL commits before the data's transaction begins, so it runs on the connection the
+    // data then uses: a write holds one connection of the pool at a time, not two (partitions
+    // loading at once would otherwise wait for each other's, and each connection is a server
+    // process to start).
     if target.mode == WriteMode::Replace {
         statements.insert(0, lock);
     } else {
@@ -592,6 +595,7 @@ async fn write_postgres(
         execute_postgres(&mut ddl, std::iter::once(lock).chain(statements.drain(..))).await?;
         ddl.commit().await?;
     }
+    let mut tx = pool.begin().await?;
     execute_postgres(&mut tx, statements.into_iter().chain(data_statements)).await?;
     let column_list = column_list(target.columns);
     // An upsert is COPYed into a staging table that disappears at commit, then merged.
