@@ -577,22 +577,39 @@ fn csv_in_chunks(
     parse: &dyn Fn(&[u8]) -> BlockResult<DataFrame>,
     emit: &mut dyn FnMut(DataFrame) -> bool,
 ) -> std::io::Result<BlockResult<()>> {
+    // `pending` always starts with the header row (once it is known), followed by the text not
+    // parsed yet: a chunk is parsed where it lies, header included, and only the partial record
+    // after the cut moves down to follow the header. Nothing is copied chunk by chunk, and the
+    // one buffer is reused, so its memory is touched once.
     let mut pending: Vec<u8> = Vec::new();
-    let mut header: Option<Vec<u8>> = None;
+    let mut header: Option<usize> = None;
     let mut want = chunk_bytes.max(1);
     let mut finished = false;
     let mut emitted = false;
-    let mut buffer = vec![0u8; 256 << 10];
-    while !finished || !pending.is_empty() {
-        while !finished && pending.len() < want {
-            let read = reader.read(&mut buffer)?;
-            finished = read == 0;
-            pending.extend_from_slice(&buffer[..read]);
+    loop {
+        let body_start = header.unwrap_or(0);
+        while !finished && pending.len() < body_start + want {
+            let missing = body_start + want - pending.len();
+            pending.reserve_exact(missing);
+            let read = (&mut reader)
+                .take(missing as u64)
+                .read_to_end(&mut pending)?;
+            finished = read < missing;
         }
+        if finished && header.map_or(pending.is_empty(), |end| pending.len() <= end) {
+            break;
+        }
+        // A chunk holds at least one record after the header.
+        let records_start = header.unwrap_or_else(|| {
+            pending
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(pending.len(), |i| i + 1)
+        });
         let cut = if finished {
             pending.len()
         } else {
-            match last_record_end(&pending) {
+            match last_record_end(&pending).filter(|&end| end > records_start) {
                 Some(end) => end,
                 // One record longer than a chunk: read on until it ends.
                 None => {
@@ -602,28 +619,13 @@ fn csv_in_chunks(
             }
         };
         want = chunk_bytes.max(1);
-        let text: Vec<u8> = match &header {
-            None => {
-                let line = pending
-                    .iter()
-                    .position(|b| *b == b'\n')
-                    .map_or(cut, |i| i + 1);
-                header = Some(pending[..line.min(cut)].to_vec());
-                if cut == pending.len() {
-                    // A file smaller than a chunk is parsed as it is, without a copy.
-                    std::mem::take(&mut pending)
-                } else {
-                    pending.drain(..cut).collect()
-                }
-            }
-            Some(header) => {
-                let mut text = Vec::with_capacity(header.len() + cut);
-                text.extend_from_slice(header);
-                text.extend(pending.drain(..cut));
-                text
-            }
-        };
-        let parsed = match parse(&text) {
+        let header_end = *header.get_or_insert_with(|| {
+            pending[..cut]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(cut, |i| i + 1)
+        });
+        let parsed = match parse(&pending[..cut]) {
             Ok(parsed) => parsed,
             Err(error) => return Ok(Err(error)),
         };
@@ -631,6 +633,7 @@ fn csv_in_chunks(
         if !emit(parsed) {
             return Ok(Ok(()));
         }
+        pending.drain(header_end..cut);
     }
     if !emitted {
         match parse(&[]) {
@@ -948,7 +951,27 @@ mod tests {
                 chunked.equals_missing(&whole),
                 "chunks of {chunk} bytes:\n{chunked}\n{whole}"
             );
+            // Every chunk holds at least one record.
+            let mut heights = Vec::new();
+            csv_in_chunks(text.as_bytes(), chunk, &parse, &mut |batch| {
+                heights.push(batch.height());
+                true
+            })
+            .unwrap()
+            .unwrap();
+            assert!(heights.iter().all(|&rows| rows > 0), "{chunk}: {heights:?}");
         }
+        // A file with only its header is one empty batch with the columns.
+        let mut batches = Vec::new();
+        csv_in_chunks(&b"id,note,at\r\n"[..], 4, &parse, &mut |batch| {
+            batches.push(batch);
+            true
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].height(), 0);
+        assert_eq!(batches[0].width(), 3);
     }
 
     #[test]
