@@ -29,6 +29,10 @@ use polars_parquet::write::{
     array_to_columns, get_dtype_encoding, to_parquet_schema,
 };
 
+/// The most rows of one row group, as polars writes them: readers take a file a row group at
+/// a time, so a frame of millions of rows is not one group.
+pub const ROW_GROUP_ROWS: usize = 512 * 512;
+
 /// String columns up to this length have their dictionary decided by an exact count. Beyond
 /// it, building a dictionary that is then thrown away (mostly distinct values) would cost more
 /// than polars' sketch.
@@ -87,8 +91,19 @@ impl<W: Write> ParquetFileWriter<W> {
         })
     }
 
-    /// Appends `frame`, one row group per chunk.
+    /// Appends `frame`, in row groups of at most [`ROW_GROUP_ROWS`] rows.
     pub fn write(&mut self, frame: &DataFrame) -> PolarsResult<()> {
+        let mut offset = 0;
+        while offset < frame.height() {
+            let part = frame.slice(offset as i64, ROW_GROUP_ROWS);
+            offset += part.height();
+            self.write_row_groups(&part)?;
+        }
+        Ok(())
+    }
+
+    /// Appends `frame`, one row group per chunk.
+    fn write_row_groups(&mut self, frame: &DataFrame) -> PolarsResult<()> {
         // A row group needs its columns cut at the same rows; a frame usually is one chunk.
         let aligned;
         let frame = if frame.should_rechunk() {
@@ -284,5 +299,15 @@ mod tests {
                 .unwrap();
             assert_eq!(dataset, dictionaries(&bytes), "{rows} rows");
         }
+    }
+
+    #[test]
+    fn a_long_frame_is_cut_into_row_groups() {
+        let rows = 2 * ROW_GROUP_ROWS + 10;
+        let bytes = written(&[frame(rows)], ParquetLayout::Checkpoint);
+        let mut reader = std::io::Cursor::new(&bytes);
+        let metadata = polars_parquet::read::read_metadata(&mut reader).unwrap();
+        let groups: Vec<usize> = metadata.row_groups.iter().map(|g| g.num_rows()).collect();
+        assert_eq!(groups, [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 10]);
     }
 }
