@@ -1,55 +1,12 @@
-//! Local files that Parquet and CSV writers write into.
+//! Local files that the lake's Parquet and CSV writers write into.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// How much a [`SharedFile`] buffers before it writes: the Parquet writer writes many small
-/// pieces (page headers, thrift fields), each of which would otherwise be a system call.
-const BUFFER_BYTES: usize = 1 << 20;
-
-/// A buffered file that a writer owns and its owner can still reach: a batched Parquet or CSV
-/// writer keeps its output to the end and drops it unflushed, so the last buffered bytes would
-/// be written on drop with any error lost. The owner flushes through its own handle instead.
-#[derive(Clone)]
-pub(crate) struct SharedFile(Arc<Mutex<BufWriter<File>>>);
-
-impl SharedFile {
-    /// Creates (or truncates) the file at `path`.
-    pub(crate) fn create(path: &Path) -> std::io::Result<SharedFile> {
-        let file = File::create(path)?;
-        Ok(SharedFile(Arc::new(Mutex::new(BufWriter::with_capacity(
-            BUFFER_BYTES,
-            file,
-        )))))
-    }
-
-    /// Writes what is buffered to the file.
-    pub(crate) fn flush_now(&self) -> std::io::Result<()> {
-        self.lock()?.flush()
-    }
-
-    fn lock(&self) -> std::io::Result<std::sync::MutexGuard<'_, BufWriter<File>>> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("a writer of this file panicked"))
-    }
-}
-
-impl Write for SharedFile {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.lock()?.write(bytes)
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.lock()?.write_all(bytes)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.lock()?.flush()
-    }
-}
+/// How much a file buffers before it writes: Parquet writers write many small pieces (page
+/// headers, thrift fields), each of which would otherwise be a system call.
+pub(crate) const BUFFER_BYTES: usize = 1 << 20;
 
 /// How many bytes the files of one spool keep in memory together before the one that grows
 /// past the budget moves to disk: small outputs never touch the disk, large ones use a bounded

@@ -132,9 +132,11 @@ impl<W: Write> ParquetFileWriter<W> {
         Ok(())
     }
 
-    /// Writes the footer and returns the file's size in bytes.
-    pub fn finish(mut self) -> PolarsResult<u64> {
-        self.writer.end(None)
+    /// Writes the footer and hands back the sink, for its owner to flush or close: a
+    /// buffered file flushed here would report no error.
+    pub fn finish(mut self) -> PolarsResult<W> {
+        self.writer.end(None)?;
+        Ok(self.writer.into_inner())
     }
 
     /// The array to write for a column and the encoding of each of its Parquet leaves.
