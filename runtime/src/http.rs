@@ -43,7 +43,8 @@ impl HttpClient {
 /// Every client shares one `reqwest::Client`, built on first use: building one loads and parses
 /// the system's root certificates, which took about 30 ms of CPU each time here, once per
 /// month of a backfill before the first byte was asked for. Sharing it also pools connections
-/// to the same server across blocks and runs.
+/// to the same server across blocks and runs. Pooled connections are driven by the tokio
+/// runtime that opened them; a pipeline binary runs one runtime (`cli::block_on`).
 pub(crate) fn client(timeout: Duration, headers: HeaderMap) -> BlockResult<HttpClient> {
     static SHARED: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     let shared = SHARED.get_or_init(|| {
