@@ -571,7 +571,10 @@ async fn only_plan(
                 key.as_deref().unwrap_or("-")
             )));
         };
-        let rows = checkpoint::row_count(std::path::Path::new(&path));
+        let rows = checkpoint::row_count(
+            std::path::Path::new(&path),
+            pipeline.blocks[input].output.unwrap_or_default(),
+        );
         plan[input] = Directive::Reuse {
             checkpoint: Some(path.into()),
             rows,
@@ -889,7 +892,8 @@ async fn inspect(
                 .unwrap_or_default()
         )));
     };
-    let frame = checkpoint::read_now(std::path::Path::new(&path))
+    let columns = definition.output.unwrap_or_default();
+    let frame = checkpoint::read_now(std::path::Path::new(&path), columns)
         .map_err(|e| Failure::Failed(e.message))?;
     print!(
         "{}",

@@ -535,7 +535,10 @@ impl<'s> Execution<'s> {
                         .enumerate()
                         .any(|(c, b)| b.inputs.contains(&index) && plan[c] == Directive::Run);
                     let frame = match (needed, checkpoint) {
-                        (true, Some(path)) => Checkpoints::read(path.clone()).await.map(Some),
+                        (true, Some(path)) => {
+                            let columns = blocks[index].output.unwrap_or_default();
+                            Checkpoints::read(path.clone(), columns).await.map(Some)
+                        }
                         (true, None) => Err(BlockError::fatal("its output was not checkpointed")),
                         (false, _) => Ok(None),
                     };
@@ -864,11 +867,13 @@ impl<'s> Execution<'s> {
                 },
             );
         }
-        let checkpoint = self
-            .services
-            .checkpoints
-            .as_ref()
-            .map(|c| Checkpoints::writer(c.path(self.pipeline.name, &self.run_id, block.name)));
+        let checkpoint = self.services.checkpoints.as_ref().map(|c| {
+            let path = c.path(self.pipeline.name, &self.run_id, block.name);
+            match rows.source_file() {
+                Some(file) => Checkpoints::source_writer(path, file.clone()),
+                None => Checkpoints::writer(path),
+            }
+        });
         let checksum = (self.services.ledger.is_some() && self.audits_rows(index))
             .then(crate::audit::RowsChecksum::default);
         let label = format!(

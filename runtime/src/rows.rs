@@ -24,6 +24,19 @@ pub struct Rows {
     body: Body,
     /// Counts the rows taken out, so the executor knows how many a streaming consumer read.
     taken: Option<Arc<AtomicUsize>>,
+    /// The file the rows are parsed from, when a source streams them out of one.
+    source_file: Option<SourceFile>,
+}
+
+/// The CSV file a source's batches are parsed from, whole on local disk before the first batch
+/// is parsed: parsing it again gives the same rows, so a checkpoint can keep the file (a few
+/// megabytes of gzip) instead of every parsed row.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    /// The open file; read with positioned reads, so the parser's position is left alone.
+    pub(crate) file: Arc<std::fs::File>,
+    /// Whether the file is gzip-compressed.
+    pub(crate) gzip: bool,
 }
 
 enum Body {
@@ -39,6 +52,7 @@ impl From<DataFrame> for Rows {
             columns: &[],
             body: Body::Frame(Some(frame)),
             taken: None,
+            source_file: None,
         }
     }
 }
@@ -53,6 +67,7 @@ impl Rows {
             columns,
             body: Body::Batches(stream.boxed()),
             taken: None,
+            source_file: None,
         }
     }
 
@@ -67,6 +82,17 @@ impl Rows {
                 receiver.recv().await.map(|batch| (batch, receiver))
             }),
         )
+    }
+
+    /// The same rows, parsed from `file`.
+    pub(crate) fn with_source_file(mut self, file: SourceFile) -> Rows {
+        self.source_file = Some(file);
+        self
+    }
+
+    /// The file the rows are parsed from, if a source streams them out of one.
+    pub(crate) fn source_file(&self) -> Option<&SourceFile> {
+        self.source_file.as_ref()
     }
 
     /// Whether the rows arrive in batches (rather than as one frame already in memory).

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::io::{Cursor, Read};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,6 +144,11 @@ pub async fn stream_source(
             .map(Rows::from);
     }
     let (origin, file) = open_file(ctx, &location).await?;
+    let file = Arc::new(file);
+    let source_file = crate::rows::SourceFile {
+        file: file.clone(),
+        gzip: compression == Compression::Gzip,
+    };
     let context = describe(ctx, &origin);
     let block = crate::audit::current_block();
     let ctx = ctx.clone();
@@ -156,7 +162,7 @@ pub async fn stream_source(
             // A receiver that is gone has stopped reading (its block failed or was cancelled).
             sender.blocking_send(Ok(batch)).is_ok()
         };
-        let mut stored = HashingReader::new(std::io::BufReader::with_capacity(256 << 10, file));
+        let mut stored = HashingReader::new(std::io::BufReader::with_capacity(256 << 10, &*file));
         // A panic in the parser must end the stream with an error, not end it as if complete.
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match compression {
@@ -190,7 +196,30 @@ pub async fn stream_source(
             }
         }
     });
-    Ok(Rows::received(columns, receiver))
+    Ok(Rows::received(columns, receiver).with_source_file(source_file))
+}
+
+/// Parses a CSV file (gzip when `gzip`) that a streamed source read, kept as its checkpoint,
+/// into the rows the source produced from it: the same parser with the same compiled columns.
+pub(crate) fn parse_source_file(
+    path: &Path,
+    gzip: bool,
+    columns: &[Column],
+) -> BlockResult<DataFrame> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| BlockError::fatal(format!("cannot read {}: {e}", path.display())))?;
+    let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, columns);
+    if gzip {
+        gzip_csv_in_chunks(&bytes, CSV_CHUNK_BYTES, &parse)?
+    } else {
+        parse(&bytes)
+    }
+}
+
+/// Parses CSV text as a streamed source does, for tests that compare with a kept file.
+#[cfg(test)]
+pub(crate) fn parse_source_file_bytes(text: &[u8], columns: &[Column]) -> BlockResult<DataFrame> {
+    parse_plain(text, FileFormat::Csv, columns)
 }
 
 /// Reads through, hashing the bytes (BLAKE3) and counting them.

@@ -146,8 +146,36 @@ fn small_batches_load_what_one_batch_loads() {
         &batched.path().join(".baton/ledger.db"),
         "SELECT checkpoint FROM baton_block_runs WHERE block = 'clean_green_taxi'",
     );
-    let frame = baton_runtime::checkpoint::read_now(&batched.path().join(&checkpoints[0])).unwrap();
+    let frame =
+        baton_runtime::checkpoint::read_now(&batched.path().join(&checkpoints[0]), &[]).unwrap();
     assert_eq!(frame.height(), 38_324);
+    // The source's checkpoint is the file it downloaded, byte for byte, and `inspect` (as
+    // `resume` and a retry) parses it again into the rows the source produced.
+    let source = sqlite_rows(
+        &batched.path().join(".baton/ledger.db"),
+        "SELECT checkpoint FROM baton_block_runs WHERE block = 'extract_green_taxi'",
+    );
+    assert!(
+        source[0].ends_with("extract_green_taxi.csv.gz"),
+        "{source:?}"
+    );
+    assert_eq!(
+        std::fs::read(batched.path().join(&source[0])).unwrap(),
+        std::fs::read(data.join(format!("green_tripdata_{MONTH}.csv.gz"))).unwrap()
+    );
+    let inspected = run_pipeline(
+        "green_taxi_etl",
+        batched.path(),
+        &[],
+        &["inspect", "extract_green_taxi", "--partition", MONTH],
+    );
+    let text = output_text(&inspected);
+    assert!(inspected.status.success(), "{text}");
+    assert!(text.contains("rows       76518"), "{text}");
+    assert!(
+        text.contains("lpep_pickup_datetime   datetime[μs]  (0 nulls)"),
+        "{text}"
+    );
 }
 
 #[test]

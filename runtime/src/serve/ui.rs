@@ -177,8 +177,16 @@ pub(super) async fn preview(
         ));
     };
     let limit = query.limit.unwrap_or(20).clamp(1, 500);
+    // A source's checkpoint is its file, parsed with the block's compiled output columns.
+    let columns = state
+        .pipeline
+        .blocks
+        .iter()
+        .find(|b| b.name == block)
+        .and_then(|b| b.output)
+        .unwrap_or_default();
     let frame = tokio::task::spawn_blocking(move || {
-        crate::checkpoint::preview(std::path::Path::new(&path), limit)
+        crate::checkpoint::preview(std::path::Path::new(&path), limit, columns)
     })
     .await
     .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
