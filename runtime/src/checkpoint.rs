@@ -101,9 +101,9 @@ impl Checkpoints {
     /// Reads a checkpoint back a part at a time, as rows with the compiled `columns`: what a
     /// retrying block reads of an input that streamed past it.
     pub fn stream(path: PathBuf, columns: &'static [Column]) -> Rows {
-        if source_file_kind(&path).is_some() {
-            let whole = futures::stream::once(Checkpoints::read(path, columns));
-            return Rows::batches(columns, whole);
+        if let Some(gzip) = source_file_kind(&path) {
+            let batch_bytes = crate::source::stream_batch_bytes();
+            return crate::source::stream_source_file(path, gzip, columns, batch_bytes);
         }
         let parts = futures::stream::iter(parts(&path)).then(|part| async move {
             tokio::task::spawn_blocking(move || read_part(&part))
@@ -496,6 +496,14 @@ mod tests {
             .await
             .unwrap();
         assert!(streamed.equals_missing(&parsed));
+        // A retry reads it again batch by batch, as the source did.
+        let mut batches = crate::source::stream_source_file(kept.clone(), true, COLUMNS, 16);
+        let mut heights = Vec::new();
+        while let Some(batch) = batches.next_batch().await {
+            heights.push(batch.unwrap().height());
+        }
+        assert!(heights.len() > 1, "{heights:?}");
+        assert_eq!(heights.iter().sum::<usize>(), 3);
         Checkpoints::remove(&kept);
         assert!(!kept.exists());
     }

@@ -118,7 +118,7 @@ pub async fn read_source(
 /// work of the blocks after it stays small. `BATON_BATCH_BYTES` overrides it.
 const STREAM_BATCH_BYTES: usize = 8 << 20;
 
-fn stream_batch_bytes() -> usize {
+pub(crate) fn stream_batch_bytes() -> usize {
     std::env::var("BATON_BATCH_BYTES")
         .ok()
         .and_then(|bytes| bytes.parse().ok())
@@ -214,6 +214,39 @@ pub(crate) fn parse_source_file(
     } else {
         parse(&bytes)
     }
+}
+
+/// Parses a source's kept file (see [`parse_source_file`]) as the source did, batch by batch,
+/// for a block that reads it again on a retry: memory holds a few batches, not the file's rows.
+pub(crate) fn stream_source_file(
+    path: std::path::PathBuf,
+    gzip: bool,
+    columns: &'static [Column],
+    batch_bytes: usize,
+) -> Rows {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<BlockResult<DataFrame>>(1);
+    tokio::task::spawn_blocking(move || {
+        let failed = |e: &dyn std::fmt::Display| {
+            BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display()))
+        };
+        let parsed = std::fs::File::open(&path)
+            .map_err(|e| failed(&e))
+            .and_then(|file| {
+                let reader = std::io::BufReader::with_capacity(256 << 10, file);
+                let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, columns);
+                let mut emit = |batch: DataFrame| sender.blocking_send(Ok(batch)).is_ok();
+                let read = if gzip {
+                    csv_in_chunks(MultiGzDecoder::new(reader), batch_bytes, &parse, &mut emit)
+                } else {
+                    csv_in_chunks(reader, batch_bytes, &parse, &mut emit)
+                };
+                read.map_err(|e| failed(&e))?
+            });
+        if let Err(error) = parsed {
+            let _ = sender.blocking_send(Err(error));
+        }
+    });
+    Rows::received(columns, receiver)
 }
 
 /// Parses CSV text as a streamed source does, for tests that compare with a kept file.
