@@ -13,6 +13,7 @@ use crate::error::{BlockError, BlockResult};
 use crate::parquet::{ParquetFileWriter, ParquetLayout};
 use crate::pipeline::Column;
 use crate::rows::{Rows, SourceFile};
+use crate::source::Compression;
 
 /// Where checkpoints live when nothing is configured.
 pub const DEFAULT_DIR: &str = ".baton/checkpoints";
@@ -101,9 +102,9 @@ impl Checkpoints {
     /// Reads a checkpoint back a part at a time, as rows with the compiled `columns`: what a
     /// retrying block reads of an input that streamed past it.
     pub fn stream(path: PathBuf, columns: &'static [Column]) -> Rows {
-        if let Some(gzip) = source_file_kind(&path) {
+        if let Some(compression) = source_file_kind(&path) {
             let batch_bytes = crate::source::stream_batch_bytes();
-            return crate::source::stream_source_file(path, gzip, columns, batch_bytes);
+            return crate::source::stream_source_file(path, compression, columns, batch_bytes);
         }
         let parts = futures::stream::iter(parts(&path)).then(|part| async move {
             tokio::task::spawn_blocking(move || read_part(&part))
@@ -151,13 +152,13 @@ fn part_path(path: &Path, number: usize) -> PathBuf {
     path.with_file_name(format!("{stem}.{number:04}.parquet"))
 }
 
-/// Whether the checkpoint at `path` is a source's file (`Some(gzip)`) rather than Parquet.
-fn source_file_kind(path: &Path) -> Option<bool> {
+/// How the checkpoint at `path` is compressed if it is a source's file rather than Parquet.
+fn source_file_kind(path: &Path) -> Option<Compression> {
     let name = path.file_name()?.to_string_lossy();
     if name.ends_with(".csv.gz") {
-        Some(true)
+        Some(Compression::Gzip)
     } else if name.ends_with(".csv") {
-        Some(false)
+        Some(Compression::None)
     } else {
         None
     }
@@ -183,8 +184,8 @@ pub fn row_count(path: &Path, columns: &[Column]) -> usize {
 /// Reads a checkpoint on the current thread; `columns`, the block's compiled output, parse a
 /// source's file.
 pub fn read_now(path: &Path, columns: &[Column]) -> BlockResult<DataFrame> {
-    if let Some(gzip) = source_file_kind(path) {
-        return crate::source::parse_source_file(path, gzip, columns)
+    if let Some(compression) = source_file_kind(path) {
+        return crate::source::parse_source_file(path, compression, columns)
             .map_err(|e| e.context(format!("checkpoint {}", path.display())));
     }
     let mut frame: Option<DataFrame> = None;
@@ -215,8 +216,9 @@ pub fn read_part(path: &Path) -> BlockResult<DataFrame> {
 /// The first `rows` rows of a checkpoint, reading no more of a Parquet file than they need
 /// (the web UI's data preview).
 pub fn preview(path: &Path, rows: usize, columns: &[Column]) -> BlockResult<DataFrame> {
-    if source_file_kind(path).is_some() {
-        return read_now(path, columns).map(|frame| frame.head(Some(rows)));
+    if let Some(compression) = source_file_kind(path) {
+        return crate::source::head_of_source_file(path, compression, columns, rows)
+            .map_err(|e| e.context(format!("checkpoint {}", path.display())));
     }
     let file = File::open(path).map_err(|e| {
         BlockError::fatal(format!("cannot open checkpoint {}: {e}", path.display()))
@@ -342,7 +344,10 @@ fn keep_source_file(path: &Path, source: &SourceFile) -> BlockResult<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::FileExt;
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-    let extension = if source.gzip { "csv.gz" } else { "csv" };
+    let extension = match source.compression {
+        Compression::Gzip => "csv.gz",
+        Compression::None => "csv",
+    };
     let kept = path.with_file_name(format!("{stem}.{extension}"));
     let partial = path.with_file_name(format!("{stem}.{extension}.partial"));
     let failed = |e: &dyn std::fmt::Display| {
@@ -470,7 +475,7 @@ mod tests {
         reader.read_exact(&mut seek_past).unwrap();
         let source = SourceFile {
             file: std::sync::Arc::new(file),
-            gzip: true,
+            compression: Compression::Gzip,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = Checkpoints::new(dir.path()).path("p", "run-1", "extract");
@@ -497,7 +502,8 @@ mod tests {
             .unwrap();
         assert!(streamed.equals_missing(&parsed));
         // A retry reads it again batch by batch, as the source did.
-        let mut batches = crate::source::stream_source_file(kept.clone(), true, COLUMNS, 16);
+        let mut batches =
+            crate::source::stream_source_file(kept.clone(), Compression::Gzip, COLUMNS, 16);
         let mut heights = Vec::new();
         while let Some(batch) = batches.next_batch().await {
             heights.push(batch.unwrap().height());

@@ -35,8 +35,8 @@ pub struct Rows {
 pub struct SourceFile {
     /// The open file; read with positioned reads, so the parser's position is left alone.
     pub(crate) file: Arc<std::fs::File>,
-    /// Whether the file is gzip-compressed.
-    pub(crate) gzip: bool,
+    /// How the file is compressed.
+    pub(crate) compression: crate::source::Compression,
 }
 
 enum Body {

@@ -147,7 +147,7 @@ pub async fn stream_source(
     let file = Arc::new(file);
     let source_file = crate::rows::SourceFile {
         file: file.clone(),
-        gzip: compression == Compression::Gzip,
+        compression,
     };
     let context = describe(ctx, &origin);
     let block = crate::audit::current_block();
@@ -155,7 +155,6 @@ pub async fn stream_source(
     let batch_bytes = stream_batch_bytes();
     let (sender, receiver) = tokio::sync::mpsc::channel::<BlockResult<DataFrame>>(1);
     tokio::task::spawn_blocking(move || {
-        let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, columns);
         let mut batches = 0usize;
         let mut emit = |batch: DataFrame| {
             batches += 1;
@@ -163,24 +162,10 @@ pub async fn stream_source(
             sender.blocking_send(Ok(batch)).is_ok()
         };
         let mut stored = HashingReader::new(std::io::BufReader::with_capacity(256 << 10, &*file));
-        // A panic in the parser must end the stream with an error, not end it as if complete.
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match compression {
-                Compression::Gzip => csv_in_chunks(
-                    MultiGzDecoder::new(&mut stored),
-                    batch_bytes,
-                    &parse,
-                    &mut emit,
-                )
-                .map_err(|e| corrupt_gzip(e, stored.bytes as usize)),
-                Compression::None => csv_in_chunks(&mut stored, batch_bytes, &parse, &mut emit)
-                    .map_err(|e| BlockError::fatal(format!("cannot read the file: {e}"))),
-            }))
-            .unwrap_or_else(|panic| {
-                Err(BlockError::fatal(format!(
-                    "the parser panicked: {}",
-                    crate::error::panic_text(&panic)
-                )))
+        let outcome = csv_batches(&mut stored, compression, batch_bytes, columns, &mut emit)
+            .map_err(|e| match compression {
+                Compression::Gzip => corrupt_gzip(e, stored.bytes as usize),
+                Compression::None => BlockError::fatal(format!("cannot read the file: {e}")),
             });
         match outcome.and_then(|parsed| parsed) {
             Ok(()) => {
@@ -199,28 +184,63 @@ pub async fn stream_source(
     Ok(Rows::received(columns, receiver).with_source_file(source_file))
 }
 
-/// Parses a CSV file (gzip when `gzip`) that a streamed source read, kept as its checkpoint,
-/// into the rows the source produced from it: the same parser with the same compiled columns.
+/// Parses a CSV file that a streamed source read, kept as its checkpoint, into the rows the
+/// source produced from it: the same parser with the same compiled columns.
 pub(crate) fn parse_source_file(
     path: &Path,
-    gzip: bool,
+    compression: Compression,
     columns: &[Column],
 ) -> BlockResult<DataFrame> {
     let bytes = std::fs::read(path)
         .map_err(|e| BlockError::fatal(format!("cannot read {}: {e}", path.display())))?;
     let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, columns);
-    if gzip {
-        gzip_csv_in_chunks(&bytes, CSV_CHUNK_BYTES, &parse)?
-    } else {
-        parse(&bytes)
-    }
+    decode(&bytes, compression, FileFormat::Csv, false, parse).and_then(|(_, frame)| frame)
 }
+
+/// The first `rows` rows of a source's kept file, parsing no more of it than they need (the
+/// web UI's data preview).
+pub(crate) fn head_of_source_file(
+    path: &Path,
+    compression: Compression,
+    columns: &[Column],
+    rows: usize,
+) -> BlockResult<DataFrame> {
+    let failed = |e: &dyn std::fmt::Display| {
+        BlockError::fatal(format!("cannot read {}: {e}", path.display()))
+    };
+    let file = std::fs::File::open(path).map_err(|e| failed(&e))?;
+    let mut head: Option<DataFrame> = None;
+    let mut stacked = Ok(());
+    let mut emit = |batch: DataFrame| {
+        stacked = match &mut head {
+            None => {
+                head = Some(batch);
+                Ok(())
+            }
+            Some(frame) => frame
+                .vstack_mut_owned(batch)
+                .map(drop)
+                .map_err(|e| failed(&e)),
+        };
+        stacked.is_ok() && head.as_ref().is_some_and(|frame| frame.height() < rows)
+    };
+    let reader = std::io::BufReader::with_capacity(256 << 10, file);
+    csv_batches(reader, compression, HEAD_BATCH_BYTES, columns, &mut emit)
+        .map_err(|e| failed(&e))??;
+    stacked?;
+    Ok(head
+        .expect("csv_in_chunks hands over at least one chunk")
+        .head(Some(rows)))
+}
+
+/// How much text a preview parses at a time: a few thousand rows of a typical file.
+const HEAD_BATCH_BYTES: usize = 1 << 20;
 
 /// Parses a source's kept file (see [`parse_source_file`]) as the source did, batch by batch,
 /// for a block that reads it again on a retry: memory holds a few batches, not the file's rows.
 pub(crate) fn stream_source_file(
     path: std::path::PathBuf,
-    gzip: bool,
+    compression: Compression,
     columns: &'static [Column],
     batch_bytes: usize,
 ) -> Rows {
@@ -229,24 +249,43 @@ pub(crate) fn stream_source_file(
         let failed = |e: &dyn std::fmt::Display| {
             BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display()))
         };
+        let mut emit = |batch: DataFrame| sender.blocking_send(Ok(batch)).is_ok();
         let parsed = std::fs::File::open(&path)
             .map_err(|e| failed(&e))
             .and_then(|file| {
                 let reader = std::io::BufReader::with_capacity(256 << 10, file);
-                let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, columns);
-                let mut emit = |batch: DataFrame| sender.blocking_send(Ok(batch)).is_ok();
-                let read = if gzip {
-                    csv_in_chunks(MultiGzDecoder::new(reader), batch_bytes, &parse, &mut emit)
-                } else {
-                    csv_in_chunks(reader, batch_bytes, &parse, &mut emit)
-                };
-                read.map_err(|e| failed(&e))?
+                csv_batches(reader, compression, batch_bytes, columns, &mut emit)
+                    .map_err(|e| failed(&e))?
             });
         if let Err(error) = parsed {
             let _ = sender.blocking_send(Err(error));
         }
     });
     Rows::received(columns, receiver)
+}
+
+/// Parses CSV text from `reader` (gzip when `compression` says so) in batches of about
+/// `batch_bytes` with the compiled `columns`, handing each to `emit` until it returns `false`.
+/// The outer error is one of reading; the inner one is the first parse error, or a panic of the
+/// parser: a reader of the batches must never take a panic for the end of the rows.
+fn csv_batches(
+    reader: impl Read,
+    compression: Compression,
+    batch_bytes: usize,
+    columns: &[Column],
+    emit: &mut dyn FnMut(DataFrame) -> bool,
+) -> std::io::Result<BlockResult<()>> {
+    let parse = |data: &[u8]| parse_plain(data, FileFormat::Csv, columns);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match compression {
+        Compression::Gzip => csv_in_chunks(MultiGzDecoder::new(reader), batch_bytes, &parse, emit),
+        Compression::None => csv_in_chunks(reader, batch_bytes, &parse, emit),
+    }))
+    .unwrap_or_else(|panic| {
+        Ok(Err(BlockError::fatal(format!(
+            "the parser panicked: {}",
+            crate::error::panic_text(&panic)
+        ))))
+    })
 }
 
 /// Parses CSV text as a streamed source does, for tests that compare with a kept file.
@@ -1034,6 +1073,32 @@ mod tests {
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].height(), 0);
         assert_eq!(batches[0].width(), 3);
+    }
+
+    #[test]
+    fn the_head_of_a_kept_file_parses_no_more_than_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("extract.csv");
+        let mut text = String::from("id,at,day\n");
+        for i in 0..100_000 {
+            text.push_str(&format!("{i},2021-01-01 00:15:56,2021-01-01\n"));
+        }
+        // Several megabytes in, a row the whole file's parse rejects.
+        text.push_str("7,soon,2021-01-02\n");
+        std::fs::write(&path, &text).unwrap();
+        let head = head_of_source_file(&path, Compression::None, COLUMNS, 3).unwrap();
+        assert_eq!(head.height(), 3);
+        assert_eq!(
+            head.column("id")
+                .unwrap()
+                .i64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        let whole = parse_source_file(&path, Compression::None, COLUMNS).unwrap_err();
+        assert!(whole.message.contains("`soon`"), "{whole}");
     }
 
     #[test]
