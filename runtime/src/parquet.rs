@@ -25,8 +25,8 @@ use polars_arrow::datatypes::{ArrowDataType, IntegerType, PhysicalType, Primitiv
 use polars_parquet::parquet::error::ParquetError;
 use polars_parquet::write::{
     CompressedPage, CompressionOptions, Compressor, DynIter, DynStreamingIterator, Encoding,
-    FallibleStreamingIterator, FileWriter, ParquetType, StatisticsOptions, Version, WriteOptions,
-    array_to_columns, get_dtype_encoding, to_parquet_schema,
+    FallibleStreamingIterator, FileWriter, Page, ParquetType, StatisticsOptions, Version,
+    WriteOptions, array_to_columns, get_dtype_encoding, to_parquet_schema,
 };
 
 /// The most rows of one row group, as polars writes them: readers take a file a row group at
@@ -97,39 +97,52 @@ impl<W: Write> ParquetFileWriter<W> {
         while offset < frame.height() {
             let part = frame.slice(offset as i64, ROW_GROUP_ROWS);
             offset += part.height();
-            self.write_row_groups(&part)?;
+            self.write_row_group(&part)?;
         }
         Ok(())
     }
 
-    /// Appends `frame`, one row group per chunk.
-    fn write_row_groups(&mut self, frame: &DataFrame) -> PolarsResult<()> {
-        // A row group needs its columns cut at the same rows; a frame usually is one chunk.
-        let aligned;
-        let frame = if frame.should_rechunk() {
-            let mut copy = frame.clone();
-            copy.rechunk_mut();
-            aligned = copy;
-            &aligned
-        } else {
-            frame
-        };
-        for batch in frame.iter_chunks(CompatLevel::newest(), false) {
-            let rows = batch.len();
-            if rows == 0 {
-                continue;
-            }
-            let mut columns = Vec::with_capacity(self.fields.len());
-            for (array, field) in batch.columns().iter().zip(&self.fields) {
-                let (array, encodings) = self.encode(array);
-                for pages in array_to_columns(&array, field.clone(), self.options, &encodings)? {
-                    columns.push(Ok(compressed(pages, self.options.compression)));
+    /// Appends `frame` as one row group. A frame often comes in several chunks (the CSV
+    /// parser's threads each make one); a row group per chunk would add a footer entry per
+    /// column and chunk, which on the reference run made hundreds of row groups of a few
+    /// hundred rows. Instead each chunk becomes pages of the same column chunk. A dictionary
+    /// page must come first in its column chunk and cover all of it, so a column written with
+    /// a dictionary is made one array first.
+    fn write_row_group(&mut self, frame: &DataFrame) -> PolarsResult<()> {
+        if frame.height() == 0 {
+            return Ok(());
+        }
+        let mut columns = Vec::with_capacity(self.fields.len());
+        for (column, field) in frame.columns().iter().zip(&self.fields) {
+            let series = column.as_materialized_series();
+            let whole;
+            let series = match self.layout {
+                ParquetLayout::Dataset if series.n_chunks() > 1 => {
+                    whole = series.rechunk();
+                    &whole
+                }
+                _ => series,
+            };
+            let mut leaves: Vec<Vec<DynIter<'static, PolarsResult<Page>>>> = Vec::new();
+            for chunk in 0..series.n_chunks() {
+                let array = series.to_arrow(chunk, CompatLevel::newest());
+                if array.is_empty() {
+                    continue;
+                }
+                let (array, encodings) = self.encode(&array);
+                let pages = array_to_columns(&array, field.clone(), self.options, &encodings)?;
+                leaves.resize_with(pages.len(), Vec::new);
+                for (leaf, pages) in leaves.iter_mut().zip(pages) {
+                    leaf.push(pages);
                 }
             }
-            self.writer
-                .write(rows as u64, DynIter::new(columns.into_iter()))?;
+            for pages in leaves {
+                let pages = DynIter::new(pages.into_iter().flatten());
+                columns.push(Ok(compressed(pages, self.options.compression)));
+            }
         }
-        Ok(())
+        self.writer
+            .write(frame.height() as u64, DynIter::new(columns.into_iter()))
     }
 
     /// Writes the footer and hands back the sink, for its owner to flush or close: a
@@ -192,7 +205,7 @@ fn exact_dictionary(array: &ArrayRef) -> Option<Option<ArrayRef>> {
 
 /// A column's encoded pages, compressed as they are written.
 fn compressed(
-    pages: DynIter<'static, PolarsResult<polars_parquet::write::Page>>,
+    pages: DynIter<'static, PolarsResult<Page>>,
     compression: CompressionOptions,
 ) -> DynStreamingIterator<'static, CompressedPage, PolarsError> {
     let pages = pages.map(|page| {
@@ -300,6 +313,43 @@ mod tests {
                 .finish(&mut frame(rows))
                 .unwrap();
             assert_eq!(dataset, dictionaries(&bytes), "{rows} rows");
+        }
+    }
+
+    /// Frames of several chunks, as the CSV parser's threads make them: one with every column
+    /// cut at the same rows, one with a column chunked differently from the others.
+    fn chunked() -> [DataFrame; 2] {
+        let mut aligned = frame(1_000);
+        aligned.vstack_mut(&frame(2_500)).unwrap();
+        aligned.vstack_mut(&frame(7)).unwrap();
+        let mut other = frame(3_507).select(["zone"]).unwrap();
+        other.rename("zone", "zone_again".into()).unwrap();
+        let mut misaligned = aligned.clone();
+        misaligned.hstack_mut(other.columns()).unwrap();
+        [aligned, misaligned]
+    }
+
+    #[test]
+    fn a_chunked_frame_is_one_row_group() {
+        for frame in chunked() {
+            assert_eq!(frame.max_n_chunks(), 3, "the fixture is chunked");
+            for layout in [ParquetLayout::Checkpoint, ParquetLayout::Dataset] {
+                let bytes = written(std::slice::from_ref(&frame), layout);
+                let mut reader = std::io::Cursor::new(&bytes);
+                let metadata = polars_parquet::read::read_metadata(&mut reader).unwrap();
+                assert_eq!(metadata.row_groups.len(), 1, "{layout:?}");
+                let read = ParquetReader::new(std::io::Cursor::new(bytes))
+                    .finish()
+                    .unwrap();
+                assert!(read.equals_missing(&frame), "{layout:?}");
+            }
+            // The dataset layout decides its dictionaries on the whole column, as for one chunk.
+            let mut whole = frame.clone();
+            whole.rechunk_mut();
+            assert_eq!(
+                dictionaries(&written(&[frame], ParquetLayout::Dataset)),
+                dictionaries(&written(&[whole], ParquetLayout::Dataset))
+            );
         }
     }
 
