@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Row, SqlSafeStr};
+use sqlx::{AnyPool, Connection, Row, SqlSafeStr};
 
 use crate::logs::LogLine;
 
@@ -416,6 +416,16 @@ impl Ledger {
                 crate::context::redact(url)
             )));
         };
+        if !url.starts_with("sqlite:") {
+            // As for a warehouse (`Warehouse::connect`): sqlx's pool would report a server that
+            // is down only as "pool timed out" after 30 seconds; a direct connection names the
+            // cause at once.
+            let connection = sqlx::AnyConnection::connect(&url).await.map_err(|e| {
+                LedgerError(format!("cannot open {}: {e}", crate::context::redact(&url)))
+            })?;
+            // Closing tells the server goodbye; if that fails, the connection is gone anyway.
+            let _ = connection.close().await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -1276,6 +1286,26 @@ fn process_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Postgres ledger whose server is down fails to open at once, naming the cause.
+    #[tokio::test]
+    async fn a_ledger_database_that_is_down_is_reported_at_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let started = std::time::Instant::now();
+        let Err(error) = Ledger::open(&format!("postgres://postgres@127.0.0.1:{port}/db")).await
+        else {
+            panic!("nothing listens on port {port}, yet the ledger opened");
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(error.0.contains("refused"), "{}", error.0);
+    }
 
     fn run(run_id: &str, partition: &str, pid: i64, heartbeat_at: i64) -> RunRecord {
         RunRecord {

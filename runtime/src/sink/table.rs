@@ -10,7 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use polars::prelude::*;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 use tracing::{info, warn};
@@ -87,10 +88,22 @@ impl Warehouse {
                 .await?;
             Ok(Warehouse::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            // sqlx's pool reports a server it cannot reach only as "pool timed out", after
+            // retrying for the whole acquire timeout (sqlx issues #744 and #3808): a database
+            // that is down cost every attempt of the block 30 seconds and named no cause. One
+            // direct connection first fails at once with the real one (refused, unknown host,
+            // rejected password).
+            PgConnection::connect_with(&options)
+                .await?
+                .close()
+                .await
+                // Closing tells the server goodbye; if that fails, the connection is gone anyway.
+                .ok();
             let pool = PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(30))
-                .connect(url)
+                .connect_with(options)
                 .await?;
             Ok(Warehouse::Postgres(pool))
         } else {
@@ -774,4 +787,38 @@ pub async fn validate_table(
         &existing,
         target.columns,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Postgres server that is down fails the connection at once, naming the cause, and the
+    /// error is retryable (the server may come back), rather than after the pool's 30-second
+    /// acquire timeout as "pool timed out".
+    #[tokio::test]
+    async fn a_database_that_is_down_is_reported_at_once_with_its_cause() {
+        // A port on which nothing listens: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let started = std::time::Instant::now();
+        let outcome = Warehouse::connect(&format!("postgres://postgres@127.0.0.1:{port}/db")).await;
+        let Err(error) = outcome else {
+            panic!("nothing listens on port {port}, yet the connection succeeded");
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(error.message.contains("refused"), "{}", error.message);
+        assert_eq!(
+            error.kind,
+            crate::error::ErrorKind::Retryable,
+            "{}",
+            error.message
+        );
+    }
 }
