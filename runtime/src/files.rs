@@ -8,10 +8,37 @@ use std::sync::{Arc, Mutex};
 /// headers, thrift fields), each of which would otherwise be a system call.
 pub(crate) const BUFFER_BYTES: usize = 1 << 20;
 
-/// How many bytes the files of one spool keep in memory together before the one that grows
-/// past the budget moves to disk: small outputs never touch the disk, large ones use a bounded
-/// amount of memory whatever their size.
-const SPOOL_MEMORY_BYTES: usize = 16 << 20;
+/// How many bytes the files of one spool writing to an object store keep in memory together
+/// before the one that grows past the budget moves to disk: small outputs never touch the disk,
+/// large ones use a bounded amount of memory whatever their size.
+pub(crate) const SPOOL_MEMORY_BYTES: usize = 16 << 20;
+
+/// The write buffer of a spool file on disk. A spool holds one open file per partition folder,
+/// so this is memory times the folders being written; Parquet's large pieces (pages) pass
+/// through it unbuffered anyway.
+const SPOOL_BUFFER_BYTES: usize = 64 << 10;
+
+/// The memory that the files of one spool may hold together, shared by them.
+pub(crate) struct SpoolBudget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl SpoolBudget {
+    /// A budget of `limit` bytes; 0 puts every file on disk from its first byte.
+    pub(crate) fn new(limit: usize) -> Arc<SpoolBudget> {
+        Arc::new(SpoolBudget {
+            limit,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held in memory now.
+    #[cfg(test)]
+    fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// A file of a spool: in memory while the spool's memory budget lasts, on disk at `path` after.
 #[derive(Clone)]
@@ -22,8 +49,10 @@ struct SpoolState {
     path: std::path::PathBuf,
     memory: Option<Vec<u8>>,
     disk: Option<BufWriter<File>>,
-    /// Bytes the spool's files hold in memory, shared by them.
-    in_memory: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether the file is complete: on disk and closed, or still in memory.
+    closed: bool,
+    /// The memory budget of the spool's files, shared by them.
+    budget: Arc<SpoolBudget>,
 }
 
 /// A finished spool file.
@@ -35,18 +64,28 @@ pub(crate) enum Spooled {
 }
 
 impl SpoolFile {
-    /// A new, empty file that goes to `path` if it leaves memory; `in_memory` is the budget its
+    /// A new, empty file that goes to `path` if it leaves memory; `budget` is the memory its
     /// spool shares.
-    pub(crate) fn new(
-        path: std::path::PathBuf,
-        in_memory: Arc<std::sync::atomic::AtomicUsize>,
-    ) -> SpoolFile {
+    pub(crate) fn new(path: std::path::PathBuf, budget: Arc<SpoolBudget>) -> SpoolFile {
         SpoolFile(Arc::new(Mutex::new(SpoolState {
             path,
             memory: Some(Vec::new()),
             disk: None,
-            in_memory,
+            closed: false,
+            budget,
         })))
+    }
+
+    /// Ends a file that is complete: a file on disk is flushed and its write buffer freed at
+    /// once, rather than when the whole spool finishes, so a spool holds buffers only for the
+    /// files still being written. A file in memory stays as it is.
+    pub(crate) fn close(&self) -> std::io::Result<()> {
+        let mut state = self.lock()?;
+        if let Some(mut disk) = state.disk.take() {
+            disk.flush()?;
+        }
+        state.closed = true;
+        Ok(())
     }
 
     /// The file's content as written: its bytes, or its path once flushed.
@@ -56,9 +95,10 @@ impl SpoolFile {
             state.release(bytes.len());
             return Ok(Spooled::Memory(bytes));
         }
-        if let Some(disk) = state.disk.as_mut() {
+        if let Some(mut disk) = state.disk.take() {
             disk.flush()?;
         }
+        state.closed = true;
         Ok(Spooled::Disk(state.path.clone()))
     }
 
@@ -71,7 +111,8 @@ impl SpoolFile {
 
 impl SpoolState {
     fn release(&self, bytes: usize) {
-        self.in_memory
+        self.budget
+            .used
             .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -93,9 +134,9 @@ impl Write for SpoolFile {
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use std::sync::atomic::Ordering;
         let mut state = self.lock()?;
-        if state.memory.is_some() {
-            let before = state.in_memory.fetch_add(bytes.len(), Ordering::Relaxed);
-            if before + bytes.len() <= SPOOL_MEMORY_BYTES {
+        if state.memory.is_some() && !state.closed {
+            let before = state.budget.used.fetch_add(bytes.len(), Ordering::Relaxed);
+            if before + bytes.len() <= state.budget.limit {
                 if let Some(memory) = state.memory.as_mut() {
                     memory.extend_from_slice(bytes);
                 }
@@ -104,13 +145,13 @@ impl Write for SpoolFile {
             // Over budget: this file moves to disk with what it has.
             let held = state.memory.take().unwrap_or_default();
             state.release(held.len() + bytes.len());
-            let mut disk = BufWriter::with_capacity(BUFFER_BYTES, File::create(&state.path)?);
+            let mut disk = BufWriter::with_capacity(SPOOL_BUFFER_BYTES, File::create(&state.path)?);
             disk.write_all(&held)?;
             state.disk = Some(disk);
         }
         match state.disk.as_mut() {
             Some(disk) => disk.write_all(bytes),
-            None => Err(std::io::Error::other("the spool file was finished")),
+            None => Err(std::io::Error::other("the spool file was closed")),
         }
     }
 
@@ -129,7 +170,7 @@ mod tests {
     #[test]
     fn spool_files_stay_in_memory_until_the_budget_is_spent() {
         let dir = tempfile::tempdir().unwrap();
-        let budget = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let budget = SpoolBudget::new(SPOOL_MEMORY_BYTES);
         let mut small = SpoolFile::new(dir.path().join("small"), budget.clone());
         let mut large = SpoolFile::new(dir.path().join("large"), budget.clone());
         let ten_mib = vec![7u8; 10 << 20];
@@ -152,6 +193,30 @@ mod tests {
             Spooled::Disk(_) => panic!("the small file fits the budget"),
         }
         // Finished files give their memory back to the budget.
-        assert_eq!(budget.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn without_a_budget_files_go_to_disk_and_close_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = SpoolBudget::new(0);
+        let mut file = SpoolFile::new(dir.path().join("file"), budget.clone());
+        file.write_all(b"PAR1").unwrap();
+        file.write_all(b" and the rest").unwrap();
+        file.close().unwrap();
+        // Closed means flushed: the bytes are on disk before the spool finishes.
+        assert_eq!(
+            std::fs::read(dir.path().join("file")).unwrap(),
+            b"PAR1 and the rest"
+        );
+        assert!(
+            file.write_all(b"more").is_err(),
+            "a closed file takes no more"
+        );
+        match file.finish().unwrap() {
+            Spooled::Disk(path) => assert_eq!(path, dir.path().join("file")),
+            Spooled::Memory(_) => panic!("without a budget nothing stays in memory"),
+        }
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -14,7 +14,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
@@ -24,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
-use crate::files::{SpoolFile, Spooled};
+use crate::files::{SPOOL_MEMORY_BYTES, SpoolBudget, SpoolFile, Spooled};
 use crate::parquet::{ParquetFileWriter, ParquetLayout};
 use crate::pipeline::Column as ColumnDef;
 use crate::rows::Rows;
@@ -57,10 +56,12 @@ pub(crate) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 /// The folder, at the root of the lake, under which a run uploads its files before publishing.
 pub const STAGING_FOLDER: &str = "_baton_staging";
 
-/// How many rows the lake sink holds back across all partition folders before it writes the
-/// largest folder's rows out as a row group: memory stays bounded by this, whatever the size of
-/// the data, while row groups stay large enough for readers.
-const SPOOL_ROWS: usize = 250_000;
+/// How much data (in memory, as polars counts it) the lake sink holds back across all partition
+/// folders before it writes the largest folder's rows out as a row group: memory stays bounded
+/// by this, whatever the size of the data or the width of its rows, while row groups stay large
+/// enough for readers. The reference month (about 40,000 rows) is held whole, so each of its
+/// files is one row group.
+const SPOOL_BYTES: usize = 32 << 20;
 
 /// Writes the rows as Parquet (or CSV) files under the dataset folder `path` (the target's
 /// template filled in for this run), batch by batch: each partition folder's rows go into a
@@ -79,7 +80,7 @@ pub async fn write_lake(
         None => "part-0".to_string(),
     };
     let started = std::time::Instant::now();
-    let mut spool = Spool::new(*target, path, &stem)?;
+    let mut spool = Spool::new(*target, path, &stem, lake.local_root.as_deref())?;
     while let Some(batch) = rows.next_batch().await {
         let batch = batch?;
         spool = tokio::task::spawn_blocking(move || spool.add(batch).map(|()| spool))
@@ -219,7 +220,9 @@ fn publish_local(
         create_folder(&staged)?;
         let written = match spooled {
             Spooled::Memory(bytes) => std::fs::write(&staged, bytes),
-            Spooled::Disk(local) => std::fs::copy(&local, &staged).map(drop),
+            // A spool beside the lake renames; one elsewhere (another file system) copies.
+            Spooled::Disk(local) => std::fs::rename(&local, &staged)
+                .or_else(|_| std::fs::copy(&local, &staged).map(drop)),
         };
         written.map_err(|e| {
             BlockError::retryable(format!("cannot write {}: {e}", staged.display()))
@@ -236,19 +239,20 @@ fn publish_local(
 }
 
 /// The files of one lake write while its rows arrive: one file per partition folder (several
-/// when `max_rows_per_file` splits it), written a row group at a time, in memory while they are
-/// small and on local disk once they are not. Rows wait in memory only until [`SPOOL_ROWS`] are
-/// held back across all folders.
+/// when `max_rows_per_file` splits it), written a row group at a time. For an object store they
+/// are in memory while they are small and on local disk once they are not; for a local lake
+/// they are on disk from the start, beside the lake, to be renamed into place. Rows wait in
+/// memory only until [`SPOOL_BYTES`] are held back across all folders.
 struct Spool {
     target: LakeTarget,
     dataset: String,
     stem: String,
     /// The local folder of the files that leave memory; deleted with the spool.
     dir: tempfile::TempDir,
-    /// Bytes the spool's files hold in memory.
-    in_memory: Arc<AtomicUsize>,
+    /// The memory the spool's files may hold.
+    budget: Arc<SpoolBudget>,
     folders: Vec<SpoolFolder>,
-    /// Rows held back, not yet written, across all folders.
+    /// Bytes held back, not yet written, across all folders.
     held: usize,
     /// Rows received.
     rows: usize,
@@ -258,7 +262,8 @@ struct Spool {
 struct SpoolFolder {
     folder: ObjectPath,
     held: Vec<DataFrame>,
-    held_rows: usize,
+    /// Bytes of the rows held back.
+    held_bytes: usize,
     /// Its files, in order.
     files: Vec<SpoolFile>,
     /// The file being written, its writer and the rows in it.
@@ -272,17 +277,49 @@ enum FileWriter {
 }
 
 impl Spool {
-    fn new(target: LakeTarget, dataset: &str, stem: &str) -> BlockResult<Spool> {
-        let dir = tempfile::Builder::new()
-            .prefix("baton-lake-")
-            .tempdir()
-            .map_err(|e| BlockError::fatal(format!("cannot create a spool folder: {e}")))?;
+    /// A spool for a lake at `local_root` on this machine's file system, or in an object store.
+    fn new(
+        target: LakeTarget,
+        dataset: &str,
+        stem: &str,
+        local_root: Option<&std::path::Path>,
+    ) -> BlockResult<Spool> {
+        let cannot =
+            |e: std::io::Error| BlockError::retryable(format!("cannot create a spool folder: {e}"));
+        let mut folder = tempfile::Builder::new();
+        folder.prefix("baton-lake-");
+        let (dir, budget) = match local_root {
+            // Beside the lake, under the folder readers skip, so that publishing is a rename
+            // within one file system: a local file written into memory first would only be
+            // copied to disk at the end, and held in memory until then.
+            Some(root) => {
+                let staging = root.join(STAGING_FOLDER);
+                // Another write finishing may remove the staging folder, empty, between its
+                // creation here and the spool's: then it is created again.
+                let mut attempts = 0;
+                let dir = loop {
+                    std::fs::create_dir_all(&staging).map_err(cannot)?;
+                    match folder.tempdir_in(&staging) {
+                        Ok(dir) => break dir,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
+                            attempts += 1;
+                        }
+                        Err(e) => return Err(cannot(e)),
+                    }
+                };
+                (dir, SpoolBudget::new(0))
+            }
+            None => (
+                folder.tempdir().map_err(cannot)?,
+                SpoolBudget::new(SPOOL_MEMORY_BYTES),
+            ),
+        };
         Ok(Spool {
             target,
             dataset: dataset.to_string(),
             stem: stem.to_string(),
             dir,
-            in_memory: Arc::new(AtomicUsize::new(0)),
+            budget,
             folders: Vec::new(),
             held: 0,
             rows: 0,
@@ -314,20 +351,21 @@ impl Spool {
                     self.folders.push(SpoolFolder {
                         folder,
                         held: Vec::new(),
-                        held_rows: 0,
+                        held_bytes: 0,
                         files: Vec::new(),
                         open: None,
                     });
                     self.folders.len() - 1
                 }
             };
-            self.held += data.height();
-            self.folders[index].held_rows += data.height();
+            let bytes = data.estimated_size();
+            self.held += bytes;
+            self.folders[index].held_bytes += bytes;
             self.folders[index].held.push(data);
         }
-        while self.held > SPOOL_ROWS {
+        while self.held > SPOOL_BYTES {
             let largest = (0..self.folders.len())
-                .max_by_key(|&i| self.folders[i].held_rows)
+                .max_by_key(|&i| self.folders[i].held_bytes)
                 .expect("rows are held, so a folder holds them");
             self.write_out(largest)?;
         }
@@ -339,7 +377,7 @@ impl Spool {
     fn write_out(&mut self, index: usize) -> BlockResult<()> {
         let limit = self.target.max_rows_per_file.unwrap_or(usize::MAX).max(1);
         let held = std::mem::take(&mut self.folders[index].held);
-        self.held -= std::mem::take(&mut self.folders[index].held_rows);
+        self.held -= std::mem::take(&mut self.folders[index].held_bytes);
         let mut data: Option<DataFrame> = None;
         for part in held {
             match &mut data {
@@ -361,15 +399,16 @@ impl Spool {
                 .as_ref()
                 .is_some_and(|(_, _, rows)| *rows >= limit)
             {
-                let (writer, _, _) = folder.open.take().expect("checked just above");
+                let (writer, file, _) = folder.open.take().expect("checked just above");
                 writer.finish()?;
+                file.close()?;
             }
             if folder.open.is_none() {
                 let local = self
                     .dir
                     .path()
                     .join(format!("{index}.{}", folder.files.len()));
-                let file = SpoolFile::new(local, self.in_memory.clone());
+                let file = SpoolFile::new(local, self.budget.clone());
                 folder.files.push(file.clone());
                 let writer = FileWriter::new(file.clone(), self.target.format, &data)?;
                 folder.open = Some((writer, file, 0));
@@ -388,14 +427,16 @@ impl Spool {
     /// Writes what is held back, closes every file and names them: the spool folder (which
     /// deletes the files on disk when dropped) and each file's lake path with its content.
     fn finish(mut self) -> BlockResult<(tempfile::TempDir, Vec<(ObjectPath, Spooled)>)> {
+        // Folder by folder, so that each file's buffer is freed before the next is written.
         for index in 0..self.folders.len() {
             self.write_out(index)?;
+            if let Some((writer, file, _)) = self.folders[index].open.take() {
+                writer.finish()?;
+                file.close()?;
+            }
         }
         let mut files = Vec::new();
         for folder in self.folders {
-            if let Some((writer, _, _)) = folder.open {
-                writer.finish()?;
-            }
             let count = folder.files.len();
             for (number, file) in folder.files.into_iter().enumerate() {
                 let spooled = file
@@ -518,14 +559,25 @@ mod tests {
     use super::*;
     use crate::pipeline::BaseType;
 
-    /// The files a write of `frame` produces, with their bytes, through the spool.
+    /// The files a write of `frame` produces, with their bytes, through the spool. Both kinds
+    /// of spool (in memory for an object store, on disk beside a local lake) must give the same.
     fn encode_files(
         frame: &DataFrame,
         target: &LakeTarget,
         dataset: &str,
         stem: &str,
     ) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
-        let mut spool = Spool::new(*target, dataset, stem)?;
+        let local_lake = tempfile::tempdir().unwrap();
+        let in_memory = spool_files(frame, Spool::new(*target, dataset, stem, None)?)?;
+        let on_disk = spool_files(
+            frame,
+            Spool::new(*target, dataset, stem, Some(local_lake.path()))?,
+        )?;
+        assert_eq!(in_memory, on_disk);
+        Ok(in_memory)
+    }
+
+    fn spool_files(frame: &DataFrame, mut spool: Spool) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
         // Two batches, so that a folder's rows arrive in parts as they do from a stream.
         let half = frame.height() / 2;
         spool.add(frame.slice(0, half))?;
