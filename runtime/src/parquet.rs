@@ -177,10 +177,10 @@ impl<W: Write> ParquetFileWriter<W> {
     }
 }
 
-/// The decision polars would take for a float or short string column, taken without its
-/// sketch: the column as a dictionary when one pays (`Some(Some(_))`), or `Some(None)` for
-/// plain values. `None` leaves the decision to polars (integers, which it decides exactly from
-/// their range, long string columns and other types).
+/// The decision polars would take for a float, short string or short timestamp column, taken
+/// without its sketch: the column as a dictionary when one pays (`Some(Some(_))`), or
+/// `Some(None)` for plain values. `None` leaves the decision to polars (integers, which it
+/// decides exactly from their range, long columns and other types).
 fn exact_dictionary(array: &ArrayRef) -> Option<Option<ArrayRef>> {
     match array.dtype().to_physical_type() {
         // polars' dictionary builder takes no floats: it would estimate, fail and write plain.
@@ -189,6 +189,11 @@ fn exact_dictionary(array: &ArrayRef) -> Option<Option<ArrayRef>> {
         }
         PhysicalType::Utf8View | PhysicalType::BinaryView
             if array.len() <= EXACT_DICTIONARY_ROWS && array.null_count() < array.len() => {}
+        // polars decides integers exactly from their range when it is narrow; a timestamp's
+        // range is never narrow, so polars would estimate, and a count is cheaper here.
+        _ if matches!(array.dtype(), ArrowDataType::Timestamp(_, _))
+            && array.len() <= EXACT_DICTIONARY_ROWS
+            && array.null_count() < array.len() => {}
         _ => return None,
     }
     let to = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(array.dtype().clone()), false);
@@ -235,6 +240,10 @@ mod tests {
         .with_columns([
             col("id").cast(DataType::Datetime(TimeUnit::Microseconds, None)).alias("at"),
             col("id").cast(DataType::Int32).cast(DataType::Date).alias("day"),
+            // Four distinct timestamps: a dictionary pays.
+            (col("id") % lit(4i64) * lit(3_600_000_000i64))
+                .cast(DataType::Datetime(TimeUnit::Microseconds, None))
+                .alias("slot"),
         ])
         .collect()
         .unwrap()
@@ -351,6 +360,20 @@ mod tests {
                 dictionaries(&written(&[whole], ParquetLayout::Dataset))
             );
         }
+    }
+
+    #[test]
+    fn short_timestamp_columns_are_counted_exactly() {
+        let frame = frame(3_000);
+        let chunk = |name: &str| {
+            frame
+                .column(name)
+                .unwrap()
+                .as_materialized_series()
+                .to_arrow(0, CompatLevel::newest())
+        };
+        assert!(matches!(exact_dictionary(&chunk("slot")), Some(Some(_))));
+        assert!(matches!(exact_dictionary(&chunk("at")), Some(None)));
     }
 
     #[test]
