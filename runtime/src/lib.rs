@@ -63,3 +63,31 @@ pub mod prelude {
     pub use crate::source::{Compression, FileFormat, Location, read_source, stream_source};
     pub use polars::prelude::*;
 }
+
+/// Helpers shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Runs `attempt` against a Postgres URL on a loopback port where nothing listens, and
+    /// returns its error, which must come within a few seconds: a server that is down is
+    /// reported at once, not after a pool's timeout.
+    pub(crate) async fn fails_fast_against_a_closed_port<T, E>(
+        attempt: impl AsyncFnOnce(String) -> Result<T, E>,
+    ) -> E {
+        // Bound, then released: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let started = std::time::Instant::now();
+        let outcome = attempt(format!("postgres://postgres@127.0.0.1:{port}/db")).await;
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < std::time::Duration::from_secs(5),
+            "took {elapsed:?}"
+        );
+        match outcome {
+            Ok(_) => panic!("nothing listens on port {port}, yet the connection succeeded"),
+            Err(error) => error,
+        }
+    }
+}
