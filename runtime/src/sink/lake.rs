@@ -6,7 +6,8 @@
 //! adding copies. Files of this run's partition that the new data no longer produces are
 //! deleted after the new files are in place.
 //!
-//! Publishing is staged: every file is first uploaded under `_baton_staging/RUN_ID/`, and only
+//! Publishing is staged: every file is first uploaded under `_baton_staging/RUN_ID-N/` (one
+//! folder per write, so that two lake sinks of one run never clear each other's), and only
 //! when all uploads have succeeded are they copied into place (a server-side copy on S3 and GCS,
 //! a rename in a local lake). A run that fails halfway through its uploads therefore leaves the
 //! published dataset as it was, instead of half old and half new. Large files go up as multipart
@@ -80,7 +81,9 @@ pub async fn write_lake(
         None => "part-0".to_string(),
     };
     let started = std::time::Instant::now();
-    let mut spool = Spool::new(*target, path, &stem, lake.local_root.as_deref())?;
+    let staging = staging_folder(ctx.run_id());
+    let local_staging = lake.local_root.as_ref().map(|root| root.join(&staging));
+    let mut spool = Spool::new(*target, path, &stem, local_staging.as_deref())?;
     while let Some(batch) = rows.next_batch().await {
         let batch = batch?;
         spool = tokio::task::spawn_blocking(move || spool.add(batch).map(|()| spool))
@@ -93,7 +96,6 @@ pub async fn write_lake(
         .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??;
     let written: HashSet<String> = files.iter().map(|(path, _)| path.to_string()).collect();
     let count = files.len();
-    let staging = format!("{STAGING_FOLDER}/{}", ctx.run_id());
     let published = match &lake.local_root {
         Some(root) => {
             let (root, staging) = (root.clone(), staging.clone());
@@ -277,29 +279,29 @@ enum FileWriter {
 }
 
 impl Spool {
-    /// A spool for a lake at `local_root` on this machine's file system, or in an object store.
+    /// A spool for a lake on this machine's file system, whose files go into `local_staging`
+    /// (the write's staging folder in the lake), or for an object store (`None`).
     fn new(
         target: LakeTarget,
         dataset: &str,
         stem: &str,
-        local_root: Option<&std::path::Path>,
+        local_staging: Option<&std::path::Path>,
     ) -> BlockResult<Spool> {
         let cannot =
             |e: std::io::Error| BlockError::retryable(format!("cannot create a spool folder: {e}"));
         let mut folder = tempfile::Builder::new();
         folder.prefix("baton-lake-");
-        let (dir, budget) = match local_root {
-            // Beside the lake, under the folder readers skip, so that publishing is a rename
-            // within one file system: a local file written into memory first would only be
-            // copied to disk at the end, and held in memory until then.
-            Some(root) => {
-                let staging = root.join(STAGING_FOLDER);
-                // Another write finishing may remove the staging folder, empty, between its
-                // creation here and the spool's: then it is created again.
+        let (dir, budget) = match local_staging {
+            // In the lake, under the folder readers skip, so that publishing is a rename within
+            // one file system: a local file written into memory first would only be copied to
+            // disk at the end, and held in memory until then.
+            Some(staging) => {
+                // Another write finishing may remove `_baton_staging`, empty, between the
+                // creation of this folder and the spool's: then it is created again.
                 let mut attempts = 0;
                 let dir = loop {
-                    std::fs::create_dir_all(&staging).map_err(cannot)?;
-                    match folder.tempdir_in(&staging) {
+                    std::fs::create_dir_all(staging).map_err(cannot)?;
+                    match folder.tempdir_in(staging) {
                         Ok(dir) => break dir,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
                             attempts += 1;
@@ -496,7 +498,13 @@ impl FileWriter {
     }
 }
 
-/// Deletes a run's staging folder. A leftover wastes space but is harmless, because readers
+/// The staging folder of one lake write: named after the run, and unique, because a run with
+/// two lake sinks writes twice, and each write removes its staging folder when it is done.
+fn staging_folder(run_id: &str) -> String {
+    format!("{STAGING_FOLDER}/{run_id}-{:08x}", fastrand::u32(..))
+}
+
+/// Deletes a write's staging folder. A leftover wastes space but is harmless, because readers
 /// (Baton, Spark, pyarrow) skip folders whose names start with `_`; so a failure is only logged.
 async fn remove_staging(lake: &StoreLocation, staging: &str) {
     let store = &lake.store;
@@ -590,6 +598,16 @@ mod tests {
                 Spooled::Disk(local) => (path, std::fs::read(local).unwrap()),
             })
             .collect())
+    }
+
+    #[test]
+    fn each_write_of_a_run_stages_in_a_folder_of_its_own() {
+        let (first, second) = (staging_folder("run-1"), staging_folder("run-1"));
+        assert!(first.starts_with("_baton_staging/run-1-"), "{first}");
+        assert_ne!(
+            first, second,
+            "two lake sinks of one run would clear each other's files"
+        );
     }
 
     #[test]
