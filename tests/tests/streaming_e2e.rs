@@ -251,4 +251,9 @@ fn bad_row_late_in_the_file(postgres: Option<&Postgres>) {
     // Nothing of the failed run was committed or published.
     assert_eq!(warehouse_month(work.path(), postgres), loaded);
     assert_eq!(lake_files(work.path()), lake);
+    // Nor is anything of it left in the lake's staging area.
+    assert!(
+        !work.path().join("lake/_baton_staging").exists(),
+        "the failed write left its staging folder"
+    );
 }

@@ -83,17 +83,28 @@ pub async fn write_lake(
     let started = std::time::Instant::now();
     let staging = staging_folder(ctx.run_id());
     let local_staging = lake.local_root.as_ref().map(|root| root.join(&staging));
-    let mut spool = Spool::new(*target, path, &stem, local_staging.as_deref())?;
-    while let Some(batch) = rows.next_batch().await {
-        let batch = batch?;
-        spool = tokio::task::spawn_blocking(move || spool.add(batch).map(|()| spool))
+    let spooling = async {
+        let mut spool = Spool::new(*target, path, &stem, local_staging.as_deref())?;
+        while let Some(batch) = rows.next_batch().await {
+            let batch = batch?;
+            spool = tokio::task::spawn_blocking(move || spool.add(batch).map(|()| spool))
+                .await
+                .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??;
+        }
+        let row_count = spool.rows;
+        tokio::task::spawn_blocking(move || spool.finish())
             .await
-            .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??;
-    }
-    let row_count = spool.rows;
-    let (spooled, files) = tokio::task::spawn_blocking(move || spool.finish())
-        .await
-        .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))??;
+            .map_err(|e| BlockError::fatal(format!("encoder panicked: {e}")))?
+            .map(|(spooled, files)| (row_count, spooled, files))
+    };
+    let (row_count, spooled, files) = match spooling.await {
+        Ok(spooled) => spooled,
+        Err(error) => {
+            // A write that fails before publishing leaves no staging folder behind either.
+            remove_staging(&lake, &staging).await;
+            return Err(error);
+        }
+    };
     let written: HashSet<String> = files.iter().map(|(path, _)| path.to_string()).collect();
     let count = files.len();
     let published = match &lake.local_root {
@@ -243,8 +254,8 @@ fn publish_local(
 /// The files of one lake write while its rows arrive: one file per partition folder (several
 /// when `max_rows_per_file` splits it), written a row group at a time. For an object store they
 /// are in memory while they are small and on local disk once they are not; for a local lake
-/// they are on disk from the start, beside the lake, to be renamed into place. Rows wait in
-/// memory only until [`SPOOL_BYTES`] are held back across all folders.
+/// they are on disk from the start, in the write's staging folder, to be renamed into place.
+/// Rows wait in memory only until [`SPOOL_BYTES`] are held back across all folders.
 struct Spool {
     target: LakeTarget,
     dataset: String,
