@@ -50,16 +50,30 @@ fn write_local_lake(workdir: &Path, lake: &Path) {
     );
 }
 
-/// The number of rows of Parquet objects, read whole with pyarrow (an independent reader) from
-/// S3. pyarrow's thread pool aborts at exit when boto3 was used in the same process, so it reads
-/// on one thread.
-fn s3_parquet_rows(peer: &peers::Peer, bucket: &str, keys: &[&str]) -> Vec<usize> {
-    let out = peers::python(
-        "import io, sys, boto3, pyarrow.parquet as pq\n\
+/// Runs a Python snippet that reads S3 objects with pyarrow through `s3`, a boto3 client of
+/// the endpoint passed as `sys.argv[1]` (`args` follow). pyarrow's thread pool aborts at exit
+/// when boto3 was used in the same process, so the snippet reads on one thread; and even so the
+/// interpreter's shutdown sometimes aborted ("terminate called without an active exception")
+/// after everything was printed, so the snippet leaves without it.
+fn pyarrow_over_s3(endpoint: &str, body: &str, args: &[&str]) -> String {
+    let code = format!(
+        "import io, os, sys, boto3, pyarrow.parquet as pq\n\
          s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n\
-         for key in sys.argv[3:]:\n    \
+         {body}\n\
+         sys.stdout.flush()\n\
+         os._exit(0)"
+    );
+    peers::python(&code, &[&[endpoint][..], args].concat())
+}
+
+/// The number of rows of Parquet objects, read whole with pyarrow (an independent reader) from
+/// S3.
+fn s3_parquet_rows(peer: &peers::Peer, bucket: &str, keys: &[&str]) -> Vec<usize> {
+    let out = pyarrow_over_s3(
+        peer.url().as_str(),
+        "for key in sys.argv[3:]:\n    \
              print(pq.read_table(io.BytesIO(s3.get_object(Bucket=sys.argv[2], Key=key)['Body'].read()), use_threads=False).num_rows)",
-        &[&[peer.url().as_str(), bucket][..], keys].concat(),
+        &[&[bucket][..], keys].concat(),
     );
     out.lines()
         .map(|n| n.parse().expect("a row count"))
@@ -279,13 +293,12 @@ fn a_daily_backfill_writes_one_export_per_day_at_the_templated_path() {
         "five objects, one per execution date, after two backfills"
     );
     // The pickup date comes from the lake's folder names, typed as a date.
-    let dates = peers::python(
-        "import io, sys, boto3, pyarrow.parquet as pq\n\
-         s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')\n\
-         for key in sys.argv[2:]:\n    \
+    let dates = pyarrow_over_s3(
+        s3.url().as_str(),
+        "for key in sys.argv[2:]:\n    \
              t = pq.read_table(io.BytesIO(s3.get_object(Bucket='exports', Key=key)['Body'].read()), use_threads=False)\n    \
              print(str(t.schema.field('lpep_pickup_date').type), sorted({str(d) for d in t['lpep_pickup_date'].to_pylist()}))",
-        &[&[s3.url().as_str()][..], &keys].concat(),
+        &keys,
     );
     let expected_dates: Vec<String> = (1..=5)
         .map(|day| format!("date32[day] ['2021-01-{day:02}']"))
