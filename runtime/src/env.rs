@@ -52,6 +52,19 @@ pub fn create_sqlite_folder(url: &str) -> Result<(), String> {
     }
 }
 
+/// Connects once, directly, to the Postgres database at `url`, before a pool is built for it.
+/// sqlx's pool reports a server it cannot reach only as "pool timed out", after retrying for the
+/// whole acquire timeout (sqlx issues #744 and #3808): a database that was down cost every
+/// attempt 30 seconds and named no cause. A direct connection fails at once with the real one
+/// (refused, unknown host, rejected password). Used by the warehouse and the ledger.
+pub(crate) async fn reach_postgres(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let connection = sqlx::PgConnection::connect(url).await?;
+    // Closing tells the server goodbye; if that fails, the connection is gone anyway.
+    let _ = connection.close().await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::interpolate;

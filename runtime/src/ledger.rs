@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Connection, Row, SqlSafeStr};
+use sqlx::{AnyPool, Row, SqlSafeStr};
 
 use crate::logs::LogLine;
 
@@ -417,14 +417,9 @@ impl Ledger {
             )));
         };
         if !url.starts_with("sqlite:") {
-            // As for a warehouse (`Warehouse::connect`): sqlx's pool would report a server that
-            // is down only as "pool timed out" after 30 seconds; a direct connection names the
-            // cause at once.
-            let connection = sqlx::AnyConnection::connect(&url).await.map_err(|e| {
+            crate::env::reach_postgres(&url).await.map_err(|e| {
                 LedgerError(format!("cannot open {}: {e}", crate::context::redact(&url)))
             })?;
-            // Closing tells the server goodbye; if that fails, the connection is gone anyway.
-            let _ = connection.close().await;
         }
         let pool = AnyPoolOptions::new()
             .max_connections(4)

@@ -10,8 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use polars::prelude::*;
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 use tracing::{info, warn};
@@ -88,22 +87,11 @@ impl Warehouse {
                 .await?;
             Ok(Warehouse::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?;
-            // sqlx's pool reports a server it cannot reach only as "pool timed out", after
-            // retrying for the whole acquire timeout (sqlx issues #744 and #3808): a database
-            // that is down cost every attempt of the block 30 seconds and named no cause. One
-            // direct connection first fails at once with the real one (refused, unknown host,
-            // rejected password).
-            PgConnection::connect_with(&options)
-                .await?
-                .close()
-                .await
-                // Closing tells the server goodbye; if that fails, the connection is gone anyway.
-                .ok();
+            crate::env::reach_postgres(url).await?;
             let pool = PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(30))
-                .connect_with(options)
+                .connect(url)
                 .await?;
             Ok(Warehouse::Postgres(pool))
         } else {
