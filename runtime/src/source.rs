@@ -161,7 +161,8 @@ pub async fn stream_source(
             // A receiver that is gone has stopped reading (its block failed or was cancelled).
             sender.blocking_send(Ok(batch)).is_ok()
         };
-        let mut stored = HashingReader::new(std::io::BufReader::with_capacity(256 << 10, &*file));
+        let mut stored =
+            HashingReader::new(std::io::BufReader::with_capacity(FILE_READ_BYTES, &*file));
         let outcome = csv_batches(&mut stored, compression, batch_bytes, columns, &mut emit)
             .map_err(|e| match compression {
                 Compression::Gzip => corrupt_gzip(e, stored.bytes as usize),
@@ -224,7 +225,7 @@ pub(crate) fn head_of_source_file(
         };
         stacked.is_ok() && head.as_ref().is_some_and(|frame| frame.height() < rows)
     };
-    let reader = std::io::BufReader::with_capacity(256 << 10, file);
+    let reader = std::io::BufReader::with_capacity(FILE_READ_BYTES, file);
     csv_batches(reader, compression, HEAD_BATCH_BYTES, columns, &mut emit)
         .map_err(|e| failed(&e))??;
     stacked?;
@@ -232,6 +233,10 @@ pub(crate) fn head_of_source_file(
         .expect("csv_in_chunks hands over at least one chunk")
         .head(Some(rows)))
 }
+
+/// The read buffer of a CSV file that is parsed batch by batch (a source's download, or its
+/// kept checkpoint): the gzip decoder and the parser ask for small pieces.
+const FILE_READ_BYTES: usize = 256 << 10;
 
 /// How much text a preview parses at a time: a few thousand rows of a typical file.
 const HEAD_BATCH_BYTES: usize = 1 << 20;
@@ -253,7 +258,7 @@ pub(crate) fn stream_source_file(
         let parsed = std::fs::File::open(&path)
             .map_err(|e| failed(&e))
             .and_then(|file| {
-                let reader = std::io::BufReader::with_capacity(256 << 10, file);
+                let reader = std::io::BufReader::with_capacity(FILE_READ_BYTES, file);
                 csv_batches(reader, compression, batch_bytes, columns, &mut emit)
                     .map_err(|e| failed(&e))?
             });
