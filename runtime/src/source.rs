@@ -756,11 +756,13 @@ fn csv_in_chunks(
 /// is outside quotes. Quotes toggle and a doubled quote toggles twice, so a newline is outside
 /// quotes when the text before it holds an even number of them (text starts at a record).
 fn last_record_end(text: &[u8]) -> Option<usize> {
-    let quotes = |part: &[u8]| part.iter().filter(|b| **b == b'"').count();
-    let mut end = text.iter().rposition(|b| *b == b'\n')?;
+    // memchr's vectorised search: the byte-by-byte count it replaced was 4 % of a run's CPU,
+    // every byte of every batch being looked at once here before the parser reads it again.
+    let quotes = |part: &[u8]| memchr::memchr_iter(b'"', part).count();
+    let mut end = memchr::memrchr(b'\n', text)?;
     let mut before = quotes(&text[..end]);
     while before % 2 == 1 {
-        let previous = text[..end].iter().rposition(|b| *b == b'\n')?;
+        let previous = memchr::memrchr(b'\n', &text[..end])?;
         before -= quotes(&text[previous..end]);
         end = previous;
     }
@@ -1024,6 +1026,26 @@ mod tests {
         let at = frame.column("at").unwrap().cast(&DataType::String).unwrap();
         assert_eq!(at.str().unwrap().get(0), Some("2021-01-01 00:15:56.250000"));
         assert_eq!(at.str().unwrap().get(1), Some("2021-01-02 01:00:00.000000"));
+    }
+
+    proptest::proptest! {
+        /// The cut is after the last newline preceded by an even number of quotes: the
+        /// definition, checked byte by byte, on text made of the bytes that matter.
+        #[test]
+        fn a_cut_is_after_the_last_newline_outside_quotes(
+            text in proptest::collection::vec(proptest::sample::select(&b"a,\"\n\r"[..]), 0..200)
+        ) {
+            let mut quotes = 0;
+            let mut expected = None;
+            for (i, byte) in text.iter().enumerate() {
+                match byte {
+                    b'"' => quotes += 1,
+                    b'\n' if quotes % 2 == 0 => expected = Some(i + 1),
+                    _ => {}
+                }
+            }
+            proptest::prop_assert_eq!(last_record_end(&text), expected);
+        }
     }
 
     #[test]
