@@ -211,6 +211,11 @@ pub struct Ledger {
     /// transaction: one commit per row made the ledger, not the blocks, the cost of a run with
     /// many small blocks.
     writes: tokio::sync::mpsc::UnboundedSender<Write>,
+    /// Taken by [`Ledger::append_audit`] for its read of the last entry and its insert of the
+    /// next: the runs of one backfill start together, and without it all but one of them lost
+    /// the race for the next entry and slept before trying again (up to 20 ms at each start).
+    /// Other processes still take turns through the insert's conflict check.
+    audit_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A row for the writer task, or a request to say when everything before it is written.
@@ -461,6 +466,7 @@ impl Ledger {
             host: hostname(),
             postgres: !url.starts_with("sqlite:"),
             writes,
+            audit_turn: Default::default(),
         })
     }
 
@@ -739,6 +745,7 @@ impl Ledger {
         run_id: &str,
         detail: &str,
     ) -> Result<crate::audit::AuditEntry, LedgerError> {
+        let _turn = self.audit_turn.lock().await;
         let mut last_error = None;
         for _ in 0..50 {
             let last = sqlx::query("SELECT seq, hash FROM baton_audit ORDER BY seq DESC LIMIT 1")
@@ -1310,6 +1317,43 @@ mod tests {
             ended_at: None,
             error: None,
         }
+    }
+
+    /// Appends made at once, by clones of one ledger (the runs of one backfill) and by a second
+    /// ledger on the same file (another process), form one unbroken chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_appends_made_at_once_form_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/ledger.db", dir.path().display());
+        let this_process = Ledger::open(&url).await.unwrap();
+        let other_process = Ledger::open(&url).await.unwrap();
+        let appends = (0..24).map(|i| {
+            let ledger = if i % 3 == 0 {
+                other_process.clone()
+            } else {
+                this_process.clone()
+            };
+            tokio::spawn(async move {
+                ledger
+                    .append_audit("p", "tester", "note", &format!("run-{i}"), "{}")
+                    .await
+            })
+        });
+        for appended in futures::future::join_all(appends).await {
+            appended.unwrap().unwrap();
+        }
+        let entries = this_process.audit_entries().await.unwrap();
+        let mut previous = crate::audit::GENESIS.to_string();
+        for (index, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.seq, index as i64 + 1);
+            assert_eq!(entry.prev_hash, previous, "entry {}", entry.seq);
+            assert_eq!(entry.compute_hash(), entry.hash, "entry {}", entry.seq);
+            previous = entry.hash.clone();
+        }
+        let mut runs: Vec<&str> = entries.iter().map(|e| e.run_id.as_str()).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        assert_eq!(runs.len(), 24, "every append exactly once");
     }
 
     #[tokio::test]
