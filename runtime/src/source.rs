@@ -879,7 +879,16 @@ fn check_present(header: &[String], columns: &[Column]) -> BlockResult<()> {
     Ok(())
 }
 
+/// Taken by every CSV parse of the process, so that one runs at a time: polars' reader already
+/// spreads one parse over every core, so parses side by side (the months of a backfill) end no
+/// sooner, but each holds its text and its column builders at once.
+static PARSE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn read_csv(data: &[u8], columns: &[Column]) -> BlockResult<DataFrame> {
+    // A parse that panicked poisoned nothing this lock guards: it guards no data.
+    let _turn = PARSE_TURN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let header_line = data.split(|b| *b == b'\n').next().unwrap_or_default();
     let header: Vec<String> = String::from_utf8_lossy(header_line)
         .trim_end_matches('\r')
@@ -1015,6 +1024,20 @@ mod tests {
             &DataType::Date,
             "{frame}"
         );
+    }
+
+    /// Parses take turns; a parser that panicked while it had the turn (the panic is caught
+    /// and reported as the block's error) must not stop every later parse of the process.
+    #[test]
+    fn a_panic_during_a_parse_does_not_stop_later_parses() {
+        let _ = std::thread::spawn(|| {
+            let _turn = PARSE_TURN.lock().unwrap();
+            panic!("a parser panicked");
+        })
+        .join();
+        assert!(PARSE_TURN.is_poisoned());
+        let frame = parse_csv("id,at,day\n1,2021-01-01 00:15:56,2021-01-01\n").unwrap();
+        assert_eq!(frame.height(), 1);
     }
 
     #[test]
