@@ -693,6 +693,9 @@ fn csv_in_chunks(
     let mut finished = false;
     let mut emitted = false;
     loop {
+        // The text is read in the parse turn too: the other sources wait before reading theirs,
+        // so only one chunk of text is held beside the parse's builders, not one per source.
+        let turn = ParseTurn::take();
         let body_start = header.unwrap_or(0);
         while !finished && pending.len() < body_start + want {
             let missing = body_start + want - pending.len();
@@ -735,6 +738,7 @@ fn csv_in_chunks(
             Ok(parsed) => parsed,
             Err(error) => return Ok(Err(error)),
         };
+        drop(turn);
         emitted = true;
         if !emit(parsed) {
             return Ok(Ok(()));
@@ -879,16 +883,45 @@ fn check_present(header: &[String], columns: &[Column]) -> BlockResult<()> {
     Ok(())
 }
 
-/// Taken by every CSV parse of the process, so that one runs at a time: polars' reader already
-/// spreads one parse over every core, so parses side by side (the months of a backfill) end no
-/// sooner, but each holds its text and its column builders at once.
+/// Taken for every CSV parse of the process (see [`ParseTurn`]), so that one runs at a time:
+/// polars' reader already spreads one parse over every core, so parses side by side (the months
+/// of a backfill) end no sooner, but each holds its text and its column builders at once.
 static PARSE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+thread_local! {
+    static HOLDS_PARSE_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The process's turn to parse CSV text. A thread that holds it may take it again for free, so
+/// a streamed source holds it while it reads a chunk's text and while the parser (which takes it
+/// too) parses it. It is never held while waiting for anything but the CPU: not while a batch
+/// waits for room downstream, nor across a network read (downloads finish before parsing).
+struct ParseTurn(Option<std::sync::MutexGuard<'static, ()>>);
+
+impl ParseTurn {
+    fn take() -> ParseTurn {
+        if HOLDS_PARSE_TURN.get() {
+            return ParseTurn(None);
+        }
+        // A parse that panicked poisoned nothing this lock guards: it guards no data.
+        let guard = PARSE_TURN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        HOLDS_PARSE_TURN.set(true);
+        ParseTurn(Some(guard))
+    }
+}
+
+impl Drop for ParseTurn {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            HOLDS_PARSE_TURN.set(false);
+        }
+    }
+}
+
 fn read_csv(data: &[u8], columns: &[Column]) -> BlockResult<DataFrame> {
-    // A parse that panicked poisoned nothing this lock guards: it guards no data.
-    let _turn = PARSE_TURN
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _turn = ParseTurn::take();
     let header_line = data.split(|b| *b == b'\n').next().unwrap_or_default();
     let header: Vec<String> = String::from_utf8_lossy(header_line)
         .trim_end_matches('\r')
