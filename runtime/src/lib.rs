@@ -35,6 +35,7 @@ pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod store;
+mod typed_csv;
 
 /// Everything generated code uses, in one import.
 pub mod prelude {

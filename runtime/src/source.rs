@@ -932,6 +932,20 @@ fn read_csv(data: &[u8], columns: &[Column]) -> BlockResult<DataFrame> {
         return Err(BlockError::fatal("the file is empty (no header row)"));
     }
     check_present(&header, columns)?;
+    // The plain layout (every file the reference pipelines read) goes straight into typed
+    // arrays; anything else through polars' general reader.
+    match crate::typed_csv::parse(data, &header, columns) {
+        Some(frame) => Ok(frame),
+        None => read_csv_with_polars(data, &header, columns),
+    }
+}
+
+/// Parses CSV text of any layout with polars' reader: `header` is its header row, split.
+pub(crate) fn read_csv_with_polars(
+    data: &[u8],
+    header: &[String],
+    columns: &[Column],
+) -> BlockResult<DataFrame> {
     let declared = polars_schema(columns);
     // Columns the pipeline does not declare are read as text and dropped right after; so are
     // timestamps and dates at first, which `parse_temporal` then converts much faster than the
