@@ -227,19 +227,29 @@ fn publish_local(
         }
         Ok(())
     };
+    // A spool file of a local lake is already complete in the staging folder; only files that
+    // were in memory, or spooled elsewhere, are written there first. Moving spool files into a
+    // copy of the lake's folder tree under staging would cost a folder and a rename per file
+    // for no further guarantee.
+    // The spool's folder is under `root.join(staging)` (see `write_lake`), the same path.
+    let staging_folder = root.join(staging);
     let mut moves = Vec::with_capacity(files.len());
     for (path, spooled) in files {
-        let staged = file_of(&ObjectPath::from(format!("{staging}/{path}")))?;
-        create_folder(&staged)?;
-        let written = match spooled {
-            Spooled::Memory(bytes) => std::fs::write(&staged, bytes),
-            // A spool beside the lake renames; one elsewhere (another file system) copies.
-            Spooled::Disk(local) => std::fs::rename(&local, &staged)
-                .or_else(|_| std::fs::copy(&local, &staged).map(drop)),
+        let staged = match spooled {
+            Spooled::Disk(local) if local.starts_with(&staging_folder) => local,
+            spooled => {
+                let staged = file_of(&ObjectPath::from(format!("{staging}/{path}")))?;
+                create_folder(&staged)?;
+                let written = match spooled {
+                    Spooled::Memory(bytes) => std::fs::write(&staged, bytes),
+                    Spooled::Disk(local) => std::fs::copy(&local, &staged).map(drop),
+                };
+                written.map_err(|e| {
+                    BlockError::retryable(format!("cannot write {}: {e}", staged.display()))
+                })?;
+                staged
+            }
         };
-        written.map_err(|e| {
-            BlockError::retryable(format!("cannot write {}: {e}", staged.display()))
-        })?;
         moves.push((staged, file_of(&path)?));
     }
     for (staged, published) in moves {
