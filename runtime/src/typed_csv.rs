@@ -125,35 +125,41 @@ fn parse_records(
     slots: &[Option<usize>],
     columns: &[Column],
 ) -> Option<(usize, Vec<ColumnBuilder>)> {
-    // A record is about 150 bytes in the files this is for; reserving for that avoids growing
-    // every column's array a dozen times.
-    let expected_rows = records.len() / 96 + 1;
+    // Counting the records first (a vectorised search) sizes every column's array exactly:
+    // grown as rows arrive, each would be copied several times over.
+    let expected_rows = memchr::memchr_iter(b'\n', records).count() + 1;
     let mut builders: Vec<ColumnBuilder> = columns
         .iter()
         .map(|c| ColumnBuilder::new(c.ty, expected_rows))
         .collect();
+    let last = slots.len().checked_sub(1)?;
     let mut rows = 0;
-    let mut start = 0;
-    while start < records.len() {
-        let end = memchr::memchr(b'\n', &records[start..]).map_or(records.len(), |i| start + i);
-        let mut record = &records[start..end];
-        start = end + 1;
-        if let [rest @ .., b'\r'] = record {
-            record = rest;
-        }
+    let mut at = 0;
+    // One pass over the text: each field ends at the next comma or newline, and the record
+    // must end exactly at its last field.
+    while at < records.len() {
         // polars and this parser might read a blank line differently; leave it to polars.
-        if record.is_empty() {
+        if matches!(records[at..], [b'\n', ..] | [b'\r', b'\n', ..]) {
             return None;
         }
-        let mut fields = record.split(|byte| *byte == b',');
-        for slot in slots {
-            let field = fields.next()?;
+        for (position, slot) in slots.iter().enumerate() {
+            let rest = &records[at..];
+            let length = rest
+                .iter()
+                .position(|byte| *byte == b',' || *byte == b'\n')
+                .unwrap_or(rest.len());
+            let mut field = &rest[..length];
+            let ends_record = rest.get(length) != Some(&b',');
+            if ends_record != (position == last) {
+                return None;
+            }
+            if ends_record && let [value @ .., b'\r'] = field {
+                field = value;
+            }
+            at += length + 1;
             if let Some(index) = slot {
                 builders[*index].push(field)?;
             }
-        }
-        if fields.next().is_some() {
-            return None;
         }
         rows += 1;
     }
@@ -173,7 +179,7 @@ enum Values {
     Float64(Vec<f64>),
     Bool(MutableBitmap),
     Date(Vec<i32>),
-    Timestamp(Vec<i64>),
+    Timestamp(Vec<i64>, LastDay),
     Text(MutableBinaryViewArray<str>),
 }
 
@@ -184,7 +190,7 @@ impl ColumnBuilder {
             BaseType::Float64 => Values::Float64(Vec::with_capacity(rows)),
             BaseType::Bool => Values::Bool(MutableBitmap::with_capacity(rows)),
             BaseType::Date => Values::Date(Vec::with_capacity(rows)),
-            BaseType::Timestamp => Values::Timestamp(Vec::with_capacity(rows)),
+            BaseType::Timestamp => Values::Timestamp(Vec::with_capacity(rows), LastDay::default()),
             BaseType::String => Values::Text(MutableBinaryViewArray::with_capacity(rows)),
         };
         ColumnBuilder {
@@ -205,7 +211,9 @@ impl ColumnBuilder {
                 Values::Float64(values) => values.push(parse_float(field)?),
                 Values::Bool(values) => values.push(parse_bool(field)?),
                 Values::Date(values) => values.push(parse_date(field)?),
-                Values::Timestamp(values) => values.push(parse_timestamp(field)?),
+                Values::Timestamp(values, last_day) => {
+                    values.push(parse_timestamp(field, last_day)?)
+                }
                 Values::Text(values) => values.push_value(std::str::from_utf8(field).ok()?),
             }
             if let Some(validity) = &mut self.validity {
@@ -218,7 +226,7 @@ impl ColumnBuilder {
 
     fn push_null(&mut self) {
         match &mut self.values {
-            Values::Int64(values) | Values::Timestamp(values) => values.push(0),
+            Values::Int64(values) | Values::Timestamp(values, _) => values.push(0),
             Values::Float64(values) => values.push(0.0),
             Values::Bool(values) => values.push(false),
             Values::Date(values) => values.push(0),
@@ -255,7 +263,7 @@ impl ColumnBuilder {
             Values::Date(values) => Int32Chunked::from_vec_validity(name, values, validity)
                 .into_date()
                 .into_series(),
-            Values::Timestamp(values) => Int64Chunked::from_vec_validity(name, values, validity)
+            Values::Timestamp(values, _) => Int64Chunked::from_vec_validity(name, values, validity)
                 .into_datetime(TimeUnit::Microseconds, None)
                 .into_series(),
             Values::Text(values) => StringChunked::with_chunk(name, values.freeze()).into_series(),
@@ -324,8 +332,14 @@ fn parse_date(field: &[u8]) -> Option<i32> {
     Some(date.num_days_from_ce() - 719_163)
 }
 
+/// The date of the last timestamp a column parsed, and its day number: a file's rows are
+/// mostly in time order, so most timestamps share the date of the one before and skip the
+/// calendar arithmetic.
+#[derive(Default)]
+struct LastDay(Option<([u8; 10], i64)>);
+
 /// `YYYY-MM-DD HH:MM:SS` as microseconds since 1970-01-01 00:00:00.
-fn parse_timestamp(field: &[u8]) -> Option<i64> {
+fn parse_timestamp(field: &[u8], last_day: &mut LastDay) -> Option<i64> {
     let (date, time) = field.split_at_checked(10)?;
     let [b' ', h0, h1, b':', n0, n1, b':', s0, s1] = *time else {
         return None;
@@ -334,8 +348,15 @@ fn parse_timestamp(field: &[u8]) -> Option<i64> {
     if hours > 23 || minutes > 59 || seconds > 59 {
         return None;
     }
-    let seconds_of_day = i64::from((hours * 60 + minutes) * 60 + seconds);
-    let seconds = i64::from(parse_date(date)?) * 86_400 + seconds_of_day;
+    let day = match last_day.0 {
+        Some((last, day)) if last == date => day,
+        _ => {
+            let day = i64::from(parse_date(date)?);
+            last_day.0 = Some((date.try_into().ok()?, day));
+            day
+        }
+    };
+    let seconds = day * 86_400 + i64::from((hours * 60 + minutes) * 60 + seconds);
     Some(seconds * 1_000_000)
 }
 
@@ -482,7 +503,12 @@ mod tests {
             .map(|n| {
                 let null = |text: String| if n % 7 == 3 { String::new() } else { text };
                 vec![
-                    format!("2021-01-{:02} {:02}:{:02}:17", n % 28 + 1, n % 24, n % 60),
+                    format!(
+                        "2021-01-{:02} {:02}:{:02}:17",
+                        n / 2_500 + 1,
+                        n % 24,
+                        n % 60
+                    ),
                     null(n.to_string()),
                     "x".to_string(),
                     null(format!("{}.{:02}", n / 3, n % 100)),
