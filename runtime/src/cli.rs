@@ -242,6 +242,7 @@ impl From<crate::ledger::LedgerError> for Failure {
 
 /// Parses the command line and runs the pipeline binary. Called by the generated `main`.
 pub fn main(pipeline: &'static Pipeline) -> ExitCode {
+    limit_allocator_arenas();
     let cli = Cli::parse();
     init_logging(cli.json_logs);
     let result = match &cli.command {
@@ -937,6 +938,30 @@ fn init_logging(json: bool) {
     }
 }
 
+/// Gives glibc's allocator one arena per core rather than its default of eight per core, before
+/// any thread starts. Batches are made on one thread (a parser's, a pool's) and freed on another
+/// (a sink's), and with many arenas each keeps the memory freed into it for its own threads: the
+/// reference run peaked at 119 MB rather than 108 MB at 1x, and 248 MB rather than 217 MB at
+/// 10x, and ran no faster. A `MALLOC_ARENA_MAX` in the environment still decides.
+fn limit_allocator_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Some(arenas) = arena_limit(
+        std::env::var_os("MALLOC_ARENA_MAX").is_some(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ) {
+        // SAFETY: mallopt only sets a parameter of the allocator; no thread allocates yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+}
+
+/// The arena limit to set: none when the environment sets one, else one per core.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn arena_limit(set_by_environment: bool, cores: usize) -> Option<i32> {
+    (!set_by_environment).then(|| i32::try_from(cores).unwrap_or(i32::MAX).max(1))
+}
+
 fn block_on<T>(future: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1393,6 +1418,14 @@ mod tests {
 
     fn day(key: &str) -> Partition {
         Partition::parse(Granularity::Daily, key).unwrap()
+    }
+
+    #[test]
+    fn the_allocator_gets_an_arena_per_core_unless_the_environment_says() {
+        assert_eq!(arena_limit(false, 2), Some(2));
+        assert_eq!(arena_limit(false, 64), Some(64));
+        assert_eq!(arena_limit(false, 0), Some(1));
+        assert_eq!(arena_limit(true, 2), None);
     }
 
     #[test]
