@@ -33,10 +33,62 @@ impl SpoolBudget {
         })
     }
 
+    /// Whether its holders together use more than the budget allows.
+    pub(crate) fn exceeded(&self) -> bool {
+        self.used.load(std::sync::atomic::Ordering::Relaxed) > self.limit
+    }
+
     /// Bytes held in memory now.
     #[cfg(test)]
-    fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One holder's share of a [`SpoolBudget`]: what it counts is counted in the budget too, and
+/// given back when released or when the share is dropped (a write that failed).
+pub(crate) struct BudgetShare {
+    budget: Arc<SpoolBudget>,
+    bytes: usize,
+}
+
+impl BudgetShare {
+    /// An empty share of `budget`.
+    pub(crate) fn new(budget: Arc<SpoolBudget>) -> BudgetShare {
+        BudgetShare { budget, bytes: 0 }
+    }
+
+    /// Counts `bytes` more.
+    pub(crate) fn add(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.budget
+            .used
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives `bytes` of the share back.
+    pub(crate) fn release(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        self.budget
+            .used
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The bytes this share counts.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the holders of the budget together use more than it allows.
+    pub(crate) fn budget_exceeded(&self) -> bool {
+        self.budget.exceeded()
+    }
+}
+
+impl Drop for BudgetShare {
+    fn drop(&mut self) {
+        self.release(self.bytes);
     }
 }
 

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::context::RunContext;
 use crate::error::{BlockError, BlockResult};
-use crate::files::{SPOOL_MEMORY_BYTES, SpoolBudget, SpoolFile, Spooled};
+use crate::files::{BudgetShare, SPOOL_MEMORY_BYTES, SpoolBudget, SpoolFile, Spooled};
 use crate::parquet::{ParquetFileWriter, ParquetLayout};
 use crate::pipeline::Column as ColumnDef;
 use crate::rows::Rows;
@@ -57,12 +57,18 @@ pub(crate) const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 /// The folder, at the root of the lake, under which a run uploads its files before publishing.
 pub const STAGING_FOLDER: &str = "_baton_staging";
 
-/// How much data (in memory, as polars counts it) the lake sink holds back across all partition
-/// folders before it writes the largest folder's rows out as a row group: memory stays bounded
-/// by this, whatever the size of the data or the width of its rows, while row groups stay large
-/// enough for readers. The reference month (about 40,000 rows) is held whole, so each of its
-/// files is one row group.
+/// How much data (in memory, as polars counts it) the lake writes of the process hold back
+/// together, across all their partition folders, before the write that goes over the budget
+/// writes its largest folder's rows out as a row group: memory stays bounded by this, whatever
+/// the size of the data, the width of its rows or the number of partitions written side by
+/// side (`backfill --concurrency`), while row groups stay large enough for readers. Three
+/// reference months (about 40,000 rows each) are held whole, so each of their files is one row
+/// group.
 const SPOOL_BYTES: usize = 32 << 20;
+
+/// The rows held back by every lake write of the process (see [`SPOOL_BYTES`]).
+static HELD_ROWS: std::sync::LazyLock<Arc<SpoolBudget>> =
+    std::sync::LazyLock::new(|| SpoolBudget::new(SPOOL_BYTES));
 
 /// Writes the rows as Parquet (or CSV) files under the dataset folder `path` (the target's
 /// template filled in for this run), batch by batch: each partition folder's rows go into a
@@ -84,7 +90,13 @@ pub async fn write_lake(
     let staging = staging_folder(ctx.run_id());
     let local_staging = lake.local_root.as_ref().map(|root| root.join(&staging));
     let spooling = async {
-        let mut spool = Spool::new(*target, path, &stem, local_staging.as_deref())?;
+        let mut spool = Spool::new(
+            *target,
+            path,
+            &stem,
+            local_staging.as_deref(),
+            HELD_ROWS.clone(),
+        )?;
         while let Some(batch) = rows.next_batch().await {
             let batch = batch?;
             spool = tokio::task::spawn_blocking(move || spool.add(batch).map(|()| spool))
@@ -265,7 +277,7 @@ fn publish_local(
 /// when `max_rows_per_file` splits it), written a row group at a time. For an object store they
 /// are in memory while they are small and on local disk once they are not; for a local lake
 /// they are on disk from the start, in the write's staging folder, to be renamed into place.
-/// Rows wait in memory only until [`SPOOL_BYTES`] are held back across all folders.
+/// Rows wait in memory only until the lake writes of the process hold [`SPOOL_BYTES`] together.
 struct Spool {
     target: LakeTarget,
     dataset: String,
@@ -275,8 +287,8 @@ struct Spool {
     /// The memory the spool's files may hold.
     budget: Arc<SpoolBudget>,
     folders: Vec<SpoolFolder>,
-    /// Bytes held back, not yet written, across all folders.
-    held: usize,
+    /// Bytes held back, not yet written, across all folders: a share of [`HELD_ROWS`].
+    held: BudgetShare,
     /// Rows received.
     rows: usize,
 }
@@ -301,12 +313,14 @@ enum FileWriter {
 
 impl Spool {
     /// A spool for a lake on this machine's file system, whose files go into `local_staging`
-    /// (the write's staging folder in the lake), or for an object store (`None`).
+    /// (the write's staging folder in the lake), or for an object store (`None`). The rows it
+    /// holds back count in `held_rows`, a budget it may share with other spools.
     fn new(
         target: LakeTarget,
         dataset: &str,
         stem: &str,
         local_staging: Option<&std::path::Path>,
+        held_rows: Arc<SpoolBudget>,
     ) -> BlockResult<Spool> {
         let cannot =
             |e: std::io::Error| BlockError::retryable(format!("cannot create a spool folder: {e}"));
@@ -344,7 +358,7 @@ impl Spool {
             dir,
             budget,
             folders: Vec::new(),
-            held: 0,
+            held: BudgetShare::new(held_rows),
             rows: 0,
         })
     }
@@ -382,11 +396,13 @@ impl Spool {
                 }
             };
             let bytes = data.estimated_size();
-            self.held += bytes;
+            self.held.add(bytes);
             self.folders[index].held_bytes += bytes;
             self.folders[index].held.push(data);
         }
-        while self.held > SPOOL_BYTES {
+        // The spool that takes the process over the budget writes out its own rows, largest
+        // folder first; another write's rows are not its to write.
+        while self.held.bytes() > 0 && self.held.budget_exceeded() {
             let largest = (0..self.folders.len())
                 .max_by_key(|&i| self.folders[i].held_bytes)
                 .expect("rows are held, so a folder holds them");
@@ -400,7 +416,8 @@ impl Spool {
     fn write_out(&mut self, index: usize) -> BlockResult<()> {
         let limit = self.target.max_rows_per_file.unwrap_or(usize::MAX).max(1);
         let held = std::mem::take(&mut self.folders[index].held);
-        self.held -= std::mem::take(&mut self.folders[index].held_bytes);
+        self.held
+            .release(std::mem::take(&mut self.folders[index].held_bytes));
         let mut data: Option<DataFrame> = None;
         for part in held {
             match &mut data {
@@ -597,10 +614,11 @@ mod tests {
         stem: &str,
     ) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
         let local_lake = tempfile::tempdir().unwrap();
-        let in_memory = spool_files(frame, Spool::new(*target, dataset, stem, None)?)?;
+        let budget = || SpoolBudget::new(SPOOL_BYTES);
+        let in_memory = spool_files(frame, Spool::new(*target, dataset, stem, None, budget())?)?;
         let on_disk = spool_files(
             frame,
-            Spool::new(*target, dataset, stem, Some(local_lake.path()))?,
+            Spool::new(*target, dataset, stem, Some(local_lake.path()), budget())?,
         )?;
         assert_eq!(in_memory, on_disk);
         Ok(in_memory)
@@ -669,6 +687,49 @@ mod tests {
             .finish()
             .unwrap();
         assert_eq!(read.get_column_names(), ["fare"]);
+    }
+
+    /// Writes side by side share one budget of held rows: the write that takes them over it
+    /// writes out its own rows, the other keeps holding its own, and whatever a write holds is
+    /// given back when it is written or dropped.
+    #[test]
+    fn writes_side_by_side_share_one_budget_of_held_rows() {
+        let batch = |day: i64| {
+            df![
+                "day" => vec![day; 1_000],
+                "fare" => (0..1_000).map(f64::from).collect::<Vec<_>>(),
+            ]
+            .unwrap()
+        };
+        const COLUMNS: &[ColumnDef] = &[
+            ColumnDef::required("day", BaseType::Int64),
+            ColumnDef::required("fare", BaseType::Float64),
+        ];
+        let target = LakeTarget {
+            connection: "lake",
+            path: "trips",
+            partition_by: &["day"],
+            max_rows_per_file: None,
+            format: FileFormat::Parquet,
+            columns: COLUMNS,
+        };
+        // Room for one day's held rows (8,000 bytes of fares) but not for two.
+        let budget = SpoolBudget::new(12_000);
+        let spool = || Spool::new(target, "trips", "part-0", None, budget.clone()).unwrap();
+        let (mut first, mut second) = (spool(), spool());
+        first.add(batch(1)).unwrap();
+        assert_eq!(first.held.bytes(), 8_000);
+        second.add(batch(2)).unwrap();
+        assert_eq!(first.held.bytes(), 8_000, "the first write keeps its rows");
+        assert_eq!(second.held.bytes(), 0, "the second wrote its rows out");
+        assert_eq!(budget.used(), 8_000);
+        let (_dir, files) = first.finish().unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(budget.used(), 0);
+        second.add(batch(3)).unwrap();
+        assert_eq!(second.held.bytes(), 8_000);
+        drop(second);
+        assert_eq!(budget.used(), 0, "a dropped write gives its share back");
     }
 
     #[test]
