@@ -629,6 +629,23 @@ mod tests {
         Ok(in_memory)
     }
 
+    /// A dataset `trips` in the lake connection `lake`.
+    fn trips_target(
+        partition_by: &'static [&'static str],
+        max_rows_per_file: Option<usize>,
+        format: FileFormat,
+        columns: &'static [ColumnDef],
+    ) -> LakeTarget {
+        LakeTarget {
+            connection: "lake",
+            path: "trips",
+            partition_by,
+            max_rows_per_file,
+            format,
+            columns,
+        }
+    }
+
     fn spool_files(frame: &DataFrame, mut spool: Spool) -> BlockResult<Vec<(ObjectPath, Vec<u8>)>> {
         // Two batches, so that a folder's rows arrive in parts as they do from a stream.
         let half = frame.height() / 2;
@@ -667,14 +684,7 @@ mod tests {
             ColumnDef::nullable("borough", BaseType::String),
             ColumnDef::required("fare", BaseType::Float64),
         ];
-        let target = LakeTarget {
-            connection: "lake",
-            path: "trips",
-            partition_by: &["year", "borough"],
-            max_rows_per_file: None,
-            format: FileFormat::Parquet,
-            columns: COLUMNS,
-        };
+        let target = trips_target(&["year", "borough"], None, FileFormat::Parquet, COLUMNS);
         let files = encode_files(&frame, &target, "trips", "part-2021").unwrap();
         let mut paths: Vec<String> = files.iter().map(|(p, _)| p.to_string()).collect();
         paths.sort();
@@ -710,14 +720,7 @@ mod tests {
             ColumnDef::required("day", BaseType::Int64),
             ColumnDef::required("fare", BaseType::Float64),
         ];
-        let target = LakeTarget {
-            connection: "lake",
-            path: "trips",
-            partition_by: &["day"],
-            max_rows_per_file: None,
-            format: FileFormat::Parquet,
-            columns: COLUMNS,
-        };
+        let target = trips_target(&["day"], None, FileFormat::Parquet, COLUMNS);
         // Room for one day's held rows (8,000 bytes of fares) but not for two.
         let budget = SpoolBudget::new(12_000);
         let spool = || Spool::new(target, "trips", "part-0", None, budget.clone()).unwrap();
@@ -741,14 +744,7 @@ mod tests {
     fn large_partitions_are_split_into_numbered_files() {
         let frame = df!["fare" => (0..10).map(f64::from).collect::<Vec<_>>()].unwrap();
         const COLUMNS: &[ColumnDef] = &[ColumnDef::required("fare", BaseType::Float64)];
-        let target = LakeTarget {
-            connection: "lake",
-            path: "trips",
-            partition_by: &[],
-            max_rows_per_file: Some(4),
-            format: FileFormat::Parquet,
-            columns: COLUMNS,
-        };
+        let target = trips_target(&[], Some(4), FileFormat::Parquet, COLUMNS);
         let files = encode_files(&frame, &target, "trips", "part-2021-01").unwrap();
         let names: Vec<String> = files.iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(
@@ -778,14 +774,7 @@ mod tests {
             ColumnDef::required("day", BaseType::String),
             ColumnDef::required("fare", BaseType::Float64),
         ];
-        let target = LakeTarget {
-            connection: "lake",
-            path: "trips",
-            partition_by: &["day"],
-            max_rows_per_file: None,
-            format: FileFormat::Csv,
-            columns: COLUMNS,
-        };
+        let target = trips_target(&["day"], None, FileFormat::Csv, COLUMNS);
         let files = encode_files(&frame, &target, "trips", "part-2021-01").unwrap();
         let (path, bytes) = &files[0];
         assert_eq!(path.to_string(), "trips/day=2021-01-01/part-2021-01.csv");
