@@ -291,24 +291,51 @@ fn parse_int(field: &[u8]) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
-/// `-?[0-9]*(\.[0-9]*)?` with at least one digit, rounded to the nearest `f64` by the parser
-/// polars' reader uses.
+/// `-?[0-9]*(\.[0-9]*)?` with at least one digit, as the nearest `f64`.
 fn parse_float(field: &[u8]) -> Option<f64> {
-    let unsigned = field.strip_prefix(b"-").unwrap_or(field);
-    let mut digits = 0;
-    let mut points = 0;
-    for byte in unsigned {
+    let (negative, unsigned) = match field {
+        [b'-', unsigned @ ..] => (true, unsigned),
+        unsigned => (false, unsigned),
+    };
+    let mut mantissa: u64 = 0;
+    let mut digits = 0u32;
+    let mut decimals: Option<u32> = None;
+    for &byte in unsigned {
         match byte {
-            b'0'..=b'9' => digits += 1,
-            b'.' => points += 1,
+            b'0'..=b'9' => {
+                // Wraps only past 19 digits, and then the exact path below is not taken.
+                mantissa = mantissa
+                    .wrapping_mul(10)
+                    .wrapping_add(u64::from(byte - b'0'));
+                digits += 1;
+                if let Some(decimals) = &mut decimals {
+                    *decimals += 1;
+                }
+            }
+            b'.' if decimals.is_none() => decimals = Some(0),
             _ => return None,
         }
     }
-    if digits == 0 || points > 1 {
+    if digits == 0 {
         return None;
     }
-    fast_float2::parse(field).ok()
+    let decimals = decimals.unwrap_or(0) as usize;
+    if digits > 15 || decimals >= EXACT_POWERS_OF_TEN.len() {
+        // Too many digits for one exact division: the parser polars' reader uses.
+        return fast_float2::parse(field).ok();
+    }
+    // Clinger's fast path: the digits (under 10^15) and the power of ten are both exact
+    // doubles, so one correctly rounded division gives the nearest double to the decimal, as
+    // any correct parser does. It is the common case and skips a second pass over the text.
+    let value = mantissa as f64 / EXACT_POWERS_OF_TEN[decimals];
+    Some(if negative { -value } else { value })
 }
+
+/// The powers of ten that a double holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
 
 fn parse_bool(field: &[u8]) -> Option<bool> {
     match field {
@@ -494,6 +521,35 @@ mod tests {
             rows in proptest::collection::vec(prop_oneof![plain_row(), odd_row()], 1..20),
         ) {
             agrees_with_polars(&text(&rows, "\n", true))?;
+        }
+    }
+
+    proptest! {
+        /// Every plain decimal parses to the same double, bit for bit, as with the parser
+        /// polars' reader uses: on the exact path (up to 15 digits) and past it.
+        #[test]
+        fn decimals_parse_as_polars_parses_them(
+            negative in any::<bool>(),
+            integer in "[0-9]{0,12}",
+            fraction in proptest::option::of("[0-9]{0,24}"),
+        ) {
+            let mut text = String::new();
+            if negative {
+                text.push('-');
+            }
+            text.push_str(&integer);
+            if let Some(fraction) = &fraction {
+                text.push('.');
+                text.push_str(fraction);
+            }
+            let expected: Option<f64> = fast_float2::parse(text.as_bytes()).ok();
+            let digits = integer.len() + fraction.as_ref().map_or(0, String::len);
+            if digits == 0 {
+                prop_assert_eq!(parse_float(text.as_bytes()), None);
+            } else {
+                let parsed = parse_float(text.as_bytes()).map(f64::to_bits);
+                prop_assert_eq!(parsed, expected.map(f64::to_bits), "{}", text);
+            }
         }
     }
 
