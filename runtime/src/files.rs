@@ -103,8 +103,8 @@ struct SpoolState {
     disk: Option<BufWriter<File>>,
     /// Whether the file is complete: on disk and closed, or still in memory.
     closed: bool,
-    /// The memory budget of the spool's files, shared by them.
-    budget: Arc<SpoolBudget>,
+    /// The bytes in `memory`, counted in the memory budget the spool's files share.
+    in_memory: BudgetShare,
 }
 
 /// A finished spool file.
@@ -124,7 +124,7 @@ impl SpoolFile {
             memory: Some(Vec::new()),
             disk: None,
             closed: false,
-            budget,
+            in_memory: BudgetShare::new(budget),
         })))
     }
 
@@ -144,7 +144,7 @@ impl SpoolFile {
     pub(crate) fn finish(&self) -> std::io::Result<Spooled> {
         let mut state = self.lock()?;
         if let Some(bytes) = state.memory.take() {
-            state.release(bytes.len());
+            state.in_memory.release(bytes.len());
             return Ok(Spooled::Memory(bytes));
         }
         if let Some(mut disk) = state.disk.take() {
@@ -161,22 +161,6 @@ impl SpoolFile {
     }
 }
 
-impl SpoolState {
-    fn release(&self, bytes: usize) {
-        self.budget
-            .used
-            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for SpoolState {
-    fn drop(&mut self) {
-        if let Some(bytes) = &self.memory {
-            self.release(bytes.len());
-        }
-    }
-}
-
 impl Write for SpoolFile {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.write_all(bytes)?;
@@ -184,19 +168,19 @@ impl Write for SpoolFile {
     }
 
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::sync::atomic::Ordering;
         let mut state = self.lock()?;
         if state.memory.is_some() && !state.closed {
-            let before = state.budget.used.fetch_add(bytes.len(), Ordering::Relaxed);
-            if before + bytes.len() <= state.budget.limit {
+            state.in_memory.add(bytes.len());
+            if !state.in_memory.budget_exceeded() {
                 if let Some(memory) = state.memory.as_mut() {
                     memory.extend_from_slice(bytes);
                 }
                 return Ok(());
             }
-            // Over budget: this file moves to disk with what it has.
+            // Over budget: this file moves to disk with what it has, and its share is freed.
             let held = state.memory.take().unwrap_or_default();
-            state.release(held.len() + bytes.len());
+            let share = state.in_memory.bytes();
+            state.in_memory.release(share);
             let mut disk = BufWriter::with_capacity(SPOOL_BUFFER_BYTES, File::create(&state.path)?);
             disk.write_all(&held)?;
             state.disk = Some(disk);

@@ -884,8 +884,9 @@ fn check_present(header: &[String], columns: &[Column]) -> BlockResult<()> {
 }
 
 /// Taken for every CSV parse of the process (see [`ParseTurn`]), so that one runs at a time:
-/// polars' reader already spreads one parse over every core, so parses side by side (the months
-/// of a backfill) end no sooner, but each holds its text and its column builders at once.
+/// a parse already spreads over every core (the typed parser's pieces and polars' reader both
+/// run on polars' pool), so parses side by side (the months of a backfill) end no sooner, but
+/// each holds its text and its column builders at once.
 static PARSE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 thread_local! {
