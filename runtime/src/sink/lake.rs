@@ -240,11 +240,11 @@ fn publish_local(
         }
         Ok(())
     };
-    // A spool file of a local lake is already complete in the staging folder; only files that
-    // were in memory, or spooled elsewhere, are written there first. Moving spool files into a
-    // copy of the lake's folder tree under staging would cost a folder and a rename per file
-    // for no further guarantee.
-    // The spool's folder is under `root.join(staging)` (see `write_lake`), the same path.
+    // A spool file of a local lake is already complete in the staging folder (the spool's
+    // folder is under `root.join(staging)`, see `write_lake`); only files that were in memory,
+    // or spooled elsewhere, are written there first. Moving spool files into a copy of the
+    // lake's folder tree under staging would cost a folder and a rename per file for no
+    // further guarantee.
     let staging_folder = root.join(staging);
     let mut moves = Vec::with_capacity(files.len());
     for (path, spooled) in files {
