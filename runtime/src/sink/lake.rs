@@ -14,7 +14,7 @@
 //! uploads.
 
 use std::collections::HashSet;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -60,12 +60,23 @@ pub const STAGING_FOLDER: &str = "_baton_staging";
 
 /// How much data (in memory, as polars counts it) the lake writes of the process hold back
 /// together, across all their partition folders, before the write that goes over the budget
-/// writes its largest folder's rows out as a row group: memory stays bounded by this, whatever
-/// the size of the data, the width of its rows or the number of partitions written side by
-/// side (`backfill --concurrency`), while row groups stay large enough for readers. Three
-/// reference months (about 40,000 rows each) are held whole, so each of their files is one row
-/// group.
+/// takes its largest folder's rows out of memory: memory stays bounded by this, whatever the
+/// size of the data, the width of its rows or the number of partitions written side by side
+/// (`backfill --concurrency`). Three reference months (about 40,000 rows each) are held whole,
+/// so each of their files is one row group.
 const SPOOL_BYTES: usize = 32 << 20;
+
+/// The size (in memory, as polars counts it) from which a folder's rows make a Parquet row
+/// group worth writing as it is. When many folders share the budget, each one's rows leave
+/// memory in small runs; written as row groups they would make files of many small row groups,
+/// and polars' Parquet writer keeps every page's header and statistics in memory until its file
+/// ends, so memory would grow with the data after all. Smaller runs are therefore spilled to a
+/// local file, plainly encoded, and read back into row groups of about this size when the
+/// folder is written.
+const ROW_GROUP_BYTES: usize = 8 << 20;
+
+/// The write buffer of a spill file, which is open only while one run of rows is written.
+const SPILL_BUFFER_BYTES: usize = 64 << 10;
 
 /// The rows held back by every lake write of the process (see [`SPOOL_BYTES`]).
 static HELD_ROWS: std::sync::LazyLock<Arc<SpoolBudget>> =
@@ -278,7 +289,9 @@ fn publish_local(
 /// when `max_rows_per_file` splits it), written a row group at a time. For an object store they
 /// are in memory while they are small and on local disk once they are not; for a local lake
 /// they are on disk from the start, in the write's staging folder, to be renamed into place.
-/// Rows wait in memory only until the lake writes of the process hold [`SPOOL_BYTES`] together.
+/// Rows wait in memory only until the lake writes of the process hold [`SPOOL_BYTES`] together;
+/// runs of rows too small for a row group wait in the folder's spill file (see
+/// [`ROW_GROUP_BYTES`]).
 struct Spool {
     target: LakeTarget,
     dataset: String,
@@ -290,6 +303,9 @@ struct Spool {
     folders: Vec<SpoolFolder>,
     /// Bytes held back, not yet written, across all folders: a share of [`HELD_ROWS`].
     held: BudgetShare,
+    /// The size of a run of rows written as a row group rather than spilled
+    /// ([`ROW_GROUP_BYTES`]; smaller in tests).
+    row_group_bytes: usize,
     /// Rows received.
     rows: usize,
 }
@@ -300,6 +316,8 @@ struct SpoolFolder {
     held: Vec<DataFrame>,
     /// Bytes of the rows held back.
     held_bytes: usize,
+    /// Where each run of rows spilled to the folder's spill file ends, in the order they came.
+    spilled: Vec<u64>,
     /// Its files, in order.
     files: Vec<SpoolFile>,
     /// The file being written, its writer and the rows in it.
@@ -360,12 +378,13 @@ impl Spool {
             budget,
             folders: Vec::new(),
             held: BudgetShare::new(held_rows),
+            row_group_bytes: ROW_GROUP_BYTES,
             rows: 0,
         })
     }
 
-    /// Takes one batch: its rows join their folders, and the largest folders are written out
-    /// while too many rows are held back.
+    /// Takes one batch: its rows join their folders, and the largest folders' rows leave
+    /// memory while too many rows are held back.
     fn add(&mut self, batch: DataFrame) -> BlockResult<()> {
         self.rows += batch.height();
         let keys = self.target.partition_by;
@@ -390,6 +409,7 @@ impl Spool {
                         folder,
                         held: Vec::new(),
                         held_bytes: 0,
+                        spilled: Vec::new(),
                         files: Vec::new(),
                         open: None,
                     });
@@ -407,30 +427,123 @@ impl Spool {
             let largest = (0..self.folders.len())
                 .max_by_key(|&i| self.folders[i].held_bytes)
                 .expect("rows are held, so a folder holds them");
-            self.write_out(largest)?;
+            self.flush(largest)?;
         }
         Ok(())
     }
 
-    /// Writes the rows a folder holds into its files, starting a new file whenever one
-    /// reaches `max_rows_per_file`.
-    fn write_out(&mut self, index: usize) -> BlockResult<()> {
-        let limit = self.target.max_rows_per_file.unwrap_or(usize::MAX).max(1);
-        let held = std::mem::take(&mut self.folders[index].held);
-        self.held
-            .release(std::mem::take(&mut self.folders[index].held_bytes));
-        let mut data: Option<DataFrame> = None;
-        for part in held {
-            match &mut data {
-                None => data = Some(part),
-                Some(data) => {
-                    data.vstack_mut_owned(part)?;
-                }
-            }
-        }
-        let Some(mut data) = data else {
+    /// Takes a folder's held rows out of memory: CSV rows, and Parquet rows enough for a row
+    /// group, are written into the folder's file (after its spilled rows, to keep their
+    /// order); a smaller run of Parquet rows is spilled.
+    fn flush(&mut self, index: usize) -> BlockResult<()> {
+        let Some((data, bytes)) = self.take_held(index)? else {
             return Ok(());
         };
+        if self.target.format == FileFormat::Parquet && bytes < self.row_group_bytes {
+            self.spill(index, &data)
+        } else {
+            self.drain(index, Some(data))
+        }
+    }
+
+    /// The rows a folder holds back, as one frame, and their size; they no longer count as
+    /// held.
+    fn take_held(&mut self, index: usize) -> BlockResult<Option<(DataFrame, usize)>> {
+        let folder = &mut self.folders[index];
+        let held = std::mem::take(&mut folder.held);
+        let bytes = std::mem::take(&mut folder.held_bytes);
+        self.held.release(bytes);
+        let mut data: Option<DataFrame> = None;
+        for part in held {
+            append(&mut data, part)?;
+        }
+        Ok(data.map(|data| (data, bytes)))
+    }
+
+    /// The local file where a folder's small runs of rows wait.
+    fn spill_path(&self, index: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("{index}.spill"))
+    }
+
+    /// Appends a run of a folder's rows to its spill file as a Parquet file of its own, plain
+    /// and uncompressed, which is cheap to write and to read back. The file is closed again at
+    /// once: a spool may have thousands of folders, and their rows wait without a buffer or a
+    /// file handle each.
+    fn spill(&mut self, index: usize, data: &DataFrame) -> BlockResult<()> {
+        let path = self.spill_path(index);
+        let cannot = |e: std::io::Error| {
+            BlockError::retryable(format!("cannot spill rows to {}: {e}", path.display()))
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(cannot)?;
+        let mut writer = ParquetFileWriter::new(
+            BufWriter::with_capacity(SPILL_BUFFER_BYTES, file),
+            data.schema(),
+            ParquetLayout::Checkpoint,
+        )?;
+        writer.write(data)?;
+        let file = writer
+            .finish()?
+            .into_inner()
+            .map_err(|e| cannot(e.into_error()))?;
+        let end = file.metadata().map_err(cannot)?.len();
+        self.folders[index].spilled.push(end);
+        Ok(())
+    }
+
+    /// Writes a folder's spilled rows, read back run by run, and then `tail` into its files,
+    /// in row groups of about [`ROW_GROUP_BYTES`], and deletes its spill file.
+    fn drain(&mut self, index: usize, tail: Option<DataFrame>) -> BlockResult<()> {
+        let ends = std::mem::take(&mut self.folders[index].spilled);
+        let mut group: Option<DataFrame> = None;
+        if !ends.is_empty() {
+            let path = self.spill_path(index);
+            let cannot = |e: std::io::Error| {
+                BlockError::retryable(format!("cannot read spilled rows {}: {e}", path.display()))
+            };
+            let mut file = std::fs::File::open(&path).map_err(cannot)?;
+            let mut start = 0;
+            for end in ends {
+                let mut run = Vec::with_capacity((end - start) as usize);
+                let read = (&mut file)
+                    .take(end - start)
+                    .read_to_end(&mut run)
+                    .map_err(cannot)?;
+                if read as u64 != end - start {
+                    return Err(cannot(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                start = end;
+                append(
+                    &mut group,
+                    ParquetReader::new(std::io::Cursor::new(run)).finish()?,
+                )?;
+                if group
+                    .as_ref()
+                    .is_some_and(|g| g.estimated_size() >= self.row_group_bytes)
+                {
+                    let full = group.take().expect("checked just above");
+                    self.write_rows(index, full)?;
+                }
+            }
+            drop(file);
+            std::fs::remove_file(&path).map_err(cannot)?;
+        }
+        if let Some(tail) = tail {
+            append(&mut group, tail)?;
+        }
+        match group {
+            Some(group) => self.write_rows(index, group),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes rows of a folder into its files as row groups, starting a new file whenever one
+    /// reaches `max_rows_per_file`.
+    fn write_rows(&mut self, index: usize, mut data: DataFrame) -> BlockResult<()> {
+        let limit = self.target.max_rows_per_file.unwrap_or(usize::MAX).max(1);
         data.rechunk_mut();
         let mut offset = 0;
         loop {
@@ -465,12 +578,14 @@ impl Spool {
         }
     }
 
-    /// Writes what is held back, closes every file and names them: the spool folder (which
-    /// deletes the files on disk when dropped) and each file's lake path with its content.
+    /// Writes what is held back or spilled, closes every file and names them: the spool folder
+    /// (which deletes the files on disk when dropped) and each file's lake path with its
+    /// content.
     fn finish(mut self) -> BlockResult<(tempfile::TempDir, Vec<(ObjectPath, Spooled)>)> {
         // Folder by folder, so that each file's buffer is freed before the next is written.
         for index in 0..self.folders.len() {
-            self.write_out(index)?;
+            let tail = self.take_held(index)?.map(|(data, _)| data);
+            self.drain(index, tail)?;
             if let Some((writer, file, _)) = self.folders[index].open.take() {
                 writer.finish()?;
                 file.close()?;
@@ -597,6 +712,17 @@ fn owned_by(file_name: &str, stem: &str, format: FileFormat) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
         None => false,
     }
+}
+
+/// Appends `part` to the rows gathered in `data`.
+fn append(data: &mut Option<DataFrame>, part: DataFrame) -> BlockResult<()> {
+    match data {
+        None => *data = Some(part),
+        Some(data) => {
+            data.vstack_mut_owned(part)?;
+        }
+    }
+    Ok(())
 }
 
 /// The folder value of a partition: its text, or Hive's name for null.
@@ -738,6 +864,180 @@ mod tests {
         assert_eq!(second.held.bytes(), 8_000);
         drop(second);
         assert_eq!(budget.used(), 0, "a dropped write gives its share back");
+    }
+
+    /// The rows of each folder in the files a spool wrote, file after file, and each file's
+    /// row group count.
+    fn folders_read_back(files: &[(ObjectPath, Vec<u8>)]) -> Vec<(String, DataFrame, usize)> {
+        let mut folders: Vec<(String, DataFrame, usize)> = Vec::new();
+        for (path, bytes) in files {
+            let folder = path.prefix_match(&ObjectPath::from("trips")).unwrap();
+            let folder = folder
+                .map(|part| part.as_ref().to_string())
+                .collect::<Vec<_>>()[0]
+                .clone();
+            let mut reader = std::io::Cursor::new(bytes);
+            let groups = polars_parquet::read::read_metadata(&mut reader)
+                .unwrap()
+                .row_groups
+                .len();
+            let rows = ParquetReader::new(reader).finish().unwrap();
+            match folders.iter_mut().find(|(name, _, _)| *name == folder) {
+                Some((_, frame, count)) => {
+                    frame.vstack_mut_owned(rows).unwrap();
+                    *count += groups;
+                }
+                None => folders.push((folder, rows, groups)),
+            }
+        }
+        folders
+    }
+
+    /// Batches of trips on a few days: `(day, fare)` pairs in arrival order.
+    fn trip_batches(batches: &[Vec<(i64, f64)>]) -> Vec<DataFrame> {
+        batches
+            .iter()
+            .map(|rows| {
+                df![
+                    "day" => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                    "fare" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                ]
+                .unwrap()
+            })
+            .collect()
+    }
+
+    const DAY_AND_FARE: &[ColumnDef] = &[
+        ColumnDef::required("day", BaseType::Int64),
+        ColumnDef::required("fare", BaseType::Float64),
+    ];
+
+    /// Feeds `batches` to a spool (local when `local_lake` is given) that holds back at most
+    /// `budget` bytes and writes runs of `row_group_bytes` as they are, and checks what every
+    /// spool must do: each folder's file holds exactly its rows in the order they came, no
+    /// spill file is left behind and the budget is given back. Returns the folders' rows and
+    /// row group counts.
+    fn spool_and_check(
+        batches: &[DataFrame],
+        budget: usize,
+        row_group_bytes: usize,
+        local_lake: Option<&std::path::Path>,
+    ) -> Vec<(String, DataFrame, usize)> {
+        let target = trips_target(&["day"], None, FileFormat::Parquet, DAY_AND_FARE);
+        let budget = SpoolBudget::new(budget);
+        let mut spool = Spool::new(target, "trips", "part-0", local_lake, budget.clone()).unwrap();
+        spool.row_group_bytes = row_group_bytes;
+        for batch in batches {
+            spool.add(batch.clone()).unwrap();
+        }
+        let (dir, files) = spool.finish().unwrap();
+        let spilled: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".spill"))
+            .collect();
+        assert!(spilled.is_empty(), "spill files left: {spilled:?}");
+        assert_eq!(budget.used(), 0);
+        let files: Vec<(ObjectPath, Vec<u8>)> = files
+            .into_iter()
+            .map(|(path, spooled)| match spooled {
+                Spooled::Memory(bytes) => (path, bytes),
+                Spooled::Disk(local) => (path, std::fs::read(local).unwrap()),
+            })
+            .collect();
+        let folders = folders_read_back(&files);
+        let all = concat_frames(batches);
+        for (folder, rows, _) in &folders {
+            let day: i64 = folder.strip_prefix("day=").unwrap().parse().unwrap();
+            let expected = all
+                .clone()
+                .lazy()
+                .filter(col("day").eq(lit(day)))
+                .select([col("fare")])
+                .collect()
+                .unwrap();
+            assert!(
+                rows.equals(&expected),
+                "{folder}: {rows} against {expected}"
+            );
+        }
+        let days = all.column("day").unwrap().n_unique().unwrap();
+        assert_eq!(folders.len(), days, "one folder per day");
+        folders
+    }
+
+    fn concat_frames(frames: &[DataFrame]) -> DataFrame {
+        let mut all = frames[0].clone();
+        for frame in &frames[1..] {
+            all.vstack_mut(frame).unwrap();
+        }
+        all
+    }
+
+    /// With many folders on a small budget each folder's rows leave memory in runs far too
+    /// small for a row group; they are spilled and come back as one row group per file, in
+    /// the order they came.
+    #[test]
+    fn small_runs_are_spilled_and_written_back_as_one_row_group() {
+        let batches: Vec<Vec<(i64, f64)>> = (0..20)
+            .map(|batch| {
+                (0..500)
+                    .map(|i| (i % 10, f64::from(batch * 500 + i as i32)))
+                    .collect()
+            })
+            .collect();
+        let batches = trip_batches(&batches);
+        // Room for about one batch: every batch after the first pushes folders out.
+        let budget = 6_000;
+        let lake = tempfile::tempdir().unwrap();
+        for local_lake in [None, Some(lake.path())] {
+            let folders = spool_and_check(&batches, budget, ROW_GROUP_BYTES, local_lake);
+            for (folder, rows, groups) in folders {
+                assert_eq!(rows.height(), 1_000, "{folder}");
+                assert_eq!(groups, 1, "{folder} has {groups} row groups");
+            }
+        }
+    }
+
+    /// A folder whose held rows make a row group on their own writes them at once, after
+    /// the runs it spilled before, so that its rows keep their order.
+    #[test]
+    fn a_run_large_enough_is_written_after_the_spilled_runs_before_it() {
+        // Day 1 gets a few rows per batch, day 2 most of them.
+        let batches: Vec<Vec<(i64, f64)>> = (0..10)
+            .map(|batch| {
+                (0..1_000)
+                    .map(|i| (if i < 100 { 1 } else { 2 }, f64::from(batch * 1_000 + i)))
+                    .collect()
+            })
+            .collect();
+        let batches = trip_batches(&batches);
+        // Day 2's 900 rows per batch (7,200 bytes of fares) make a row group each time; day 1's
+        // runs (1,600 bytes) are spilled, and its 8,000 bytes come back as two row groups of
+        // at least 4,000 and the rest.
+        let folders = spool_and_check(&batches, 1_000, 4_000, None);
+        let groups: Vec<(String, usize)> = folders.into_iter().map(|(f, _, g)| (f, g)).collect();
+        assert_eq!(
+            groups,
+            [("day=1".to_string(), 2), ("day=2".to_string(), 10)]
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever the batches, the budget and the size of a row group, every folder's file
+        /// holds its rows in order, and nothing spilled is left over.
+        #[test]
+        fn any_budget_writes_every_row_once_in_order(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0i64..6, -1e6f64..1e6), 1..120),
+                1..12,
+            ),
+            budget in 0usize..4_000,
+            row_group_bytes in 1usize..3_000,
+        ) {
+            spool_and_check(&trip_batches(&batches), budget, row_group_bytes, None);
+        }
     }
 
     #[test]
