@@ -1268,14 +1268,25 @@ async fn pump(
         checksum: pump.checksum.take(),
     };
     let outcome: BlockResult<()> = async {
-        while let Some(batch) = pump.rows.next_batch().await {
+        loop {
+            // Room in every consumer's channel first, then the next batch: a pump waiting on a
+            // slow consumer holds no batch, so only the channels hold batches between blocks. A
+            // consumer that stopped reading (it failed or was skipped) is left behind; the
+            // others go on.
+            let mut permits = Vec::with_capacity(pump.senders.len());
+            for sender in &pump.senders {
+                if let Ok(permit) = sender.reserve().await {
+                    permits.push(permit);
+                }
+            }
+            let Some(batch) = pump.rows.next_batch().await else {
+                break;
+            };
             let batch = batch?;
             rows += batch.height();
             bytes += batch.estimated_size();
-            for sender in &pump.senders {
-                // A consumer that stopped reading (it failed or was skipped) is left behind;
-                // the others go on.
-                let _ = sender.send(Ok(batch.clone())).await;
+            for permit in permits {
+                permit.send(Ok(batch.clone()));
             }
             // The checkpoint and checksum of this batch are made while the consumers work on
             // it, one batch behind at most.

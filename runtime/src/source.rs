@@ -158,8 +158,7 @@ pub async fn stream_source(
         let mut batches = 0usize;
         let mut emit = |batch: DataFrame| {
             batches += 1;
-            // A receiver that is gone has stopped reading (its block failed or was cancelled).
-            sender.blocking_send(Ok(batch)).is_ok()
+            hand_on(&sender, batch)
         };
         let mut stored =
             HashingReader::new(std::io::BufReader::with_capacity(FILE_READ_BYTES, &*file));
@@ -254,7 +253,7 @@ pub(crate) fn stream_source_file(
         let failed = |e: &dyn std::fmt::Display| {
             BlockError::fatal(format!("cannot read checkpoint {}: {e}", path.display()))
         };
-        let mut emit = |batch: DataFrame| sender.blocking_send(Ok(batch)).is_ok();
+        let mut emit = |batch: DataFrame| hand_on(&sender, batch);
         let parsed = std::fs::File::open(&path)
             .map_err(|e| failed(&e))
             .and_then(|file| {
@@ -267,6 +266,17 @@ pub(crate) fn stream_source_file(
         }
     });
     Rows::received(columns, receiver)
+}
+
+/// Hands a parsed batch to the reader of a streamed source, from the thread that parses it, and
+/// returns once the reader has taken it out of the channel: the next chunk is read and parsed
+/// only then, so a source waiting on slow blocks holds no parsed batch of its own beside the
+/// one in the channel. `false` when the reader is gone (its block failed or was cancelled).
+fn hand_on(sender: &tokio::sync::mpsc::Sender<BlockResult<DataFrame>>, batch: DataFrame) -> bool {
+    sender.blocking_send(Ok(batch)).is_ok()
+        // The channel has one place: a place free again means the batch was taken. The permit
+        // is given back at once; this thread is the channel's only sender.
+        && futures::executor::block_on(sender.reserve()).is_ok()
 }
 
 /// Parses CSV text from `reader` (gzip when `compression` says so) in batches of about
@@ -683,67 +693,67 @@ fn csv_in_chunks(
     parse: &dyn Fn(&[u8]) -> BlockResult<DataFrame>,
     emit: &mut dyn FnMut(DataFrame) -> bool,
 ) -> std::io::Result<BlockResult<()>> {
-    // `pending` always starts with the header row (once it is known), followed by the text not
-    // parsed yet: a chunk is parsed where it lies, header included, and only the partial record
-    // after the cut moves down to follow the header. Nothing is copied chunk by chunk, and the
-    // one buffer is reused, so its memory is touched once.
-    let mut pending: Vec<u8> = Vec::new();
+    // Between turns a source keeps only `carry`: the header row (once it is known) and the
+    // partial record after the last cut. In its turn the text is read into the process's one
+    // text buffer after them and parsed where it lies, so sources side by side (the months of a
+    // backfill) hold one chunk of text between them, not one each, and the buffer's memory is
+    // touched once.
+    let mut carry: Vec<u8> = Vec::new();
     let mut header: Option<usize> = None;
-    let mut want = chunk_bytes.max(1);
     let mut finished = false;
     let mut emitted = false;
     loop {
-        // The text is read in the parse turn too: the other sources wait before reading theirs,
-        // so only one chunk of text is held beside the parse's builders, not one per source.
-        let turn = ParseTurn::take();
+        // The text is read in the parse turn too: the other sources wait before reading theirs.
+        let mut turn = ParseTurn::take();
+        let mut own_text = Vec::new();
+        let text = turn.text().unwrap_or(&mut own_text);
+        text.clear();
+        text.extend_from_slice(&carry);
         let body_start = header.unwrap_or(0);
-        while !finished && pending.len() < body_start + want {
-            let missing = body_start + want - pending.len();
-            pending.reserve_exact(missing);
-            let read = (&mut reader)
-                .take(missing as u64)
-                .read_to_end(&mut pending)?;
-            finished = read < missing;
-        }
-        if finished && header.map_or(pending.is_empty(), |end| pending.len() <= end) {
-            break;
-        }
-        // A chunk holds at least one record after the header.
-        let records_start = header.unwrap_or_else(|| {
-            pending
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(pending.len(), |i| i + 1)
-        });
-        let cut = if finished {
-            pending.len()
-        } else {
-            match last_record_end(&pending).filter(|&end| end > records_start) {
-                Some(end) => end,
-                // One record longer than a chunk: read on until it ends.
-                None => {
-                    want = pending.len() * 2;
-                    continue;
-                }
+        let mut want = chunk_bytes.max(1);
+        // A chunk holds at least one record after the header: one record longer than a chunk
+        // is read on until it ends.
+        let cut = loop {
+            while !finished && text.len() < body_start + want {
+                let missing = body_start + want - text.len();
+                text.reserve_exact(missing);
+                let read = (&mut reader).take(missing as u64).read_to_end(text)?;
+                finished = read < missing;
+            }
+            if finished {
+                break text.len();
+            }
+            let records_start = header.unwrap_or_else(|| {
+                text.iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(text.len(), |i| i + 1)
+            });
+            match last_record_end(text).filter(|&end| end > records_start) {
+                Some(end) => break end,
+                None => want = text.len() * 2,
             }
         };
-        want = chunk_bytes.max(1);
+        if finished && header.map_or(text.is_empty(), |end| text.len() <= end) {
+            break;
+        }
         let header_end = *header.get_or_insert_with(|| {
-            pending[..cut]
+            text[..cut]
                 .iter()
                 .position(|b| *b == b'\n')
                 .map_or(cut, |i| i + 1)
         });
-        let parsed = match parse(&pending[..cut]) {
+        let parsed = match parse(&text[..cut]) {
             Ok(parsed) => parsed,
             Err(error) => return Ok(Err(error)),
         };
+        carry.clear();
+        carry.extend_from_slice(&text[..header_end]);
+        carry.extend_from_slice(&text[cut..]);
         drop(turn);
         emitted = true;
         if !emit(parsed) {
             return Ok(Ok(()));
         }
-        pending.drain(header_end..cut);
     }
     if !emitted {
         match parse(&[]) {
@@ -886,8 +896,9 @@ fn check_present(header: &[String], columns: &[Column]) -> BlockResult<()> {
 /// Taken for every CSV parse of the process (see [`ParseTurn`]), so that one runs at a time:
 /// a parse already spreads over every core (the typed parser's pieces and polars' reader both
 /// run on polars' pool), so parses side by side (the months of a backfill) end no sooner, but
-/// each holds its text and its column builders at once.
-static PARSE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// each holds its text and its column builders at once. It guards the process's one buffer of
+/// CSV text waiting to be parsed.
+static PARSE_TURN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 
 thread_local! {
     static HOLDS_PARSE_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -897,14 +908,21 @@ thread_local! {
 /// a streamed source holds it while it reads a chunk's text and while the parser (which takes it
 /// too) parses it. It is never held while waiting for anything but the CPU: not while a batch
 /// waits for room downstream, nor across a network read (downloads finish before parsing).
-struct ParseTurn(Option<std::sync::MutexGuard<'static, ()>>);
+struct ParseTurn(Option<std::sync::MutexGuard<'static, Vec<u8>>>);
 
 impl ParseTurn {
+    /// The process's text buffer, for the outermost holder of the turn (`None` for a thread
+    /// that took the turn again).
+    fn text(&mut self) -> Option<&mut Vec<u8>> {
+        self.0.as_deref_mut()
+    }
+
     fn take() -> ParseTurn {
         if HOLDS_PARSE_TURN.get() {
             return ParseTurn(None);
         }
-        // A parse that panicked poisoned nothing this lock guards: it guards no data.
+        // A parse that panicked left at worst text in the buffer, which every holder clears
+        // before use.
         let guard = PARSE_TURN
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
