@@ -6,7 +6,7 @@
 //! detected by the next process that opens the ledger and marked `abandoned`, so no run stays
 //! "running" forever.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -262,8 +262,21 @@ async fn write_behind(pool: AnyPool, mut queue: tokio::sync::mpsc::UnboundedRece
 }
 
 async fn write_batch(pool: &AnyPool, rows: &[Write]) -> Result<(), sqlx::Error> {
+    // A block's row is queued more than once in a run (started, then finished); within one
+    // transaction only the last of them is ever seen, so only it is written.
+    let mut last_of_block = HashMap::new();
+    for (index, row) in rows.iter().enumerate() {
+        if let Write::Block(block) = row {
+            last_of_block.insert((block.run_id.as_str(), block.block.as_str()), index);
+        }
+    }
     let mut transaction = pool.begin().await?;
-    for row in rows {
+    for (index, row) in rows.iter().enumerate() {
+        if let Write::Block(block) = row
+            && last_of_block.get(&(block.run_id.as_str(), block.block.as_str())) != Some(&index)
+        {
+            continue;
+        }
         write_row(&mut *transaction, row).await?;
     }
     transaction.commit().await
@@ -1440,6 +1453,56 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(ledger.runs("p", 2, None).await.unwrap().len(), 2);
+    }
+
+    /// A block's start and end queued together are written as its end: the batch keeps only
+    /// the last row of each block, and that row is what the ledger then holds.
+    #[tokio::test]
+    async fn a_block_recorded_twice_in_one_batch_keeps_its_last_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/ledger.db", dir.path().display());
+        let ledger = Ledger::open(&url).await.unwrap();
+        let record = |block: usize, status: &str, rows_out: Option<i64>| BlockRecord {
+            run_id: "r".into(),
+            block: format!("b{block}"),
+            position: block as i64,
+            status: status.into(),
+            attempts: 1,
+            rows_in: None,
+            rows_out,
+            bytes: None,
+            started_at: Some(1),
+            ended_at: rows_out.map(|_| 2),
+            error: None,
+            checkpoint: None,
+            checksum: None,
+        };
+        for block in 0..300 {
+            ledger
+                .record_block(&record(block, "running", None))
+                .await
+                .unwrap();
+            ledger
+                .record_block(&record(block, "succeeded", Some(block as i64)))
+                .await
+                .unwrap();
+        }
+        // A later row of a block whose rows are still queued wins over both.
+        ledger
+            .record_block(&record(7, "failed", None))
+            .await
+            .unwrap();
+        ledger.flush().await;
+        let blocks = ledger.blocks("r").await.unwrap();
+        assert_eq!(blocks.len(), 300);
+        for block in blocks {
+            if block.block == "b7" {
+                assert_eq!((block.status.as_str(), block.rows_out), ("failed", None));
+            } else {
+                assert_eq!(block.status, "succeeded", "{}", block.block);
+                assert_eq!(block.rows_out, Some(block.position));
+            }
+        }
     }
 
     #[tokio::test]
