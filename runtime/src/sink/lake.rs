@@ -778,13 +778,18 @@ mod tests {
         spool.add(frame.slice(0, half))?;
         spool.add(frame.slice(half as i64, frame.height() - half))?;
         let (_dir, files) = spool.finish()?;
-        Ok(files
+        Ok(contents(files))
+    }
+
+    /// Each spooled file's lake path and bytes, wherever the spool kept them.
+    fn contents(files: Vec<(ObjectPath, Spooled)>) -> Vec<(ObjectPath, Vec<u8>)> {
+        files
             .into_iter()
             .map(|(path, spooled)| match spooled {
                 Spooled::Memory(bytes) => (path, bytes),
                 Spooled::Disk(local) => (path, std::fs::read(local).unwrap()),
             })
-            .collect())
+            .collect()
     }
 
     #[test]
@@ -842,11 +847,7 @@ mod tests {
             ]
             .unwrap()
         };
-        const COLUMNS: &[ColumnDef] = &[
-            ColumnDef::required("day", BaseType::Int64),
-            ColumnDef::required("fare", BaseType::Float64),
-        ];
-        let target = trips_target(&["day"], None, FileFormat::Parquet, COLUMNS);
+        let target = trips_target(&["day"], None, FileFormat::Parquet, DAY_AND_FARE);
         // Room for one day's held rows (8,000 bytes of fares) but not for two.
         let budget = SpoolBudget::new(12_000);
         let spool = || Spool::new(target, "trips", "part-0", None, budget.clone()).unwrap();
@@ -871,11 +872,12 @@ mod tests {
     fn folders_read_back(files: &[(ObjectPath, Vec<u8>)]) -> Vec<(String, DataFrame, usize)> {
         let mut folders: Vec<(String, DataFrame, usize)> = Vec::new();
         for (path, bytes) in files {
-            let folder = path.prefix_match(&ObjectPath::from("trips")).unwrap();
-            let folder = folder
-                .map(|part| part.as_ref().to_string())
-                .collect::<Vec<_>>()[0]
-                .clone();
+            let folder = path
+                .prefix_match(&ObjectPath::from("trips"))
+                .and_then(|mut parts| parts.next())
+                .unwrap()
+                .as_ref()
+                .to_string();
             let mut reader = std::io::Cursor::new(bytes);
             let groups = polars_parquet::read::read_metadata(&mut reader)
                 .unwrap()
@@ -938,15 +940,12 @@ mod tests {
             .collect();
         assert!(spilled.is_empty(), "spill files left: {spilled:?}");
         assert_eq!(budget.used(), 0);
-        let files: Vec<(ObjectPath, Vec<u8>)> = files
-            .into_iter()
-            .map(|(path, spooled)| match spooled {
-                Spooled::Memory(bytes) => (path, bytes),
-                Spooled::Disk(local) => (path, std::fs::read(local).unwrap()),
-            })
-            .collect();
-        let folders = folders_read_back(&files);
-        let all = concat_frames(batches);
+        let folders = folders_read_back(&contents(files));
+        let mut all = None;
+        for batch in batches {
+            append(&mut all, batch.clone()).unwrap();
+        }
+        let all = all.expect("at least one batch");
         for (folder, rows, _) in &folders {
             let day: i64 = folder.strip_prefix("day=").unwrap().parse().unwrap();
             let expected = all
@@ -964,14 +963,6 @@ mod tests {
         let days = all.column("day").unwrap().n_unique().unwrap();
         assert_eq!(folders.len(), days, "one folder per day");
         folders
-    }
-
-    fn concat_frames(frames: &[DataFrame]) -> DataFrame {
-        let mut all = frames[0].clone();
-        for frame in &frames[1..] {
-            all.vstack_mut(frame).unwrap();
-        }
-        all
     }
 
     /// With many folders on a small budget each folder's rows leave memory in runs far too
