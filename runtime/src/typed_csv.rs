@@ -319,22 +319,22 @@ fn parse_float(field: &[u8]) -> Option<f64> {
     if digits == 0 {
         return None;
     }
-    let decimals = decimals.unwrap_or(0) as usize;
-    if digits > 15 || decimals >= EXACT_POWERS_OF_TEN.len() {
+    if digits > 15 {
         // Too many digits for one exact division: the parser polars' reader uses.
         return fast_float2::parse(field).ok();
     }
     // Clinger's fast path: the digits (under 10^15) and the power of ten are both exact
     // doubles, so one correctly rounded division gives the nearest double to the decimal, as
     // any correct parser does. It is the common case and skips a second pass over the text.
-    let value = mantissa as f64 / EXACT_POWERS_OF_TEN[decimals];
+    // At most 15 digits, so at most 15 decimals.
+    let value = mantissa as f64 / EXACT_POWERS_OF_TEN[decimals.unwrap_or(0) as usize];
     Some(if negative { -value } else { value })
 }
 
-/// The powers of ten that a double holds exactly.
-const EXACT_POWERS_OF_TEN: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+/// The powers of ten a decimal of the fast path divides by: up to 10^15, as many as its
+/// digits, all held exactly by a double.
+const EXACT_POWERS_OF_TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
 
 fn parse_bool(field: &[u8]) -> Option<bool> {
