@@ -254,11 +254,8 @@ mod tests {
                     | AnyValue::DatetimeOwned(micros, TimeUnit::Microseconds, _) => {
                         fixed(&mut out, (micros - TIMESTAMP_OFFSET_MICROS).to_be_bytes())
                     }
-                    AnyValue::String(text) => {
-                        out.extend_from_slice(&(text.len() as i32).to_be_bytes());
-                        out.extend_from_slice(text.as_bytes());
-                    }
-                    AnyValue::StringOwned(text) => {
+                    value @ (AnyValue::String(_) | AnyValue::StringOwned(_)) => {
+                        let text = value.get_str().expect("a string value");
                         out.extend_from_slice(&(text.len() as i32).to_be_bytes());
                         out.extend_from_slice(text.as_bytes());
                     }
@@ -331,7 +328,11 @@ mod tests {
             for piece in &pieces[1..] {
                 frame.vstack_mut_owned(frame_of(piece)).unwrap();
             }
-            let frame = frame.lazy().with_column(lit(7i64).cast(DataType::Int64).alias("constant")).collect().unwrap();
+            let frame = frame
+                .lazy()
+                .with_column(lit(7i64).cast(DataType::Int64).alias("constant"))
+                .collect()
+                .unwrap();
             let columns = [
                 ColumnDef::nullable("id", BaseType::Int64),
                 ColumnDef::nullable("fare", BaseType::Float64),
