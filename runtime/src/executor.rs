@@ -8,7 +8,7 @@
 //! once and a pump hands them each batch as it comes, writing the checkpoint on the way; the
 //! block ends with its last batch. `Execution::can_stream` says when rows stream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -466,6 +466,13 @@ struct Execution<'s> {
     rows_in: Vec<Option<usize>>,
     /// The streamed inputs of blocks about to start, by (consumer, producer).
     streamed_inputs: HashMap<(usize, usize), Input>,
+    /// The blocks that read or run after each block.
+    dependents: Vec<Vec<usize>>,
+    /// Blocks whose readiness may have changed since the scheduler last looked: every block at
+    /// first, then those that depend on a block whose state changed. Looking at these alone,
+    /// not at every pending block after each event, makes a run of n blocks cost O(n)
+    /// readiness checks rather than O(n²).
+    unsettled: BTreeSet<usize>,
     first_failure: Option<(i64, String)>,
     /// Why the run was cancelled, if it was.
     cancelled: Option<String>,
@@ -488,13 +495,20 @@ impl<'s> Execution<'s> {
             ctx,
             state: blocks.iter().map(|_| State::Pending).collect(),
             outcomes: vec![None; blocks.len()],
-            consumers_left: (0..blocks.len())
-                .map(|b| blocks.iter().filter(|o| o.inputs.contains(&b)).count())
-                .collect(),
+            consumers_left: blocks
+                .iter()
+                .fold(vec![0; blocks.len()], |mut counts, block| {
+                    for &input in block.inputs {
+                        counts[input] += 1;
+                    }
+                    counts
+                }),
             background: Vec::new(),
             reused_checkpoints: HashMap::new(),
             rows_in: vec![None; blocks.len()],
             streamed_inputs: HashMap::new(),
+            dependents: dependents(blocks),
+            unsettled: (0..blocks.len()).collect(),
             first_failure: None,
             cancelled: None,
         }
@@ -508,7 +522,7 @@ impl<'s> Execution<'s> {
             match directive {
                 Directive::Run => {}
                 Directive::NotSelected => {
-                    self.state[index] = State::NotSelected;
+                    self.set_state(index, State::NotSelected);
                     let because = if self.pipeline.blocks[index].sla_alert().is_some() {
                         "an SLA alert: `serve` sends it when a scheduled run is late"
                     } else {
@@ -556,7 +570,7 @@ impl<'s> Execution<'s> {
                     if let Some(path) = checkpoint {
                         self.reused_checkpoints.insert(index, path.clone());
                     }
-                    self.state[index] = State::Done(frame);
+                    self.set_state(index, State::Done(frame));
                     self.settle(
                         index,
                         BlockStatus::Reused {
@@ -583,7 +597,8 @@ impl<'s> Execution<'s> {
             .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
         loop {
-            for (index, block) in blocks.iter().enumerate() {
+            while let Some(index) = self.unsettled.pop_first() {
+                let block = &blocks[index];
                 if !matches!(self.state[index], State::Pending) {
                     continue;
                 }
@@ -784,6 +799,12 @@ impl<'s> Execution<'s> {
         }
     }
 
+    /// Moves block `index` to `state` and has the scheduler look again at its dependents.
+    fn set_state(&mut self, index: usize, state: State) {
+        self.state[index] = state;
+        self.unsettled.extend(&self.dependents[index]);
+    }
+
     fn take_inputs(&mut self, index: usize) -> Vec<Input> {
         let block = &self.pipeline.blocks[index];
         let mut inputs = Vec::with_capacity(block.inputs.len());
@@ -851,7 +872,7 @@ impl<'s> Execution<'s> {
         finished: (u32, Duration, i64),
     ) -> Running {
         let block = &self.pipeline.blocks[index];
-        self.state[index] = State::Streaming;
+        self.set_state(index, State::Streaming);
         let (replay_sender, replay) = watch::channel(None);
         let columns = block.output.unwrap_or(&[]);
         let mut senders = Vec::new();
@@ -940,7 +961,7 @@ impl<'s> Execution<'s> {
     }
 
     async fn skip(&mut self, index: usize, because: String) {
-        self.state[index] = State::Skipped;
+        self.set_state(index, State::Skipped);
         self.release_inputs(index);
         self.settle(
             index,
@@ -953,7 +974,7 @@ impl<'s> Execution<'s> {
     }
 
     async fn fail(&mut self, index: usize, error: String, attempts: u32, elapsed: Duration) {
-        self.state[index] = State::Failed;
+        self.set_state(index, State::Failed);
         self.release_inputs(index);
         let now = now_ms();
         if self.first_failure.is_none() {
@@ -999,7 +1020,7 @@ impl<'s> Execution<'s> {
             } => {
                 // The consumers have every batch already; the pump wrote the checkpoint and
                 // the checksum as the rows passed.
-                self.state[index] = State::Done(None);
+                self.set_state(index, State::Done(None));
                 record.bytes = Some(bytes as i64);
                 record.checkpoint = checkpoint.map(|path| path.display().to_string());
                 record.checksum = join_checksums(record.checksum.take(), checksum);
@@ -1031,7 +1052,10 @@ impl<'s> Execution<'s> {
             None
         };
         let has_consumers = self.consumers_left[index] > 0;
-        self.state[index] = State::Done(if has_consumers { output } else { None });
+        self.set_state(
+            index,
+            State::Done(if has_consumers { output } else { None }),
+        );
         if ledger.is_none() && checkpoint.is_none() {
             return;
         }
@@ -1229,6 +1253,19 @@ async fn prune_checkpoints(ledger: &Ledger, pipeline: &Pipeline, report: &RunRep
 }
 
 /// A source's file checksum and its rows' checksum, as one ledger value.
+/// For each block, the blocks that read its rows or run after it, each listed once.
+fn dependents(blocks: &[BlockDef]) -> Vec<Vec<usize>> {
+    let mut dependents = vec![Vec::new(); blocks.len()];
+    for (index, block) in blocks.iter().enumerate() {
+        for &upstream in block.inputs.iter().chain(block.after) {
+            if dependents[upstream].last() != Some(&index) {
+                dependents[upstream].push(index);
+            }
+        }
+    }
+    dependents
+}
+
 fn join_checksums(files: Option<String>, rows: Option<String>) -> Option<String> {
     // A source that read files and feeds a sink directly keeps both.
     match (files, rows) {
