@@ -22,19 +22,43 @@ pub const DEFAULT_DIR: &str = ".baton/checkpoints";
 #[derive(Clone, Debug)]
 pub struct Checkpoints {
     root: PathBuf,
+    /// Whether checkpoints outlive their run (see [`Checkpoints::for_the_run_only`]).
+    kept: bool,
 }
 
 impl Checkpoints {
-    /// Checkpoints under `root`.
+    /// Checkpoints under `root`, kept after their run for `resume`, `run --only` and `inspect`.
     pub fn new(root: impl Into<PathBuf>) -> Checkpoints {
-        Checkpoints { root: root.into() }
+        Checkpoints {
+            root: root.into(),
+            kept: true,
+        }
+    }
+
+    /// Checkpoints under `root` of rows that stream only, deleted when their run ends. Rows can
+    /// then still stream from block to block, batch by batch, since a consumer that retries has
+    /// them to read again; without any checkpoints every block's rows pass whole, and memory
+    /// grows with the data.
+    pub fn for_the_run_only(root: impl Into<PathBuf>) -> Checkpoints {
+        Checkpoints {
+            root: root.into(),
+            kept: false,
+        }
+    }
+
+    /// Whether checkpoints outlive their run: recorded in the ledger, written for every block.
+    pub fn kept(&self) -> bool {
+        self.kept
+    }
+
+    /// The folder of one run's checkpoints.
+    pub fn run_folder(&self, pipeline: &str, run_id: &str) -> PathBuf {
+        self.root.join(pipeline).join(run_id)
     }
 
     /// The file holding one block's output in one run.
     pub fn path(&self, pipeline: &str, run_id: &str, block: &str) -> PathBuf {
-        self.root
-            .join(pipeline)
-            .join(run_id)
+        self.run_folder(pipeline, run_id)
             .join(format!("{block}.parquet"))
     }
 

@@ -50,7 +50,8 @@ struct Cli {
     /// Where block outputs are checkpointed.
     #[arg(long, global = true, env = "BATON_CHECKPOINT_DIR", default_value = checkpoint::DEFAULT_DIR)]
     checkpoint_dir: PathBuf,
-    /// Do not checkpoint block outputs (`resume` then re-runs every block it needs).
+    /// Keep no checkpoints after a run (`resume` then re-runs every block it needs); rows that
+    /// stream are still spooled there during the run, for a block that retries.
     #[arg(long, global = true)]
     no_checkpoints: bool,
     #[command(subcommand)]
@@ -501,7 +502,11 @@ async fn open_services(pipeline: &'static Pipeline, cli: &Cli) -> Result<Service
     Ok(Services {
         resources: Arc::new(Resources::default()),
         ledger: Some(ledger),
-        checkpoints: (!cli.no_checkpoints).then(|| Checkpoints::new(&cli.checkpoint_dir)),
+        checkpoints: Some(if cli.no_checkpoints {
+            Checkpoints::for_the_run_only(&cli.checkpoint_dir)
+        } else {
+            Checkpoints::new(&cli.checkpoint_dir)
+        }),
     })
 }
 

@@ -1022,7 +1022,14 @@ impl<'s> Execution<'s> {
                 // the checksum as the rows passed.
                 self.set_state(index, State::Done(None));
                 record.bytes = Some(bytes as i64);
-                record.checkpoint = checkpoint.map(|path| path.display().to_string());
+                let kept = self
+                    .services
+                    .checkpoints
+                    .as_ref()
+                    .is_some_and(Checkpoints::kept);
+                record.checkpoint = checkpoint
+                    .filter(|_| kept)
+                    .map(|path| path.display().to_string());
                 record.checksum = join_checksums(record.checksum.take(), checksum);
                 if let Some(ledger) = ledger {
                     self.background.push(tokio::spawn(async move {
@@ -1040,7 +1047,7 @@ impl<'s> Execution<'s> {
         // that downstream blocks start at once.
         record.bytes = output.as_ref().map(|f| f.estimated_size() as i64);
         let checkpoint = match (&self.services.checkpoints, &output) {
-            (Some(checkpoints), Some(frame)) => Some((
+            (Some(checkpoints), Some(frame)) if checkpoints.kept() => Some((
                 checkpoints.path(self.pipeline.name, &self.run_id, block.name),
                 frame.clone(),
             )),
@@ -1208,8 +1215,23 @@ impl<'s> Execution<'s> {
             {
                 warn!("cannot record the end of the run: {error}");
             }
-            if self.services.checkpoints.is_some() {
+            if self
+                .services
+                .checkpoints
+                .as_ref()
+                .is_some_and(Checkpoints::kept)
+            {
                 prune_checkpoints(ledger, self.pipeline, &report).await;
+            }
+        }
+        if let Some(checkpoints) = &self.services.checkpoints
+            && !checkpoints.kept()
+        {
+            let folder = checkpoints.run_folder(self.pipeline.name, &report.run_id);
+            if let Err(error) = tokio::fs::remove_dir_all(&folder).await
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!("cannot delete {}: {error}", folder.display());
             }
         }
         report

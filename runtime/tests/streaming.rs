@@ -173,13 +173,36 @@ static PIPELINE: Pipeline = Pipeline {
     run_block,
 };
 
-/// Runs the pipeline once under `scenario`, with checkpoints when `checkpoints` is set.
-async fn run_with(scenario: Scenario, checkpoints: bool) -> (RunReport, &'static Scenario) {
+/// How a test run checkpoints block outputs.
+#[derive(Clone, Copy, PartialEq)]
+enum Checkpointing {
+    Kept,
+    ForTheRunOnly,
+    Off,
+}
+
+/// Runs the pipeline once under `scenario`, checkpointing as `checkpointing` says.
+async fn run_with(
+    scenario: Scenario,
+    checkpointing: Checkpointing,
+) -> (RunReport, &'static Scenario) {
+    run_and_list_checkpoints(scenario, checkpointing).await.0
+}
+
+/// [`run_with`], and the files left in the checkpoint folder after the run.
+async fn run_and_list_checkpoints(
+    scenario: Scenario,
+    checkpointing: Checkpointing,
+) -> ((RunReport, &'static Scenario), Vec<std::path::PathBuf>) {
     let scenario: &'static Scenario = Box::leak(Box::new(scenario));
     *SCENARIO.lock().unwrap() = Some(scenario);
     let folder = tempfile::tempdir().unwrap();
     let services = Services {
-        checkpoints: checkpoints.then(|| Checkpoints::new(folder.path())),
+        checkpoints: match checkpointing {
+            Checkpointing::Kept => Some(Checkpoints::new(folder.path())),
+            Checkpointing::ForTheRunOnly => Some(Checkpoints::for_the_run_only(folder.path())),
+            Checkpointing::Off => None,
+        },
         ..Services::default()
     };
     let report = run(
@@ -189,7 +212,19 @@ async fn run_with(scenario: Scenario, checkpoints: bool) -> (RunReport, &'static
     )
     .await
     .unwrap();
-    (report, scenario)
+    let mut left = Vec::new();
+    let mut folders = vec![folder.path().to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                left.push(path);
+            }
+        }
+    }
+    ((report, scenario), left)
 }
 
 fn plain() -> Scenario {
@@ -248,7 +283,7 @@ fn assert_stopped(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_reach_both_sinks_while_the_source_still_produces() {
     let _serial = SERIAL.lock().await;
-    let (report, scenario) = run_with(plain(), true).await;
+    let (report, scenario) = run_with(plain(), Checkpointing::Kept).await;
     assert!(report.succeeded(), "{:?}", report.root_cause);
     let committed = scenario.committed.lock().unwrap().clone();
     assert_eq!(committed.get("sink_a"), Some(&expected()));
@@ -272,7 +307,7 @@ async fn a_sink_retry_reads_the_rows_again_from_the_checkpoint() {
             fail_sink_once: true,
             ..plain()
         },
-        true,
+        Checkpointing::Kept,
     )
     .await;
     assert!(report.succeeded(), "{:?}", report.root_cause);
@@ -291,7 +326,7 @@ async fn a_failure_mid_stream_stops_the_sinks_before_they_commit() {
             fail_source_after: Some(7),
             ..plain()
         },
-        true,
+        Checkpointing::Kept,
     )
     .await;
     assert_stopped(
@@ -319,7 +354,7 @@ async fn without_checkpoints_the_rows_are_passed_whole() {
             fail_sink_once: true,
             ..plain()
         },
-        false,
+        Checkpointing::Off,
     )
     .await;
     assert!(report.succeeded(), "{:?}", report.root_cause);
@@ -333,6 +368,38 @@ async fn without_checkpoints_the_rows_are_passed_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_for_the_run_only_let_rows_stream_and_retry_and_are_gone_after_it() {
+    let _serial = SERIAL.lock().await;
+    let ((report, scenario), left) = run_and_list_checkpoints(
+        Scenario {
+            fail_sink_once: true,
+            ..plain()
+        },
+        Checkpointing::ForTheRunOnly,
+    )
+    .await;
+    assert!(report.succeeded(), "{:?}", report.root_cause);
+    assert_eq!(report.block("sink_a").unwrap().attempts, 2);
+    let committed = scenario.committed.lock().unwrap().clone();
+    assert_eq!(committed.get("sink_a"), Some(&expected()));
+    assert_eq!(committed.get("sink_b"), Some(&expected()));
+    let ahead = scenario.produced_at_first_delivery.load(Ordering::SeqCst);
+    assert!(
+        ahead < BATCHES / 2,
+        "{ahead} of {BATCHES} batches made first"
+    );
+    assert_eq!(left, Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_checkpoints_outlive_the_run() {
+    let _serial = SERIAL.lock().await;
+    let ((report, _), left) = run_and_list_checkpoints(plain(), Checkpointing::Kept).await;
+    assert!(report.succeeded(), "{:?}", report.root_cause);
+    assert!(!left.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_batch_of_a_transform_is_named_by_its_input_rows() {
     let _serial = SERIAL.lock().await;
     let (report, scenario) = run_with(
@@ -340,7 +407,7 @@ async fn a_failing_batch_of_a_transform_is_named_by_its_input_rows() {
             fail_transform_on: Some(7_500),
             ..plain()
         },
-        true,
+        Checkpointing::Kept,
     )
     .await;
     assert_stopped(

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use baton_tests::{HttpServer, Postgres, green_data_dir, output_text, run_pipeline, sqlite_rows};
+use baton_tests::{
+    HttpServer, Postgres, green_data_dir, output_text, pipeline_command, run_pipeline, sqlite_rows,
+};
 
 /// A month of 76,518 rows: 64 KiB of text per batch makes about 170 batches.
 const MONTH: &str = "2021-01";
@@ -176,6 +178,59 @@ fn small_batches_load_what_one_batch_loads() {
         text.contains("lpep_pickup_datetime   datetime[μs]  (0 nulls)"),
         "{text}"
     );
+}
+
+/// `--no-checkpoints` keeps nothing after the run, yet rows still stream in small batches (a
+/// retrying consumer reads them back from a spool deleted with the run) and load as before.
+#[test]
+fn without_kept_checkpoints_the_run_streams_and_leaves_no_checkpoint() {
+    let data = green_data_dir();
+    let server = HttpServer::serve(&data);
+    let work = tempfile::tempdir().unwrap();
+    let output = pipeline_command(
+        "green_taxi_etl",
+        work.path(),
+        &[
+            ("TLC_BASE_URL", server.url.as_str()),
+            ("BATON_BATCH_BYTES", SMALL_BATCHES),
+        ],
+        &["run", "--partition", MONTH, "--no-checkpoints"],
+    )
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", output_text(&output));
+    let (rows, checksum) = recorded(work.path());
+    assert_eq!(rows[1], "clean_green_taxi succeeded 76518 38324");
+    assert!(checksum.starts_with("blake3-columns:"), "{checksum}");
+    let kept = tempfile::tempdir().unwrap();
+    let output = run(kept.path(), &server, None, None);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(recorded(kept.path()), (rows, checksum));
+    assert_eq!(
+        warehouse_month(work.path(), None),
+        warehouse_month(kept.path(), None)
+    );
+    let recorded_checkpoints = sqlite_rows(
+        &work.path().join(".baton/ledger.db"),
+        "SELECT count(*) FROM baton_block_runs WHERE checkpoint IS NOT NULL",
+    );
+    assert_eq!(recorded_checkpoints, ["0"]);
+    let checkpoints = work.path().join(".baton/checkpoints");
+    let mut left = Vec::new();
+    let mut folders = vec![checkpoints];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                folders.push(entry.path());
+            } else {
+                left.push(entry.path());
+            }
+        }
+    }
+    assert_eq!(left, Vec::<PathBuf>::new());
 }
 
 #[test]
