@@ -253,6 +253,26 @@ fn rows_of(report: &RunReport, block: &str) -> Option<usize> {
     })
 }
 
+/// Asserts that only a few batches were ahead of `sink_b` when it got its first: the rows
+/// streamed, and the stream is bounded.
+fn assert_streamed(scenario: &Scenario) {
+    let ahead = scenario.produced_at_first_delivery.load(Ordering::SeqCst);
+    assert!(
+        ahead < BATCHES / 2,
+        "{ahead} of {BATCHES} batches made first"
+    );
+}
+
+/// Asserts that the run succeeded with `sink_a` on its second attempt (its first failed
+/// mid-stream) and that both sinks committed every row.
+fn assert_sink_a_retried_and_both_committed(report: &RunReport, scenario: &Scenario) {
+    assert!(report.succeeded(), "{:?}", report.root_cause);
+    assert_eq!(report.block("sink_a").unwrap().attempts, 2);
+    let committed = scenario.committed.lock().unwrap().clone();
+    assert_eq!(committed.get("sink_a"), Some(&expected()));
+    assert_eq!(committed.get("sink_b"), Some(&expected()));
+}
+
 /// Asserts that the run failed at block `failed` with an error containing the given text, that
 /// each block of `skipped` was skipped because the named input failed, and that no sink
 /// committed anything.
@@ -291,12 +311,7 @@ async fn batches_reach_both_sinks_while_the_source_still_produces() {
     for block in ["numbers", "double", "sink_a", "sink_b"] {
         assert_eq!(rows_of(&report, block), Some(expected().0), "{block}");
     }
-    // Only a few batches were ahead of the sink when it got its first: the stream is bounded.
-    let ahead = scenario.produced_at_first_delivery.load(Ordering::SeqCst);
-    assert!(
-        ahead < BATCHES / 2,
-        "{ahead} of {BATCHES} batches made first"
-    );
+    assert_streamed(scenario);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,12 +325,7 @@ async fn a_sink_retry_reads_the_rows_again_from_the_checkpoint() {
         Checkpointing::Kept,
     )
     .await;
-    assert!(report.succeeded(), "{:?}", report.root_cause);
-    let sink_a = report.block("sink_a").unwrap();
-    assert_eq!(sink_a.attempts, 2);
-    let committed = scenario.committed.lock().unwrap().clone();
-    assert_eq!(committed.get("sink_a"), Some(&expected()));
-    assert_eq!(committed.get("sink_b"), Some(&expected()));
+    assert_sink_a_retried_and_both_committed(&report, scenario);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,16 +388,8 @@ async fn checkpoints_for_the_run_only_let_rows_stream_and_retry_and_are_gone_aft
         Checkpointing::ForTheRunOnly,
     )
     .await;
-    assert!(report.succeeded(), "{:?}", report.root_cause);
-    assert_eq!(report.block("sink_a").unwrap().attempts, 2);
-    let committed = scenario.committed.lock().unwrap().clone();
-    assert_eq!(committed.get("sink_a"), Some(&expected()));
-    assert_eq!(committed.get("sink_b"), Some(&expected()));
-    let ahead = scenario.produced_at_first_delivery.load(Ordering::SeqCst);
-    assert!(
-        ahead < BATCHES / 2,
-        "{ahead} of {BATCHES} batches made first"
-    );
+    assert_sink_a_retried_and_both_committed(&report, scenario);
+    assert_streamed(scenario);
     assert_eq!(left, Vec::<std::path::PathBuf>::new());
 }
 

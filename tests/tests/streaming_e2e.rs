@@ -52,10 +52,13 @@ fn recorded(work: &Path) -> (Vec<String>, String) {
     (rows, checksum.into_iter().next().unwrap_or_default())
 }
 
-/// Every lake file with its size, sorted.
-fn lake_files(work: &Path) -> Vec<(PathBuf, u64)> {
+/// Every file under `dir` (none if it does not exist) with its size, sorted.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
     fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
                 walk(&path, out);
@@ -65,9 +68,14 @@ fn lake_files(work: &Path) -> Vec<(PathBuf, u64)> {
         }
     }
     let mut files = Vec::new();
-    walk(&work.join("lake"), &mut files);
+    walk(dir, &mut files);
     files.sort();
     files
+}
+
+/// Every lake file with its size, sorted.
+fn lake_files(work: &Path) -> Vec<(PathBuf, u64)> {
+    files_under(&work.join("lake"))
 }
 
 /// Rows and total amount in the warehouse: the SQLite file of `work`, or `postgres`.
@@ -215,22 +223,7 @@ fn without_kept_checkpoints_the_run_streams_and_leaves_no_checkpoint() {
         "SELECT count(*) FROM baton_block_runs WHERE checkpoint IS NOT NULL",
     );
     assert_eq!(recorded_checkpoints, ["0"]);
-    let checkpoints = work.path().join(".baton/checkpoints");
-    let mut left = Vec::new();
-    let mut folders = vec![checkpoints];
-    while let Some(folder) = folders.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.path().is_dir() {
-                folders.push(entry.path());
-            } else {
-                left.push(entry.path());
-            }
-        }
-    }
-    assert_eq!(left, Vec::<PathBuf>::new());
+    assert_eq!(files_under(&work.path().join(".baton/checkpoints")), []);
 }
 
 #[test]
