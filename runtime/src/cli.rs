@@ -30,7 +30,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::checkpoint::{self, Checkpoints};
 use crate::context::{Resources, RunContext, Value, redact};
-use crate::executor::{BlockStatus, Directive, RunReport, RunRequest, Services, humanize};
+use crate::executor::{
+    BlockStatus, Directive, RunReport, RunRequest, Services, humanize,
+    remove_unrecorded_checkpoints,
+};
 use crate::history;
 use crate::ledger::{Ledger, TriggerKind};
 use crate::partition::Partition;
@@ -491,6 +494,11 @@ async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Fa
 
 async fn open_services(pipeline: &'static Pipeline, cli: &Cli) -> Result<Services, Failure> {
     let ledger = Ledger::open(&cli.ledger).await?;
+    let checkpoints = if cli.no_checkpoints {
+        Checkpoints::for_the_run_only(&cli.checkpoint_dir)
+    } else {
+        Checkpoints::new(&cli.checkpoint_dir)
+    };
     for run in ledger.recover_abandoned(pipeline.name).await? {
         warn!(
             run_id = %run.run_id,
@@ -498,15 +506,12 @@ async fn open_services(pipeline: &'static Pipeline, cli: &Cli) -> Result<Service
             "{}",
             run.error.as_deref().unwrap_or("abandoned")
         );
+        remove_unrecorded_checkpoints(&ledger, &checkpoints, pipeline.name, &run.run_id).await;
     }
     Ok(Services {
         resources: Arc::new(Resources::default()),
         ledger: Some(ledger),
-        checkpoints: Some(if cli.no_checkpoints {
-            Checkpoints::for_the_run_only(&cli.checkpoint_dir)
-        } else {
-            Checkpoints::new(&cli.checkpoint_dir)
-        }),
+        checkpoints: Some(checkpoints),
     })
 }
 

@@ -1244,6 +1244,31 @@ enum Readiness {
     Skip(String),
 }
 
+/// Deletes the checkpoint folder of an abandoned run when the ledger records no checkpoint of
+/// it: `resume` reads only recorded checkpoints, so nothing there can be reused, and nothing
+/// else would ever delete it. A process killed mid-run leaves such a folder with
+/// `--no-checkpoints` (whose spool is deleted only when a run ends) or before any of its
+/// blocks' checkpoints was recorded.
+pub async fn remove_unrecorded_checkpoints(
+    ledger: &Ledger,
+    checkpoints: &Checkpoints,
+    pipeline: &str,
+    run_id: &str,
+) {
+    match ledger.blocks(run_id).await {
+        Ok(blocks) if blocks.iter().all(|b| b.checkpoint.is_none()) => {
+            let folder = checkpoints.run_folder(pipeline, run_id);
+            if let Err(error) = tokio::fs::remove_dir_all(&folder).await
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!("cannot delete {}: {error}", folder.display());
+            }
+        }
+        Ok(_) => {}
+        Err(error) => warn!(run_id, "cannot read the run's blocks: {error}"),
+    }
+}
+
 /// Deletes checkpoints of older runs of the same partition that this run replaced, keeping
 /// the files this run itself points to (a resumed run reuses its predecessor's files).
 async fn prune_checkpoints(ledger: &Ledger, pipeline: &Pipeline, report: &RunReport) {
@@ -1663,6 +1688,46 @@ mod tests {
         // The cap holds for huge attempt numbers and with full jitter.
         assert_eq!(backoff(1_000, 30_000, 40, 0.999).as_millis(), 30_000);
         assert_eq!(backoff(1_000, 30_000, u32::MAX, 0.5).as_millis(), 30_000);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_run_loses_its_checkpoint_folder_only_when_nothing_in_it_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&format!("sqlite://{}/ledger.db", dir.path().display()))
+            .await
+            .unwrap();
+        let checkpoints = Checkpoints::new(dir.path().join("checkpoints"));
+        let block = |run_id: &str, checkpoint: Option<String>| BlockRecord {
+            run_id: run_id.into(),
+            block: "extract".into(),
+            position: 0,
+            status: "succeeded".into(),
+            attempts: 1,
+            rows_in: None,
+            rows_out: Some(1),
+            bytes: None,
+            started_at: Some(1),
+            ended_at: Some(2),
+            error: None,
+            checkpoint,
+            checksum: None,
+        };
+        for (run_id, recorded) in [("spooled", false), ("resumable", true)] {
+            let path = checkpoints.path("p", run_id, "extract");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"rows").unwrap();
+            let checkpoint = recorded.then(|| path.display().to_string());
+            ledger
+                .record_block(&block(run_id, checkpoint))
+                .await
+                .unwrap();
+        }
+        ledger.flush().await;
+        for run_id in ["spooled", "resumable", "unknown"] {
+            remove_unrecorded_checkpoints(&ledger, &checkpoints, "p", run_id).await;
+        }
+        assert!(!checkpoints.run_folder("p", "spooled").exists());
+        assert!(checkpoints.path("p", "resumable", "extract").exists());
     }
 
     #[test]

@@ -460,6 +460,15 @@ async fn watch_abandoned_runs(state: Arc<AppState>, mut stopped: watch::Receiver
             }
         };
         for run in abandoned {
+            if let Some(checkpoints) = &state.services.checkpoints {
+                crate::executor::remove_unrecorded_checkpoints(
+                    &ledger,
+                    checkpoints,
+                    state.pipeline.name,
+                    &run.run_id,
+                )
+                .await;
+            }
             let trigger = run.trigger.as_str();
             if trigger == TriggerKind::Only.as_str() || trigger == TriggerKind::Until.as_str() {
                 warn!(run_id = %run.run_id, "{}; a partial run is not resumed", run.error.as_deref().unwrap_or("abandoned"));
