@@ -138,6 +138,17 @@ impl Checkpoints {
         Rows::batches(columns, parts)
     }
 
+    /// Deletes one run's folder of checkpoints, whatever is in it. A folder that is already
+    /// gone is not an error; another failure is logged, since a leftover only wastes space.
+    pub async fn remove_run_folder(&self, pipeline: &str, run_id: &str) {
+        let folder = self.run_folder(pipeline, run_id);
+        if let Err(error) = tokio::fs::remove_dir_all(&folder).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot delete {}: {error}", folder.display());
+        }
+    }
+
     /// Deletes a checkpoint (every part) and its run folder when that becomes empty. A file
     /// that is already gone is not an error.
     pub fn remove(path: &Path) {

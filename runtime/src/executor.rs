@@ -799,6 +799,15 @@ impl<'s> Execution<'s> {
         }
     }
 
+    /// Whether this run's checkpoints outlive it, recorded in the ledger (not the spool of
+    /// `--no-checkpoints`, nor no checkpoints at all).
+    fn keeps_checkpoints(&self) -> bool {
+        self.services
+            .checkpoints
+            .as_ref()
+            .is_some_and(Checkpoints::kept)
+    }
+
     /// Moves block `index` to `state` and has the scheduler look again at its dependents.
     fn set_state(&mut self, index: usize, state: State) {
         self.state[index] = state;
@@ -1022,13 +1031,8 @@ impl<'s> Execution<'s> {
                 // the checksum as the rows passed.
                 self.set_state(index, State::Done(None));
                 record.bytes = Some(bytes as i64);
-                let kept = self
-                    .services
-                    .checkpoints
-                    .as_ref()
-                    .is_some_and(Checkpoints::kept);
                 record.checkpoint = checkpoint
-                    .filter(|_| kept)
+                    .filter(|_| self.keeps_checkpoints())
                     .map(|path| path.display().to_string());
                 record.checksum = join_checksums(record.checksum.take(), checksum);
                 if let Some(ledger) = ledger {
@@ -1047,7 +1051,7 @@ impl<'s> Execution<'s> {
         // that downstream blocks start at once.
         record.bytes = output.as_ref().map(|f| f.estimated_size() as i64);
         let checkpoint = match (&self.services.checkpoints, &output) {
-            (Some(checkpoints), Some(frame)) if checkpoints.kept() => Some((
+            (Some(checkpoints), Some(frame)) if self.keeps_checkpoints() => Some((
                 checkpoints.path(self.pipeline.name, &self.run_id, block.name),
                 frame.clone(),
             )),
@@ -1187,6 +1191,7 @@ impl<'s> Execution<'s> {
     /// Waits for checkpoints and ledger rows, records the run's end and prunes checkpoints
     /// that this run superseded.
     async fn finish(self, started: Instant) -> RunReport {
+        let keeps_checkpoints = self.keeps_checkpoints();
         for task in self.background {
             let _ = task.await;
         }
@@ -1215,24 +1220,16 @@ impl<'s> Execution<'s> {
             {
                 warn!("cannot record the end of the run: {error}");
             }
-            if self
-                .services
-                .checkpoints
-                .as_ref()
-                .is_some_and(Checkpoints::kept)
-            {
+            if keeps_checkpoints {
                 prune_checkpoints(ledger, self.pipeline, &report).await;
             }
         }
         if let Some(checkpoints) = &self.services.checkpoints
-            && !checkpoints.kept()
+            && !keeps_checkpoints
         {
-            let folder = checkpoints.run_folder(self.pipeline.name, &report.run_id);
-            if let Err(error) = tokio::fs::remove_dir_all(&folder).await
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!("cannot delete {}: {error}", folder.display());
-            }
+            checkpoints
+                .remove_run_folder(self.pipeline.name, &report.run_id)
+                .await;
         }
         report
     }
@@ -1257,12 +1254,7 @@ pub async fn remove_unrecorded_checkpoints(
 ) {
     match ledger.blocks(run_id).await {
         Ok(blocks) if blocks.iter().all(|b| b.checkpoint.is_none()) => {
-            let folder = checkpoints.run_folder(pipeline, run_id);
-            if let Err(error) = tokio::fs::remove_dir_all(&folder).await
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!("cannot delete {}: {error}", folder.display());
-            }
+            checkpoints.remove_run_folder(pipeline, run_id).await;
         }
         Ok(_) => {}
         Err(error) => warn!(run_id, "cannot read the run's blocks: {error}"),
@@ -1299,7 +1291,6 @@ async fn prune_checkpoints(ledger: &Ledger, pipeline: &Pipeline, report: &RunRep
     }
 }
 
-/// A source's file checksum and its rows' checksum, as one ledger value.
 /// For each block, the blocks that read its rows or run after it, each listed once.
 fn dependents(blocks: &[BlockDef]) -> Vec<Vec<usize>> {
     let mut dependents = vec![Vec::new(); blocks.len()];
@@ -1313,6 +1304,7 @@ fn dependents(blocks: &[BlockDef]) -> Vec<Vec<usize>> {
     dependents
 }
 
+/// A source's file checksum and its rows' checksum, as one ledger value.
 fn join_checksums(files: Option<String>, rows: Option<String>) -> Option<String> {
     // A source that read files and feeds a sink directly keeps both.
     match (files, rows) {

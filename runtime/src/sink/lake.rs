@@ -509,14 +509,8 @@ impl Spool {
             let mut file = std::fs::File::open(&path).map_err(cannot)?;
             let mut start = 0;
             for end in ends {
-                let mut run = Vec::with_capacity((end - start) as usize);
-                let read = (&mut file)
-                    .take(end - start)
-                    .read_to_end(&mut run)
-                    .map_err(cannot)?;
-                if read as u64 != end - start {
-                    return Err(cannot(std::io::ErrorKind::UnexpectedEof.into()));
-                }
+                let mut run = vec![0; (end - start) as usize];
+                file.read_exact(&mut run).map_err(cannot)?;
                 start = end;
                 append(
                     &mut group,
