@@ -52,6 +52,16 @@ def wait_for_port(port, seconds=30):
     sys.exit(f'nothing listens on port {port} after {seconds} s')
 
 
+def serve_directory(directory):
+    """A loopback HTTP server of `directory`: (the process, its base URL)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, '-m', 'http.server', str(port), '--bind', '127.0.0.1',
+         '--directory', directory], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return server, f'http://127.0.0.1:{port}'
+
+
 def pg_bin():
     versions = sorted(
         os.path.join('/usr/lib/postgresql', v, 'bin')
@@ -159,14 +169,9 @@ def main():
     OVERHEAD = orchestration_overhead(args.baton, args.overhead)
     work = tempfile.mkdtemp(prefix='baton-bench-')
     pg = Postgres()
-    http_port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, '-m', 'http.server', str(http_port), '--bind', '127.0.0.1',
-         '--directory', DATA], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(http_port)
-    base_url = f'http://127.0.0.1:{http_port}'
+    server, base_url = serve_directory(DATA)
     try:
-        run_all(args, pg, base_url, work, feedback)
+        run_all(args, pg, base_url, work, feedback, code_layout(args.baton))
     finally:
         server.terminate()
         pg.stop()
@@ -174,6 +179,32 @@ def main():
 
 
 OVERHEAD = None
+LINK_ORDER = os.path.join(ROOT, 'generated', 'green_taxi_etl', 'link-order.txt')
+
+
+def code_layout(binary):
+    """How the binary's code follows its link order (compiler/src/build.rs passes the list to
+    the linker): (functions listed, of them in the binary, MB of code they take, MB between the
+    first and the last, MB of code in all), or None without a list. A list made before a
+    dependency changed names functions the binary no longer has."""
+    if not os.path.exists(LINK_ORDER):
+        return None
+    with open(LINK_ORDER) as f:
+        listed = [line.split('#')[0].strip() for line in f]
+    listed = [name for name in listed if name]
+    symbols = {}
+    nm = subprocess.run(['nm', '-S', '--defined-only', binary], check=True, capture_output=True,
+                        text=True).stdout
+    for line in nm.splitlines():
+        fields = line.split(None, 3)
+        if len(fields) == 4 and fields[2] in 'tT':
+            symbols[fields[3]] = (int(fields[0], 16), int(fields[1], 16))
+    found = [symbols[name] for name in listed if name in symbols]
+    if not found:
+        return len(listed), 0, 0.0, 0.0, sum(s for _, s in symbols.values()) / 1e6
+    span = max(a + s for a, s in found) - min(a for a, _ in found)
+    return (len(listed), len(found), sum(s for _, s in found) / 1e6, span / 1e6,
+            sum(s for _, s in symbols.values()) / 1e6)
 
 
 def orchestration_overhead(baton, harness, rounds=5):
@@ -238,7 +269,7 @@ def feedback_loop(rounds=3):
     return statistics.median(errors), statistics.median(edits)
 
 
-def run_all(args, pg, base_url, work, feedback):
+def run_all(args, pg, base_url, work, feedback, layout):
     env = {k: v for k, v in os.environ.items()
            if k not in ('DATABASE_URL', 'LAKE_URL', 'BATON_LEDGER_URL', 'BATON_LOG')}
     lake = os.path.join(work, 'lake')
@@ -295,7 +326,7 @@ def run_all(args, pg, base_url, work, feedback):
     scale = scale_runs(args, pg, work, [t for t in tools if t.name != 'pandas script, COPY (as Mage)'],
                        factors, fresh)
     write_report(args.out, tools, copy_floor, fingerprints['Baton'], phases, args.rounds, feedback,
-                 scale)
+                 scale, layout)
 
 
 def verified_run(pg, work, tool, env, expected_rows, label='', strict=False):
@@ -328,12 +359,7 @@ def scale_runs(args, pg, work, tools, factors, fresh):
         data = os.path.join(os.path.expanduser('~'), '.cache', 'baton', 'bench-data', f'x{factor}')
         subprocess.run([args.polars_python, os.path.join(ROOT, 'bench', 'generate.py'),
                         '--factor', str(factor), '--out', data], check=True, stdout=subprocess.DEVNULL)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, '-m', 'http.server', str(port), '--bind', '127.0.0.1', '--directory', data],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(port)
-        url = f'http://127.0.0.1:{port}'
+        server, url = serve_directory(data)
         runs, fingerprints = {t.name: [] for t in tools}, {}
         try:
             # A warm-up round (the new files' first reads are from disk), then two interleaved.
@@ -429,7 +455,7 @@ def machine():
     return f'{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}'
 
 
-def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback, scale):
+def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback, scale, layout):
     baton = statistics.median(tools[0].times)
     lines = [
         '# Benchmarks',
@@ -476,6 +502,16 @@ def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback,
     for block in blocks:
         mean = statistics.mean(p[block] for p in phases)
         lines.append(f'| {block} | {mean:.0f} |')
+    if layout:
+        listed, found, size_mb, span_mb, text_mb = layout
+        lines += [
+            '',
+            f'Code layout: {found:,} of the {listed:,} functions that '
+            '`generated/green_taxi_etl/link-order.txt` lists (`bench/link_order.py`: the functions a '
+            'callgrind run of this workload executes) are in the binary, '
+            f'{size_mb:.1f} MB of code laid out over {span_mb:.1f} MB of its {text_mb:.0f} MB, '
+            'so that the pages of code a run touches, and keeps resident, are few.',
+        ]
     if len(scale) > 1:
         # Beside the report it belongs to, where the report's link finds it.
         svg = os.path.join(os.path.dirname(os.path.abspath(path)), 'bench', 'scale.svg')
