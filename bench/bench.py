@@ -6,7 +6,7 @@ green-taxi files (../shared/data/tlc/green). Each tool runs once to warm up, the
 interleaved, so that the machine's drift hits every tool alike. Each run starts from an empty
 database and an empty lake, and is verified afterwards: rows, a content fingerprint of the loaded
 table (equal for every tool) and the lake's partition folders. Wall time is measured around the
-process, peak RSS with wait4 (the process's own maximum resident set).
+process, peak RSS by GNU time (the process's own maximum resident set; see `measure`).
 
     python3 bench/bench.py --baton target/release/green_taxi_etl --out BENCHMARKS.md
 
@@ -110,16 +110,26 @@ class Postgres:
 
 
 def measure(command, env, cwd):
-    """Runs a command; returns (seconds, peak RSS in MB, stdout+stderr, exit code)."""
+    """Runs a command; returns (seconds, peak RSS in MB, stdout+stderr, exit code).
+
+    The peak comes from GNU time, which forks the command from its own small process. Python
+    starts a child with vfork, and Linux carries the peak RSS of the address space an exec
+    replaces into the new program's (`ru_maxrss`): measured from here directly, every command
+    would weigh at least what this script once held (300 MB allocated here and freed made
+    `/bin/true` 317 MB).
+    """
     log = tempfile.TemporaryFile()
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.NamedTemporaryFile('r') as peak:
+        started = time.perf_counter()
+        process = subprocess.Popen(['/usr/bin/time', '-f', '%M', '-o', peak.name, *command],
+                                   env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        process.wait()
+        elapsed = time.perf_counter() - started
+        # After a failure GNU time writes a line about the exit status before the number.
+        peak_kb = int(peak.read().split()[-1])
     log.seek(0)
     output = log.read().decode('utf-8', 'replace')
-    return elapsed, usage.ru_maxrss / 1024, output, process.returncode
+    return elapsed, peak_kb / 1024, output, process.returncode
 
 
 FINGERPRINT = (
@@ -506,7 +516,9 @@ def write_report(path, tools, copy_floor, fingerprint, phases, rounds, feedback,
         listed, found, size_mb, span_mb, text_mb = layout
         lines += [
             '',
-            f'Code layout: {found:,} of the {listed:,} functions that '
+            '## Code layout',
+            '',
+            f'{found:,} of the {listed:,} functions that '
             '`generated/green_taxi_etl/link-order.txt` lists (`bench/link_order.py`: the functions a '
             'callgrind run of this workload executes) are in the binary, '
             f'{size_mb:.1f} MB of code laid out over {span_mb:.1f} MB of its {text_mb:.0f} MB, '
