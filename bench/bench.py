@@ -359,6 +359,11 @@ def verified_run(pg, work, tool, env, expected_rows, label='', strict=False):
     return seconds, rss, output, fingerprint
 
 
+def scale_data(factor):
+    """Where bench/generate.py keeps the files of `factor` times the real rows."""
+    return os.path.join(os.path.expanduser('~'), '.cache', 'baton', 'bench-data', f'x{factor}')
+
+
 def scale_runs(args, pg, work, tools, factors, fresh):
     """Each tool on N times the rows, twice after a warm-up, interleaved:
     [(factor, {tool: (seconds, peak RSS MB)})]. Rows and content are verified as for 1x."""
@@ -366,7 +371,7 @@ def scale_runs(args, pg, work, tools, factors, fresh):
         return []
     results = [(1, {t.name: (statistics.median(t.times), statistics.median(t.rss)) for t in tools})]
     for factor in factors:
-        data = os.path.join(os.path.expanduser('~'), '.cache', 'baton', 'bench-data', f'x{factor}')
+        data = scale_data(factor)
         subprocess.run([args.polars_python, os.path.join(ROOT, 'bench', 'generate.py'),
                         '--factor', str(factor), '--out', data], check=True, stdout=subprocess.DEVNULL)
         server, url = serve_directory(data)
