@@ -177,7 +177,7 @@ fn link_in_order(manifest_dir: &Path) {
 }
 
 /// What a build script knows of the link it prepares for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LinkSettings {
     /// The target triple (`TARGET`).
     target: String,
