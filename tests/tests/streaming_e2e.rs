@@ -2,7 +2,8 @@
 //! files and audit checksums are those of a run in one batch; and a file whose bad row comes
 //! after many batches have reached the warehouse's open transaction and the lake's spool fails
 //! the run without changing what an earlier run loaded, in the embedded SQLite warehouse and in
-//! a throwaway PostgreSQL cluster (binary COPY).
+//! a throwaway PostgreSQL cluster (binary COPY). With `--no-checkpoints` rows still stream, and
+//! the spool of a run killed mid-stream is deleted by the next command.
 //!
 //! Needs the real NYC TLC files in ../shared/data/tlc/green (the test says so when absent).
 
@@ -224,6 +225,56 @@ fn without_kept_checkpoints_the_run_streams_and_leaves_no_checkpoint() {
     );
     assert_eq!(recorded_checkpoints, ["0"]);
     assert_eq!(files_under(&work.path().join(".baton/checkpoints")), []);
+}
+
+/// A `--no-checkpoints` run killed (SIGKILL) while its rows stream leaves its spool behind; the
+/// next command finds the run abandoned and deletes the spool, which the ledger records no
+/// checkpoint in.
+#[test]
+fn a_killed_run_without_kept_checkpoints_leaves_no_spool_behind() {
+    let data = green_data_dir();
+    let server = HttpServer::serve(&data);
+    let work = tempfile::tempdir().unwrap();
+    let spools = work.path().join(".baton/checkpoints/green_taxi_etl");
+    // Batches of 4 KiB: about 2,700 for the month, so the rows stream for a while.
+    let mut child = pipeline_command(
+        "green_taxi_etl",
+        work.path(),
+        &[
+            ("TLC_BASE_URL", server.url.as_str()),
+            ("BATON_BATCH_BYTES", "4096"),
+        ],
+        &["run", "--partition", MONTH, "--no-checkpoints"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("the pipeline binary starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while files_under(&spools).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its spool was seen"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spool after two minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SIGKILL: the run cannot delete its spool.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ne!(files_under(&spools), []);
+
+    let runs = run_pipeline("green_taxi_etl", work.path(), &[], &["runs"]);
+    assert!(runs.status.success(), "{}", output_text(&runs));
+    let statuses = sqlite_rows(
+        &work.path().join(".baton/ledger.db"),
+        "SELECT status FROM baton_runs",
+    );
+    assert_eq!(statuses, ["abandoned"]);
+    assert_eq!(files_under(&spools), []);
 }
 
 #[test]
