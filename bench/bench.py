@@ -279,12 +279,17 @@ def feedback_loop(rounds=3):
     return statistics.median(errors), statistics.median(edits)
 
 
+def baton_backfill(baton):
+    """The command line of the workload: the three months at once."""
+    return [os.path.abspath(baton), 'backfill', '--from', MONTHS[0], '--to', MONTHS[-1],
+            '--concurrency', '3']
+
+
 def run_all(args, pg, base_url, work, feedback, layout):
     env = {k: v for k, v in os.environ.items()
            if k not in ('DATABASE_URL', 'LAKE_URL', 'BATON_LEDGER_URL', 'BATON_LOG')}
     lake = os.path.join(work, 'lake')
-    tools = [Tool('Baton', [os.path.abspath(args.baton), 'backfill', '--from', MONTHS[0],
-                            '--to', MONTHS[-1], '--concurrency', '3', *args.baton_arg],
+    tools = [Tool('Baton', [*baton_backfill(args.baton), *args.baton_arg],
                   {**env, 'TLC_BASE_URL': base_url, 'DATABASE_URL': pg.url,
                    'LAKE_URL': lake, 'BATON_LOG': 'warn'})]
     if args.polars_python:

@@ -29,7 +29,6 @@ import collections
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -101,14 +100,9 @@ def profile_run(baton, work, data, rows):
         env = {**os.environ, 'TLC_BASE_URL': base_url, 'DATABASE_URL': pg.url,
                'LAKE_URL': os.path.join(work, 'lake'), 'BATON_LOG': 'warn'}
         command = ['valgrind', '--tool=callgrind', '--demangle=no', f'--callgrind-out-file={profile}',
-                   os.path.abspath(baton), 'backfill', '--from', bench.MONTHS[0], '--to',
-                   bench.MONTHS[-1], '--concurrency', '3']
-        run = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit(f'the profiled run failed ({run.returncode}):\n{run.stderr[-4000:]}')
-        loaded = int(pg.psql(bench.FINGERPRINT).split()[0])
-        if loaded != rows:
-            sys.exit(f'the profiled run of {data} loaded {loaded} rows, expected {rows}')
+                   *bench.baton_backfill(baton)]
+        tool = bench.Tool('Baton under callgrind', command, env)
+        bench.verified_run(pg, work, tool, env, rows, f' on {data}', strict=True)
         return profile
     finally:
         server.terminate()
