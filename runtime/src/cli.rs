@@ -274,8 +274,20 @@ pub fn main(pipeline: &'static Pipeline) -> ExitCode {
     }
 }
 
+/// Whether `command` runs blocks, some of them (of these kinds) downloads: then the HTTP
+/// client is built while the ledger opens, not when the first download asks for it.
+fn downloads(command: &Command, mut kinds: impl Iterator<Item = BlockKind>) -> bool {
+    matches!(
+        command,
+        Command::Run { .. } | Command::Backfill { .. } | Command::Resume { .. }
+    ) && kinds.any(|kind| kind == BlockKind::HttpSource)
+}
+
 /// The commands that use the ledger.
 async fn dispatch(pipeline: &'static Pipeline, cli: &Cli) -> Result<ExitCode, Failure> {
+    if downloads(&cli.command, pipeline.blocks.iter().map(|block| block.kind)) {
+        crate::http::warm_up();
+    }
     let services = open_services(pipeline, cli).await?;
     let ledger = services
         .ledger
@@ -1436,6 +1448,28 @@ mod tests {
         assert_eq!(arena_limit(false, 64), Some(64));
         assert_eq!(arena_limit(false, 0), Some(1));
         assert_eq!(arena_limit(true, 2), None);
+    }
+
+    #[test]
+    fn the_http_client_is_built_early_only_for_runs_that_download() {
+        let command = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("pipeline").chain(args.iter().copied()))
+                .expect("valid arguments")
+                .command
+        };
+        let with_download = [BlockKind::HttpSource, BlockKind::Transform];
+        let without = [BlockKind::Transform];
+        for running in [
+            command(&["run"]),
+            command(&["backfill", "--from", "2021-01", "--to", "2021-03"]),
+            command(&["resume", "some-run"]),
+        ] {
+            assert!(downloads(&running, with_download.into_iter()));
+            assert!(!downloads(&running, without.into_iter()));
+        }
+        for other in [command(&["runs"]), command(&["run-info", "some-run"])] {
+            assert!(!downloads(&other, with_download.into_iter()));
+        }
     }
 
     #[test]
