@@ -40,9 +40,9 @@ impl HttpClient {
 
 /// The process's one `reqwest::Client`, built on first use: building one loads and parses the
 /// system's root certificates, which cost each month of a backfill milliseconds of CPU before
-/// its first byte was asked for when every block built its own. Sharing it also pools connections to the
-/// same server across blocks and runs. Pooled connections are driven by the tokio runtime that
-/// opened them; a pipeline binary runs one runtime (`cli::block_on`).
+/// its first byte was asked for when every block built its own. Sharing it also pools
+/// connections to the same server across blocks and runs. Pooled connections are driven by the
+/// tokio runtime that opened them; a pipeline binary runs one runtime (`cli::block_on`).
 fn shared_client() -> &'static Result<reqwest::Client, String> {
     static SHARED: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     SHARED.get_or_init(|| {
@@ -53,12 +53,12 @@ fn shared_client() -> &'static Result<reqwest::Client, String> {
     })
 }
 
-/// Builds the shared client on a thread of its own, so that a run whose first block downloads
-/// does not wait for it: the root certificates (6 ms of CPU on the reference run, before its
-/// first request) are read while the ledger opens and the run starts. A block that asks for
-/// the client first waits for this build rather than starting another. It runs on tokio's
-/// blocking pool, whose threads parse the downloads afterwards: a thread of its own would also
-/// get an allocator arena of its own.
+/// Starts building the shared client in the background, so that a run whose first block
+/// downloads does not wait for it: the root certificates (6 ms of CPU on the reference run,
+/// before its first request) are read while the ledger opens and the run starts. A block that
+/// asks for the client before the build ends waits for it rather than starting another. The
+/// build runs on tokio's blocking pool, whose threads parse the downloads afterwards: a thread
+/// of its own would also get an allocator arena of its own.
 pub(crate) fn warm_up() {
     tokio::task::spawn_blocking(|| {
         let _ = shared_client();
