@@ -76,7 +76,6 @@ const SPOOL_BYTES: usize = 16 << 20;
 /// ends, so memory would grow with the data after all. Smaller runs are therefore spilled to a
 /// local file, plainly encoded, and read back into row groups of about this size when the
 /// folder is written.
-
 const ROW_GROUP_BYTES: usize = 8 << 20;
 
 /// The write buffer of the spill file, used only while one run of rows is written.
